@@ -1,3 +1,27 @@
-//! fluxmoe-model: the sparse-MoE decoder fluxmoe trains.
+//! fluxmoe-model: the sparse-MoE decoder fluxmoe fine-tunes, on candle.
+//!
+//! How the pieces compose:
+//! - [`config::ModelConfig`] normalises an HF `config.json` (eight architectures) into
+//!   one description: attention kind, RoPE convention, and per layer a dense MLP or an
+//!   MoE block with its routing rule.
+//! - [`checkpoint`] reads and writes HF checkpoint folders (single or sharded
+//!   safetensors) into a [`params::ParamStore`]: every tensor by its HF key, frozen or
+//!   trainable.
+//! - [`model::MoeModel`] is built from a config and a store (key names live in
+//!   [`keys`]); its forward pass returns logits and, on request, per-MoE-layer routing
+//!   and attention scores (what FLUX's profiler needs).
+//! - [`layers`] holds the building blocks (norm, RoPE, attention, SwiGLU, MoE block).
+
+pub mod checkpoint;
+pub mod config;
 pub mod error;
+pub mod keys;
+pub mod layers;
+pub mod model;
+pub mod params;
+
+pub use checkpoint::{Checkpoint, StorageLayout};
+pub use config::{Arch, ModelConfig};
 pub use error::{Error, Result};
+pub use model::{causal_lm_loss, ForwardOutput, LayerTrace, ModelCache, MoeModel};
+pub use params::ParamStore;

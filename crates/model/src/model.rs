@@ -1,0 +1,460 @@
+//! [`MoeModel`]: the pre-norm decoder for every supported architecture.
+//!
+//! `h = x + Attn(RMSNorm_in(x))`, `out = h + FFN(RMSNorm_post(h))`, where FFN is a dense
+//! SwiGLU MLP or an MoE block; after the last layer `model.norm` and `lm_head` (or the
+//! tied embedding). Built from a [`ParamStore`] by HF key, so the same code serves
+//! frozen inference, selective training (some tensors are `Var`s) and saving back.
+//!
+//! `forward` takes token ids `[B, T]` and an optional attention mask `[B, T]`
+//! (1 = real token, 0 = padding) and returns logits `[B, T, V]`; with `record` it
+//! also returns, per MoE layer, the routing and each token's attention score.
+
+use candle_core::{DType, Device, Tensor, D};
+
+use crate::config::{AttentionKind, Ffn, ModelConfig, MoeConfig, QkNorm, RouterKind, SharedExpert};
+use crate::keys::{self, Proj};
+use crate::layers::attention::{AttentionInputs, MlaQuery, Projections, QkNormLayer};
+use crate::layers::moe::{Router, SharedLayer};
+use crate::layers::{Attention, KvCache, Linear, MoeBlock, RmsNorm, Rope, Routing, SwiGlu};
+use crate::params::ParamStore;
+use crate::{Error, Result};
+
+/// Additive mask value for disallowed keys (finite, so fully masked rows stay finite).
+const MASKED: f32 = -1e9;
+
+#[derive(Debug, Clone)]
+enum FfnLayer {
+    Dense(SwiGlu),
+    Moe(MoeBlock),
+}
+
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    input_norm: RmsNorm,
+    attention: Attention,
+    post_norm: RmsNorm,
+    ffn: FfnLayer,
+}
+
+/// Per MoE layer, what `forward(.., record = true)` reports.
+#[derive(Debug, Clone)]
+pub struct LayerTrace {
+    pub layer: usize,
+    pub routing: Routing,
+    /// Attention probability each token receives, averaged over heads and over the
+    /// valid query positions that see it `[B, T]` (0 for padding).
+    pub attention_score: Tensor,
+}
+
+#[derive(Debug, Clone)]
+pub struct ForwardOutput {
+    pub logits: Tensor,
+    pub traces: Vec<LayerTrace>,
+}
+
+/// Keys and values of every layer for incremental decoding.
+#[derive(Debug, Clone, Default)]
+pub struct ModelCache {
+    layers: Vec<KvCache>,
+    len: usize,
+}
+
+impl ModelCache {
+    /// Number of positions already in the cache.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MoeModel {
+    cfg: ModelConfig,
+    embed: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Tensor,
+    rope: Rope,
+    device: Device,
+}
+
+impl MoeModel {
+    /// Build the model from `params`, checking every tensor's presence and shape.
+    pub fn new(cfg: &ModelConfig, params: &ParamStore) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let v = cfg.vocab_size;
+        let embed = params.get("model.embed_tokens.weight", &[v, h])?;
+        let device = embed.device().clone();
+        let rope = Rope::new(cfg.rope_dim(), cfg.rope_theta, cfg.rope_interleaved);
+        let layers = (0..cfg.num_layers())
+            .map(|l| build_layer(cfg, params, l, &rope))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::new(params.get("model.norm.weight", &[h])?, cfg.rms_norm_eps);
+        let lm_head = if cfg.tie_word_embeddings && !params.contains("lm_head.weight") {
+            embed.clone()
+        } else {
+            params.get("lm_head.weight", &[v, h])?
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            device,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Logits `[B, T, V]` for `input_ids` `[B, T]` (u32 or i64); see the module docs.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        record: bool,
+    ) -> Result<ForwardOutput> {
+        self.run(input_ids, attention_mask, record, None)
+    }
+
+    /// Incremental forward: `input_ids` `[B, T]` continue the positions in `cache`.
+    pub fn forward_cached(&self, input_ids: &Tensor, cache: &mut ModelCache) -> Result<Tensor> {
+        if cache.layers.is_empty() {
+            cache.layers = vec![KvCache::default(); self.layers.len()];
+        }
+        Ok(self.run(input_ids, None, false, Some(cache))?.logits)
+    }
+
+    fn run(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        record: bool,
+        mut cache: Option<&mut ModelCache>,
+    ) -> Result<ForwardOutput> {
+        let (b, t) = input_ids.dims2().map_err(|_| {
+            Error::Input(format!(
+                "input ids must be [batch, seq], got {:?}",
+                input_ids.dims()
+            ))
+        })?;
+        if t == 0 {
+            return Err(Error::Input("input ids are empty".into()));
+        }
+        let ids = input_ids.to_dtype(DType::U32)?;
+        let max_id = ids.flatten_all()?.max(0)?.to_scalar::<u32>()? as usize;
+        if max_id >= self.cfg.vocab_size {
+            return Err(Error::Input(format!(
+                "token id {max_id} is outside the vocabulary of {}",
+                self.cfg.vocab_size
+            )));
+        }
+        let offset = cache.as_ref().map_or(0, |c| c.len);
+        let s = offset + t;
+        let key_valid = match attention_mask {
+            Some(m) => {
+                if m.dims() != [b, s] {
+                    return Err(Error::Input(format!(
+                        "attention mask must be [{b}, {s}], got {:?}",
+                        m.dims()
+                    )));
+                }
+                m.to_dtype(DType::F32)?.to_vec2::<f32>()?
+            }
+            None => vec![vec![1.0; s]; b],
+        };
+        let mask = additive_mask(&key_valid, offset, t, &self.device)?;
+        let (cos, sin) = self.rope.tables(offset, t, &self.device)?;
+        let score_weights = if record {
+            Some(score_weights(&key_valid, offset, t, &self.device)?)
+        } else {
+            None
+        };
+        let inputs = AttentionInputs {
+            cos: &cos,
+            sin: &sin,
+            mask: &mask,
+            score_weights: score_weights.as_ref().map(|(q, c)| (q, c)),
+        };
+
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, ()))?;
+        let mut traces = Vec::new();
+        for (l, layer) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[l]);
+            let (a, scores) =
+                layer
+                    .attention
+                    .forward(&layer.input_norm.forward(&x)?, &inputs, layer_cache)?;
+            let hres = (x + a)?;
+            let normed = layer.post_norm.forward(&hres)?.reshape((b * t, ()))?;
+            let f = match &layer.ffn {
+                FfnLayer::Dense(mlp) => mlp.forward(&normed)?,
+                FfnLayer::Moe(moe) => {
+                    let (y, routing) = moe.forward(&normed)?;
+                    if let Some(attention_score) = scores {
+                        traces.push(LayerTrace {
+                            layer: l,
+                            routing,
+                            attention_score,
+                        });
+                    }
+                    y
+                }
+            };
+            x = (hres + f.reshape((b, t, ()))?)?;
+        }
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        let x = self.norm.forward(&x)?;
+        let logits = x
+            .reshape((b * t, ()))?
+            .matmul(&self.lm_head.t()?)?
+            .reshape((b, t, ()))?;
+        Ok(ForwardOutput { logits, traces })
+    }
+}
+
+/// `[B, 1, T, S]`: 0 where query `i` (at position `offset + i`) may see key `j`
+/// (causal and not padding), [`MASKED`] elsewhere.
+fn additive_mask(
+    key_valid: &[Vec<f32>],
+    offset: usize,
+    t: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let b = key_valid.len();
+    let s = offset + t;
+    let mut data = Vec::with_capacity(b * t * s);
+    for row in key_valid {
+        for i in 0..t {
+            for (j, &valid) in row.iter().enumerate() {
+                let ok = j <= offset + i && valid > 0.0;
+                data.push(if ok { 0.0 } else { MASKED });
+            }
+        }
+    }
+    Ok(Tensor::from_vec(data, (b, 1, t, s), device)?)
+}
+
+/// Query validity `[B, T]` and, per key, the number of valid queries that see it `[B, S]`
+/// (at least 1, to keep the average finite for padding keys).
+fn score_weights(
+    key_valid: &[Vec<f32>],
+    offset: usize,
+    t: usize,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let b = key_valid.len();
+    let s = offset + t;
+    let mut query_valid = Vec::with_capacity(b * t);
+    let mut counts = Vec::with_capacity(b * s);
+    for row in key_valid {
+        let q: Vec<f32> = row[offset..].to_vec();
+        for j in 0..s {
+            let c: f32 = (0..t)
+                .filter(|&i| offset + i >= j && q[i] > 0.0 && row[j] > 0.0)
+                .count() as f32;
+            counts.push(c.max(1.0));
+        }
+        query_valid.extend(q);
+    }
+    Ok((
+        Tensor::from_vec(query_valid, (b, t), device)?,
+        Tensor::from_vec(counts, (b, s), device)?,
+    ))
+}
+
+/// Mean next-token cross-entropy: `logits[:, :-1]` against `input_ids[:, 1:]`.
+/// `loss_mask` `[B, T]` (1 = this token is a target) restricts the mean to the marked
+/// target positions, e.g. response tokens only.
+pub fn causal_lm_loss(
+    logits: &Tensor,
+    input_ids: &Tensor,
+    loss_mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (b, t, v) = logits.dims3()?;
+    if t < 2 {
+        return Err(Error::Input("need at least 2 tokens for a next-token loss".into()));
+    }
+    let logits = logits.narrow(1, 0, t - 1)?.reshape((b * (t - 1), v))?;
+    let targets = input_ids
+        .to_dtype(DType::U32)?
+        .narrow(1, 1, t - 1)?
+        .reshape((b * (t - 1), 1))?;
+    let max = logits.max_keepdim(D::Minus1)?.detach();
+    let shifted = logits.broadcast_sub(&max)?;
+    let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    let target_logit = shifted.gather(&targets, 1)?;
+    let nll = (log_z - target_logit)?.squeeze(1)?;
+    match loss_mask {
+        None => Ok(nll.mean(0)?),
+        Some(m) => {
+            let m = m
+                .to_dtype(DType::F32)?
+                .narrow(1, 1, t - 1)?
+                .reshape(b * (t - 1))?;
+            let n = m.sum_all()?.to_scalar::<f32>()?;
+            if n == 0.0 {
+                return Err(Error::Input("the loss mask selects no target token".into()));
+            }
+            Ok(((nll * m)?.sum_all()? / n as f64)?)
+        }
+    }
+}
+
+fn build_layer(cfg: &ModelConfig, p: &ParamStore, l: usize, rope: &Rope) -> Result<DecoderLayer> {
+    let h = cfg.hidden_size;
+    let pre = keys::layer_prefix(l);
+    let eps = cfg.rms_norm_eps;
+    let norm = |name: &str| -> Result<RmsNorm> {
+        Ok(RmsNorm::new(p.get(&format!("{pre}.{name}.weight"), &[h])?, eps))
+    };
+    let ffn = match &cfg.layers[l] {
+        Ffn::Dense { width } => FfnLayer::Dense(swiglu(p, |proj| keys::dense_mlp_key(l, proj), h, *width)?),
+        Ffn::Moe(m) => FfnLayer::Moe(build_moe(cfg, p, l, m)?),
+    };
+    Ok(DecoderLayer {
+        input_norm: norm("input_layernorm")?,
+        attention: build_attention(cfg, p, l, rope)?,
+        post_norm: norm("post_attention_layernorm")?,
+        ffn,
+    })
+}
+
+fn build_attention(cfg: &ModelConfig, p: &ParamStore, l: usize, rope: &Rope) -> Result<Attention> {
+    let h = cfg.hidden_size;
+    let (nh, nkv) = (cfg.num_heads, cfg.num_kv_heads);
+    let pre = format!("{}.self_attn", keys::layer_prefix(l));
+    let w = |name: &str, shape: &[usize]| p.get(&format!("{pre}.{name}.weight"), shape);
+    let linear = |name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
+        let b = if bias {
+            Some(p.get(&format!("{pre}.{name}.bias"), &[out])?)
+        } else {
+            None
+        };
+        Ok(Linear::new(w(name, &[out, inp])?, b))
+    };
+    let (proj, o) = match &cfg.attention {
+        AttentionKind::Standard {
+            head_dim,
+            qkv_bias,
+            o_bias,
+            qk_norm,
+            clip_qkv,
+        } => {
+            let d = *head_dim;
+            let qk_norm = match qk_norm {
+                QkNorm::None => QkNormLayer::None,
+                QkNorm::PerHead => QkNormLayer::PerHead {
+                    q: RmsNorm::new(w("q_norm", &[d])?, cfg.rms_norm_eps),
+                    k: RmsNorm::new(w("k_norm", &[d])?, cfg.rms_norm_eps),
+                },
+                QkNorm::Full => QkNormLayer::Full {
+                    q: RmsNorm::new(w("q_norm", &[nh * d])?, cfg.rms_norm_eps),
+                    k: RmsNorm::new(w("k_norm", &[nkv * d])?, cfg.rms_norm_eps),
+                },
+            };
+            (
+                Projections::Standard {
+                    q: linear("q_proj", nh * d, h, *qkv_bias)?,
+                    k: linear("k_proj", nkv * d, h, *qkv_bias)?,
+                    v: linear("v_proj", nkv * d, h, *qkv_bias)?,
+                    qk_norm,
+                    clip_qkv: *clip_qkv,
+                    head_dim: d,
+                },
+                linear("o_proj", h, nh * d, *o_bias)?,
+            )
+        }
+        AttentionKind::Mla {
+            q_lora_rank,
+            kv_lora_rank,
+            qk_nope_head_dim,
+            qk_rope_head_dim,
+            v_head_dim,
+        } => {
+            let (r, dn, dr, dv) = (*kv_lora_rank, *qk_nope_head_dim, *qk_rope_head_dim, *v_head_dim);
+            // The latent norms use a fixed eps of 1e-6 in the reference implementation.
+            let q = match q_lora_rank {
+                None => MlaQuery::Direct(linear("q_proj", nh * (dn + dr), h, false)?),
+                Some(qr) => MlaQuery::LowRank {
+                    a: linear("q_a_proj", *qr, h, false)?,
+                    norm: RmsNorm::new(w("q_a_layernorm", &[*qr])?, 1e-6),
+                    b: linear("q_b_proj", nh * (dn + dr), *qr, false)?,
+                },
+            };
+            (
+                Projections::Mla {
+                    q,
+                    kv_a: linear("kv_a_proj_with_mqa", r + dr, h, false)?,
+                    kv_a_norm: RmsNorm::new(w("kv_a_layernorm", &[r])?, 1e-6),
+                    kv_b: linear("kv_b_proj", nh * (dn + dv), r, false)?,
+                    kv_lora_rank: r,
+                    qk_nope_head_dim: dn,
+                    qk_rope_head_dim: dr,
+                    v_head_dim: dv,
+                },
+                linear("o_proj", h, nh * dv, false)?,
+            )
+        }
+    };
+    Ok(Attention {
+        proj,
+        o,
+        num_heads: nh,
+        num_kv_heads: nkv,
+        rope: rope.clone(),
+    })
+}
+
+fn build_moe(cfg: &ModelConfig, p: &ParamStore, l: usize, m: &MoeConfig) -> Result<MoeBlock> {
+    let (h, e) = (cfg.hidden_size, m.n_experts);
+    let router_keys = keys::router_keys(cfg.arch, m.router, l);
+    let router = match m.router {
+        RouterKind::Linear => Router::Linear(Linear::new(p.get(&router_keys[0], &[e, h])?, None)),
+        RouterKind::TanhMlp => Router::TanhMlp(
+            Linear::new(p.get(&router_keys[0], &[e, h])?, None),
+            Linear::new(p.get(&router_keys[1], &[e, e])?, None),
+        ),
+    };
+    let experts = m
+        .expert_widths
+        .iter()
+        .enumerate()
+        .map(|(idx, &width)| swiglu(p, |proj| keys::expert_key(cfg.arch, l, idx, proj), h, width))
+        .collect::<Result<Vec<_>>>()?;
+    let shared_mlp = |width| swiglu(p, |proj| keys::shared_expert_key(cfg.arch, l, proj), h, width);
+    let shared = match m.shared {
+        SharedExpert::None => None,
+        SharedExpert::Plain { width } => Some(SharedLayer::Plain(shared_mlp(width)?)),
+        SharedExpert::SigmoidGated { width } => Some(SharedLayer::SigmoidGated {
+            mlp: shared_mlp(width)?,
+            gate: Linear::new(p.get(&keys::shared_expert_gate_key(cfg.arch, l), &[1, h])?, None),
+        }),
+    };
+    Ok(MoeBlock {
+        router,
+        experts,
+        shared,
+        top_k: m.top_k,
+        scoring: m.scoring.clone(),
+    })
+}
+
+fn swiglu(p: &ParamStore, key: impl Fn(Proj) -> String, hidden: usize, width: usize) -> Result<SwiGlu> {
+    Ok(SwiGlu {
+        gate: Linear::new(p.get(&key(Proj::Gate), &[width, hidden])?, None),
+        up: Linear::new(p.get(&key(Proj::Up), &[width, hidden])?, None),
+        down: Linear::new(p.get(&key(Proj::Down), &[hidden, width])?, None),
+    })
+}
