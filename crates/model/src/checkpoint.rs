@@ -143,6 +143,7 @@ pub fn load_weights(dir: &Path, device: &Device) -> Result<(Vec<(String, Tensor)
             });
         }
     }
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
     Ok((tensors, layout))
 }
 
