@@ -19,6 +19,7 @@ pub mod keys;
 pub mod layers;
 pub mod model;
 pub mod params;
+pub mod stats;
 
 pub use checkpoint::{Checkpoint, StorageLayout};
 pub use config::{Arch, ModelConfig};
