@@ -1,4 +1,6 @@
 //! fluxmoe-model: the sparse-MoE decoder fluxmoe trains.
+pub mod chat;
 pub mod error;
+pub mod sampling;
 pub mod train;
 pub use error::{Error, Result};
