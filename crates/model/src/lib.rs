@@ -10,16 +10,22 @@
 //! - [`model::MoeModel`] is built from a config and a store (key names live in
 //!   [`keys`]); its forward pass returns logits and, on request, per-MoE-layer routing
 //!   and attention scores (what FLUX's profiler needs).
+//! - [`train`] (AdamW, clipping, LR schedule) updates the trainable `Var`s;
+//!   [`generate`] decodes with a KV cache through [`sampling`] and [`chat`] templates.
 //! - [`layers`] holds the building blocks (norm, RoPE, attention, SwiGLU, MoE block).
 
+pub mod chat;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod generate;
 pub mod keys;
 pub mod layers;
 pub mod model;
 pub mod params;
+pub mod sampling;
 pub mod stats;
+pub mod train;
 
 pub use checkpoint::{Checkpoint, StorageLayout};
 pub use config::{Arch, ModelConfig};

@@ -1,0 +1,20 @@
+//! Training primitives that do not depend on the model code: the AdamW
+//! optimizer ([`optim`]), global-norm gradient clipping ([`clip`]) and the
+//! warm-up + cosine learning-rate schedule ([`schedule`]).
+//!
+//! A training step is meant to look like
+//!
+//! ```text
+//! let mut grads = loss.backward()?;
+//! let norm = opt.clip_grad_norm(&mut grads, max_norm)?;   // or clip::clip_grad_norm
+//! opt.set_lr(schedule.lr_at(opt.step_count() + 1));
+//! let missing = opt.step(&grads)?;
+//! ```
+
+pub mod clip;
+pub mod optim;
+pub mod schedule;
+
+pub use clip::clip_grad_norm;
+pub use optim::{AdamW, AdamWConfig, AdamWState, ParamState};
+pub use schedule::LrSchedule;
