@@ -458,3 +458,27 @@ fn swiglu(p: &ParamStore, key: impl Fn(Proj) -> String, hidden: usize, width: us
         down: Linear::new(p.get(&key(Proj::Down), &[hidden, width])?, None),
     })
 }
+
+/// A model with its KV cache, decoding one sequence for [`crate::generate::generate`].
+pub struct CachedLm<'a> {
+    model: &'a MoeModel,
+    cache: ModelCache,
+}
+
+impl<'a> CachedLm<'a> {
+    pub fn new(model: &'a MoeModel) -> Self {
+        Self {
+            model,
+            cache: ModelCache::default(),
+        }
+    }
+}
+
+impl crate::generate::StepLm for CachedLm<'_> {
+    fn step(&mut self, ids: &[u32]) -> Result<Tensor> {
+        let x = Tensor::new(ids, self.model.device())?.unsqueeze(0)?;
+        let logits = self.model.forward_cached(&x, &mut self.cache)?;
+        let t = logits.dim(1)?;
+        Ok(logits.get(0)?.get(t - 1)?)
+    }
+}

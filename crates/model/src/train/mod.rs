@@ -18,3 +18,5 @@ pub mod schedule;
 pub use clip::clip_grad_norm;
 pub use optim::{AdamW, AdamWConfig, AdamWState, ParamState};
 pub use schedule::LrSchedule;
+pub mod step;
+pub use step::{train_step, Batch, StepStats};
