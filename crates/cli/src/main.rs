@@ -2,6 +2,7 @@
 //! library crates. Errors are printed once with their chain and exit with code 2.
 
 mod assets;
+mod bench;
 mod inspect;
 mod logits;
 
@@ -39,10 +40,34 @@ enum Command {
         #[arg(long)]
         model: PathBuf,
     },
+    /// Benchmarks (numbers go into the README's performance section).
+    Bench {
+        #[command(subcommand)]
+        which: BenchKind,
+    },
     /// Fetch and cache the built-in assets.
     Assets {
         #[command(subcommand)]
         action: AssetsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchKind {
+    /// Tokens/s of forward + backward + AdamW over the trainable experts, and peak RSS.
+    TrainStep {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        /// Timed runs (after one warm-up step); the median is reported.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Glob over parameter names to train (default: every routed expert).
+        #[arg(long)]
+        train: Option<String>,
     },
 }
 
@@ -74,6 +99,9 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", inspect::report(&load(&model)?));
             Ok(())
         }
+        Some(Command::Bench {
+            which: BenchKind::TrainStep { model, batch, seq, runs, train },
+        }) => bench::train_step_bench(load(&model)?, &bench::TrainStepArgs { batch, seq, runs, train }),
         Some(Command::Assets { action: AssetsAction::Fetch }) => {
             let path = assets::ensure(&assets::SMOLLM2)?;
             println!("{}", path.display());
