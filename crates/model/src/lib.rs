@@ -19,12 +19,14 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod gguf;
 pub mod keys;
 pub mod layers;
 pub mod model;
 pub mod params;
 pub mod sampling;
 pub mod stats;
+pub mod tokenizer;
 pub mod train;
 
 pub use checkpoint::{Checkpoint, StorageLayout};
