@@ -2,9 +2,11 @@
 
 use fluxmoe_model::config::{AttentionKind, Ffn};
 use fluxmoe_model::stats::ModelStats;
-use fluxmoe_model::Checkpoint;
+use fluxmoe_model::source::Source;
+use fluxmoe_model::LoadedModel;
 
-pub fn report(ck: &Checkpoint) -> String {
+pub fn report(lm: &LoadedModel) -> String {
+    let ck = &lm.checkpoint;
     let cfg = &ck.config;
     let stats = ModelStats::of(cfg, &ck.params);
     let mut s = String::new();
@@ -19,6 +21,17 @@ pub fn report(ck: &Checkpoint) -> String {
             cfg.num_heads
         ),
     };
+    match &lm.source {
+        Source::Folder(p) => s += &format!("source            {} (safetensors)\n", p.display()),
+        Source::Gguf { path, tensor_types } => {
+            let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+            for t in tensor_types.values() {
+                *counts.entry(t.as_str()).or_default() += 1;
+            }
+            let types: Vec<String> = counts.iter().map(|(t, n)| format!("{n} {t}")).collect();
+            s += &format!("source            {} (GGUF: {})\n", path.display(), types.join(", "));
+        }
+    }
     s += &format!("architecture      {}\n", cfg.arch.model_type());
     s += &format!("vocab / hidden    {} / {}\n", cfg.vocab_size, cfg.hidden_size);
     s += &format!("layers            {} ({} MoE)\n", cfg.num_layers(), cfg.moe_layers().len());
@@ -30,9 +43,11 @@ pub fn report(ck: &Checkpoint) -> String {
     );
     s += &format!("tied embeddings   {}\n", cfg.tie_word_embeddings);
     s += "layer layout:\n";
+    // Consecutive layers with the same description are shown as one range.
+    let mut rows: Vec<(usize, usize, String)> = Vec::new();
     for (l, (ffn, ls)) in cfg.layers.iter().zip(&stats.layers).enumerate() {
         let line = match ffn {
-            Ffn::Dense { width } => format!("  {l:>3}  dense MLP, width {width}"),
+            Ffn::Dense { width } => format!("dense MLP, width {width}"),
             Ffn::Moe(m) => {
                 let widths = if m.expert_widths.iter().all(|&w| w == m.expert_widths[0]) {
                     format!("width {}", m.expert_widths[0])
@@ -40,7 +55,7 @@ pub fn report(ck: &Checkpoint) -> String {
                     format!("widths {:?}", m.expert_widths)
                 };
                 format!(
-                    "  {l:>3}  MoE {} experts ({widths}), top-{}, {:?}, shared {:?}, {} expert params",
+                    "MoE {} experts ({widths}), top-{}, {:?}, shared {:?}, {} expert params",
                     m.n_experts,
                     m.top_k,
                     m.scoring,
@@ -49,8 +64,14 @@ pub fn report(ck: &Checkpoint) -> String {
                 )
             }
         };
-        s += &line;
-        s.push('\n');
+        match rows.last_mut() {
+            Some((_, end, prev)) if *prev == line => *end = l,
+            _ => rows.push((l, l, line)),
+        }
+    }
+    for (start, end, line) in rows {
+        let range = if start == end { start.to_string() } else { format!("{start}-{end}") };
+        s += &format!("  {range:>7}  {line}\n");
     }
     s += &format!("parameters        {} total, {} in routed experts\n", human(stats.total_params), human(stats.expert_params));
     s += &format!("active per token  {}\n", human(stats.active_params));

@@ -3,6 +3,7 @@
 
 mod assets;
 mod bench;
+mod generate;
 mod inspect;
 mod logits;
 
@@ -12,7 +13,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::{Parser, Subcommand};
-use fluxmoe_model::Checkpoint;
+use fluxmoe_model::sampling::SamplingConfig;
+use fluxmoe_model::LoadedModel;
 
 #[derive(Parser)]
 #[command(name = "fluxmoe", version, about = "Federated fine-tuning of Mixture-of-Experts LLMs (FLUX)")]
@@ -39,6 +41,28 @@ enum Command {
     Inspect {
         #[arg(long)]
         model: PathBuf,
+    },
+    /// Generate text (greedy by default; --temperature/--top-p to sample).
+    Generate {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        /// Wrap the prompt in the model's chat template (ChatML for SmolLM2).
+        #[arg(long)]
+        chat: bool,
+        /// System message for --chat (default: the template's own).
+        #[arg(long)]
+        system: Option<String>,
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+        /// 0 = greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// Benchmarks (numbers go into the README's performance section).
     Bench {
@@ -94,14 +118,33 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         None => default_job(),
-        Some(Command::Logits { model, ids, out }) => logits::run(&load(&model)?, &ids, &out),
+        Some(Command::Logits { model, ids, out }) => logits::run(&load(&model)?.checkpoint, &ids, &out),
         Some(Command::Inspect { model }) => {
             print!("{}", inspect::report(&load(&model)?));
             Ok(())
         }
+        Some(Command::Generate {
+            model,
+            prompt,
+            chat,
+            system,
+            max_new_tokens,
+            temperature,
+            top_p,
+            seed,
+        }) => {
+            let args = generate::GenerateArgs {
+                prompt,
+                chat,
+                system,
+                max_new_tokens,
+                sampling: SamplingConfig { temperature, top_p, seed },
+            };
+            generate::run(&load(&model)?, &args).map(|_| ())
+        }
         Some(Command::Bench {
             which: BenchKind::TrainStep { model, batch, seq, runs, train },
-        }) => bench::train_step_bench(load(&model)?, &bench::TrainStepArgs { batch, seq, runs, train }),
+        }) => bench::train_step_bench(load(&model)?.checkpoint, &bench::TrainStepArgs { batch, seq, runs, train }),
         Some(Command::Assets { action: AssetsAction::Fetch }) => {
             let path = assets::ensure(&assets::SMOLLM2)?;
             println!("{}", path.display());
@@ -110,14 +153,29 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// The main job on built-in defaults: fetch SmolLM2, inspect it and generate with it.
+/// The main job on built-in defaults: fetch SmolLM2, inspect it and generate with it
+/// (a plain continuation and a chat answer, both greedy).
 fn default_job() -> Result<()> {
     let path = assets::ensure(&assets::SMOLLM2)?;
-    let ck = load(&path)?;
-    print!("{}", inspect::report(&ck));
+    let lm = load(&path)?;
+    print!("{}", inspect::report(&lm));
+    for (prompt, chat) in [
+        ("Once upon a time, there was a little", false),
+        ("What is the capital of France?", true),
+    ] {
+        println!("\n> {prompt}{}", if chat { "  (chat)" } else { "" });
+        let args = generate::GenerateArgs {
+            prompt: prompt.to_string(),
+            chat,
+            system: None,
+            max_new_tokens: 48,
+            sampling: SamplingConfig::greedy(),
+        };
+        generate::run(&lm, &args)?;
+    }
     Ok(())
 }
 
-fn load(path: &std::path::Path) -> Result<Checkpoint> {
-    fluxmoe_model::checkpoint::load_dir(path, &Device::Cpu).with_context(|| format!("loading model {}", path.display()))
+fn load(path: &std::path::Path) -> Result<LoadedModel> {
+    fluxmoe_model::load_model(path, &Device::Cpu).with_context(|| format!("loading model {}", path.display()))
 }
