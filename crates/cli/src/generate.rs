@@ -51,7 +51,7 @@ pub fn run(lm: &LoadedModel, args: &GenerateArgs) -> Result<String> {
     let cfg = GenerateConfig {
         max_new_tokens: args.max_new_tokens,
         stop_ids,
-        sampling: args.sampling.clone(),
+        sampling: args.sampling,
     };
     let mut out_ids = Vec::new();
     let mut printed = 0;

@@ -1,8 +1,8 @@
 //! `fluxmoe inspect`: architecture, layer and expert layout, parameter counts, memory.
 
 use fluxmoe_model::config::{AttentionKind, Ffn};
-use fluxmoe_model::stats::ModelStats;
 use fluxmoe_model::source::Source;
+use fluxmoe_model::stats::ModelStats;
 use fluxmoe_model::LoadedModel;
 
 pub fn report(lm: &LoadedModel) -> String {
@@ -29,17 +29,32 @@ pub fn report(lm: &LoadedModel) -> String {
                 *counts.entry(t.as_str()).or_default() += 1;
             }
             let types: Vec<String> = counts.iter().map(|(t, n)| format!("{n} {t}")).collect();
-            s += &format!("source            {} (GGUF: {})\n", path.display(), types.join(", "));
+            s += &format!(
+                "source            {} (GGUF: {})\n",
+                path.display(),
+                types.join(", ")
+            );
         }
     }
     s += &format!("architecture      {}\n", cfg.arch.model_type());
-    s += &format!("vocab / hidden    {} / {}\n", cfg.vocab_size, cfg.hidden_size);
-    s += &format!("layers            {} ({} MoE)\n", cfg.num_layers(), cfg.moe_layers().len());
+    s += &format!(
+        "vocab / hidden    {} / {}\n",
+        cfg.vocab_size, cfg.hidden_size
+    );
+    s += &format!(
+        "layers            {} ({} MoE)\n",
+        cfg.num_layers(),
+        cfg.moe_layers().len()
+    );
     s += &format!("attention         {attn}\n");
     s += &format!(
         "rope              theta {}, {}\n",
         cfg.rope_theta,
-        if cfg.rope_interleaved { "interleaved" } else { "rotate-half" }
+        if cfg.rope_interleaved {
+            "interleaved"
+        } else {
+            "rotate-half"
+        }
     );
     s += &format!("tied embeddings   {}\n", cfg.tie_word_embeddings);
     s += "layer layout:\n";
@@ -70,12 +85,23 @@ pub fn report(lm: &LoadedModel) -> String {
         }
     }
     for (start, end, line) in rows {
-        let range = if start == end { start.to_string() } else { format!("{start}-{end}") };
+        let range = if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        };
         s += &format!("  {range:>7}  {line}\n");
     }
-    s += &format!("parameters        {} total, {} in routed experts\n", human(stats.total_params), human(stats.expert_params));
+    s += &format!(
+        "parameters        {} total, {} in routed experts\n",
+        human(stats.total_params),
+        human(stats.expert_params)
+    );
     s += &format!("active per token  {}\n", human(stats.active_params));
-    s += &format!("memory, inference (f32 weights)              {}\n", bytes(stats.inference_bytes()));
+    s += &format!(
+        "memory, inference (f32 weights)              {}\n",
+        bytes(stats.inference_bytes())
+    );
     s += &format!(
         "memory, full fine-tuning (f32 + AdamW, no activations) {}\n",
         bytes(stats.full_finetune_bytes())

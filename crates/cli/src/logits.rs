@@ -13,7 +13,11 @@ pub fn parse_ids(text: &str) -> Result<Vec<Vec<u32>>> {
         .split(';')
         .map(|row| {
             row.split(',')
-                .map(|x| x.trim().parse::<u32>().with_context(|| format!("--ids: `{}` is not a token id", x.trim())))
+                .map(|x| {
+                    x.trim()
+                        .parse::<u32>()
+                        .with_context(|| format!("--ids: `{}` is not a token id", x.trim()))
+                })
                 .collect::<Result<Vec<_>>>()
         })
         .collect::<Result<_>>()?;
@@ -22,7 +26,10 @@ pub fn parse_ids(text: &str) -> Result<Vec<Vec<u32>>> {
         bail!("--ids: empty row");
     }
     if let Some((i, r)) = rows.iter().enumerate().find(|(_, r)| r.len() != t) {
-        bail!("--ids: row {i} has {} ids, row 0 has {t}; rows must have equal length", r.len());
+        bail!(
+            "--ids: row {i} has {} ids, row 0 has {t}; rows must have equal length",
+            r.len()
+        );
     }
     Ok(rows)
 }
@@ -37,8 +44,12 @@ pub fn run(ck: &Checkpoint, ids: &str, out: &Path) -> Result<()> {
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     tensors.insert("logits".into(), res.logits);
     for trace in res.traces {
-        tensors.insert(format!("topk_idx.{}", trace.layer), trace.routing.topk_idx.to_dtype(DType::I64)?);
+        tensors.insert(
+            format!("topk_idx.{}", trace.layer),
+            trace.routing.topk_idx.to_dtype(DType::I64)?,
+        );
     }
-    candle_core::safetensors::save(&tensors, out).with_context(|| format!("writing {}", out.display()))?;
+    candle_core::safetensors::save(&tensors, out)
+        .with_context(|| format!("writing {}", out.display()))?;
     Ok(())
 }

@@ -17,7 +17,11 @@ use fluxmoe_model::sampling::SamplingConfig;
 use fluxmoe_model::LoadedModel;
 
 #[derive(Parser)]
-#[command(name = "fluxmoe", version, about = "Federated fine-tuning of Mixture-of-Experts LLMs (FLUX)")]
+#[command(
+    name = "fluxmoe",
+    version,
+    about = "Federated fine-tuning of Mixture-of-Experts LLMs (FLUX)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -118,7 +122,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         None => default_job(),
-        Some(Command::Logits { model, ids, out }) => logits::run(&load(&model)?.checkpoint, &ids, &out),
+        Some(Command::Logits { model, ids, out }) => {
+            logits::run(&load(&model)?.checkpoint, &ids, &out)
+        }
         Some(Command::Inspect { model }) => {
             print!("{}", inspect::report(&load(&model)?));
             Ok(())
@@ -138,14 +144,35 @@ fn run(cli: Cli) -> Result<()> {
                 chat,
                 system,
                 max_new_tokens,
-                sampling: SamplingConfig { temperature, top_p, seed },
+                sampling: SamplingConfig {
+                    temperature,
+                    top_p,
+                    seed,
+                },
             };
             generate::run(&load(&model)?, &args).map(|_| ())
         }
         Some(Command::Bench {
-            which: BenchKind::TrainStep { model, batch, seq, runs, train },
-        }) => bench::train_step_bench(load(&model)?.checkpoint, &bench::TrainStepArgs { batch, seq, runs, train }),
-        Some(Command::Assets { action: AssetsAction::Fetch }) => {
+            which:
+                BenchKind::TrainStep {
+                    model,
+                    batch,
+                    seq,
+                    runs,
+                    train,
+                },
+        }) => bench::train_step_bench(
+            load(&model)?.checkpoint,
+            &bench::TrainStepArgs {
+                batch,
+                seq,
+                runs,
+                train,
+            },
+        ),
+        Some(Command::Assets {
+            action: AssetsAction::Fetch,
+        }) => {
             let path = assets::ensure(&assets::SMOLLM2)?;
             println!("{}", path.display());
             Ok(())
@@ -177,5 +204,6 @@ fn default_job() -> Result<()> {
 }
 
 fn load(path: &std::path::Path) -> Result<LoadedModel> {
-    fluxmoe_model::load_model(path, &Device::Cpu).with_context(|| format!("loading model {}", path.display()))
+    fluxmoe_model::load_model(path, &Device::Cpu)
+        .with_context(|| format!("loading model {}", path.display()))
 }

@@ -81,9 +81,9 @@ pub fn load_weights(dir: &Path, device: &Device) -> Result<(Vec<(String, Tensor)
             .ok_or_else(|| Error::format(&index_path, "no `weight_map` object"))?;
         let mut weight_map = BTreeMap::new();
         for (key, file) in map {
-            let file = file
-                .as_str()
-                .ok_or_else(|| Error::format(&index_path, format!("`{key}` maps to a non-string")))?;
+            let file = file.as_str().ok_or_else(|| {
+                Error::format(&index_path, format!("`{key}` maps to a non-string"))
+            })?;
             if file.contains('/') || file.contains('\\') || file.contains("..") {
                 return Err(Error::format(
                     &index_path,

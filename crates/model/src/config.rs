@@ -124,9 +124,13 @@ pub enum RouterKind {
 pub enum SharedExpert {
     None,
     /// One SwiGLU MLP of this width, added ungated (DeepSeek).
-    Plain { width: usize },
+    Plain {
+        width: usize,
+    },
     /// One SwiGLU MLP scaled by `sigmoid(shared_expert_gate(x))` (Qwen2-MoE).
-    SigmoidGated { width: usize },
+    SigmoidGated {
+        width: usize,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -210,7 +214,9 @@ impl ModelConfig {
         let arch = Arch::from_model_type(&raw.string("model_type")?)?;
         let hidden_size = raw.positive("hidden_size")?;
         let num_heads = raw.positive("num_attention_heads")?;
-        let num_kv_heads = raw.opt_positive("num_key_value_heads")?.unwrap_or(num_heads);
+        let num_kv_heads = raw
+            .opt_positive("num_key_value_heads")?
+            .unwrap_or(num_heads);
         let num_layers = raw.positive("num_hidden_layers")?;
         if num_heads % num_kv_heads != 0 {
             return Err(Error::config(
@@ -292,13 +298,13 @@ impl ModelConfig {
             bos_token_id: raw.opt_u64("bos_token_id")?.map(|x| x as u32),
             eos_token_ids,
         };
-        if !(cfg.rms_norm_eps > 0.0) {
+        if cfg.rms_norm_eps.is_nan() || cfg.rms_norm_eps <= 0.0 {
             return Err(Error::config(
                 "rms_norm_eps",
                 format!("must be > 0, got {}", cfg.rms_norm_eps),
             ));
         }
-        if cfg.rope_dim() % 2 != 0 {
+        if !cfg.rope_dim().is_multiple_of(2) {
             return Err(Error::config(
                 "head_dim",
                 format!("RoPE needs an even dimension, got {}", cfg.rope_dim()),
@@ -318,7 +324,7 @@ fn rope_theta(raw: &Raw) -> Result<f64> {
         (Some(t), _) | (None, Some(t)) => t,
         (None, None) => 10000.0,
     };
-    if !(theta > 0.0) {
+    if theta.is_nan() || theta <= 0.0 {
         return Err(Error::config(
             "rope_theta",
             format!("must be > 0, got {theta}"),
@@ -363,7 +369,7 @@ fn attention_kind(
     let head_dim = match raw.opt_positive("head_dim")? {
         Some(d) => d,
         None => {
-            if hidden_size % num_heads != 0 {
+            if !hidden_size.is_multiple_of(num_heads) {
                 return Err(Error::config(
                     "num_attention_heads",
                     format!("{num_heads} heads do not divide hidden_size {hidden_size}"),
@@ -426,7 +432,7 @@ fn ffn_of_layer(arch: Arch, raw: &Raw, layer: usize, num_layers: usize) -> Resul
             };
             let step = raw.opt_positive("decoder_sparse_step")?.unwrap_or(1);
             let mlp_only = raw.usize_list("mlp_only_layers")?;
-            if n == 0 || mlp_only.contains(&layer) || (layer + 1) % step != 0 {
+            if n == 0 || mlp_only.contains(&layer) || !(layer + 1).is_multiple_of(step) {
                 return dense();
             }
             let shared = if arch == Arch::Qwen2Moe {
@@ -464,7 +470,8 @@ fn ffn_of_layer(arch: Arch, raw: &Raw, layer: usize, num_layers: usize) -> Resul
             let first_dense = raw.opt_u64("first_k_dense_replace")?.unwrap_or(0) as usize;
             let freq = raw.opt_positive("moe_layer_freq")?.unwrap_or(1);
             // transformers' DeepSeek-V2 ignores `moe_layer_freq`; DeepSeek-MoE v1 honours it.
-            let is_moe = layer >= first_dense && (arch == Arch::DeepseekV2 || layer % freq == 0);
+            let is_moe =
+                layer >= first_dense && (arch == Arch::DeepseekV2 || layer.is_multiple_of(freq));
             if !is_moe {
                 return dense();
             }
@@ -489,7 +496,7 @@ fn ffn_of_layer(arch: Arch, raw: &Raw, layer: usize, num_layers: usize) -> Resul
                     "group_limited_greedy" => {
                         let n_group = raw.positive("n_group")?;
                         let topk_group = raw.positive("topk_group")?;
-                        if n as usize % n_group != 0 || topk_group > n_group {
+                        if !(n as usize).is_multiple_of(n_group) || topk_group > n_group {
                             return Err(Error::config(
                                 "n_group",
                                 format!(
@@ -648,7 +655,10 @@ fn validate_moe(m: &MoeConfig) -> Result<()> {
         if topk_group * (m.n_experts / n_group) < m.top_k {
             return Err(Error::config(
                 "topk_group",
-                format!("{topk_group} groups hold fewer than top-k {} experts", m.top_k),
+                format!(
+                    "{topk_group} groups hold fewer than top-k {} experts",
+                    m.top_k
+                ),
             ));
         }
     }
@@ -795,10 +805,7 @@ mod tests {
         });
         let cfg = ModelConfig::from_json(&v).unwrap();
         assert_eq!(cfg.moe_layers(), vec![2, 4]);
-        assert_eq!(
-            cfg.moe(2).unwrap().shared,
-            SharedExpert::Plain { width: 8 }
-        );
+        assert_eq!(cfg.moe(2).unwrap().shared, SharedExpert::Plain { width: 8 });
     }
 
     #[test]

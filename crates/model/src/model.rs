@@ -186,7 +186,10 @@ impl MoeModel {
             score_weights: score_weights.as_ref().map(|(q, c)| (q, c)),
         };
 
-        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, ()))?;
+        let mut x = self
+            .embed
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, ()))?;
         let mut traces = Vec::new();
         for (l, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[l]);
@@ -260,9 +263,9 @@ fn score_weights(
     let mut counts = Vec::with_capacity(b * s);
     for row in key_valid {
         let q: Vec<f32> = row[offset..].to_vec();
-        for j in 0..s {
-            let c: f32 = (0..t)
-                .filter(|&i| offset + i >= j && q[i] > 0.0 && row[j] > 0.0)
+        for (j, &key_ok) in row.iter().enumerate() {
+            let c = (0..t)
+                .filter(|&i| offset + i >= j && q[i] > 0.0 && key_ok > 0.0)
                 .count() as f32;
             counts.push(c.max(1.0));
         }
@@ -284,7 +287,9 @@ pub fn causal_lm_loss(
 ) -> Result<Tensor> {
     let (b, t, v) = logits.dims3()?;
     if t < 2 {
-        return Err(Error::Input("need at least 2 tokens for a next-token loss".into()));
+        return Err(Error::Input(
+            "need at least 2 tokens for a next-token loss".into(),
+        ));
     }
     let logits = logits.narrow(1, 0, t - 1)?.reshape((b * (t - 1), v))?;
     let targets = input_ids
@@ -317,10 +322,15 @@ fn build_layer(cfg: &ModelConfig, p: &ParamStore, l: usize, rope: &Rope) -> Resu
     let pre = keys::layer_prefix(l);
     let eps = cfg.rms_norm_eps;
     let norm = |name: &str| -> Result<RmsNorm> {
-        Ok(RmsNorm::new(p.get(&format!("{pre}.{name}.weight"), &[h])?, eps))
+        Ok(RmsNorm::new(
+            p.get(&format!("{pre}.{name}.weight"), &[h])?,
+            eps,
+        ))
     };
     let ffn = match &cfg.layers[l] {
-        Ffn::Dense { width } => FfnLayer::Dense(swiglu(p, |proj| keys::dense_mlp_key(l, proj), h, *width)?),
+        Ffn::Dense { width } => {
+            FfnLayer::Dense(swiglu(p, |proj| keys::dense_mlp_key(l, proj), h, *width)?)
+        }
         Ffn::Moe(m) => FfnLayer::Moe(build_moe(cfg, p, l, m)?),
     };
     Ok(DecoderLayer {
@@ -383,7 +393,12 @@ fn build_attention(cfg: &ModelConfig, p: &ParamStore, l: usize, rope: &Rope) -> 
             qk_rope_head_dim,
             v_head_dim,
         } => {
-            let (r, dn, dr, dv) = (*kv_lora_rank, *qk_nope_head_dim, *qk_rope_head_dim, *v_head_dim);
+            let (r, dn, dr, dv) = (
+                *kv_lora_rank,
+                *qk_nope_head_dim,
+                *qk_rope_head_dim,
+                *v_head_dim,
+            );
             // The latent norms use a fixed eps of 1e-6 in the reference implementation.
             let q = match q_lora_rank {
                 None => MlaQuery::Direct(linear("q_proj", nh * (dn + dr), h, false)?),
@@ -433,13 +448,23 @@ fn build_moe(cfg: &ModelConfig, p: &ParamStore, l: usize, m: &MoeConfig) -> Resu
         .enumerate()
         .map(|(idx, &width)| swiglu(p, |proj| keys::expert_key(cfg.arch, l, idx, proj), h, width))
         .collect::<Result<Vec<_>>>()?;
-    let shared_mlp = |width| swiglu(p, |proj| keys::shared_expert_key(cfg.arch, l, proj), h, width);
+    let shared_mlp = |width| {
+        swiglu(
+            p,
+            |proj| keys::shared_expert_key(cfg.arch, l, proj),
+            h,
+            width,
+        )
+    };
     let shared = match m.shared {
         SharedExpert::None => None,
         SharedExpert::Plain { width } => Some(SharedLayer::Plain(shared_mlp(width)?)),
         SharedExpert::SigmoidGated { width } => Some(SharedLayer::SigmoidGated {
             mlp: shared_mlp(width)?,
-            gate: Linear::new(p.get(&keys::shared_expert_gate_key(cfg.arch, l), &[1, h])?, None),
+            gate: Linear::new(
+                p.get(&keys::shared_expert_gate_key(cfg.arch, l), &[1, h])?,
+                None,
+            ),
         }),
     };
     Ok(MoeBlock {
@@ -451,7 +476,12 @@ fn build_moe(cfg: &ModelConfig, p: &ParamStore, l: usize, m: &MoeConfig) -> Resu
     })
 }
 
-fn swiglu(p: &ParamStore, key: impl Fn(Proj) -> String, hidden: usize, width: usize) -> Result<SwiGlu> {
+fn swiglu(
+    p: &ParamStore,
+    key: impl Fn(Proj) -> String,
+    hidden: usize,
+    width: usize,
+) -> Result<SwiGlu> {
     Ok(SwiGlu {
         gate: Linear::new(p.get(&key(Proj::Gate), &[width, hidden])?, None),
         up: Linear::new(p.get(&key(Proj::Up), &[width, hidden])?, None),

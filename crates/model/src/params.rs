@@ -154,8 +154,7 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
         return pattern == name;
     }
     let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last)
-    {
+    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
         return false;
     }
     let mut rest = &name[first.len()..name.len() - last.len()];
@@ -178,8 +177,14 @@ mod tests {
         assert!(glob_match("a.*.c", "a.b.c"));
         assert!(glob_match("a.*.c", "a.b.x.c"));
         assert!(!glob_match("a.*.c", "a.b.d"));
-        assert!(glob_match("*experts.1.*", "model.layers.0.mlp.experts.1.w1.weight"));
-        assert!(!glob_match("*experts.1.*", "model.layers.0.mlp.experts.11.w1.weight"));
+        assert!(glob_match(
+            "*experts.1.*",
+            "model.layers.0.mlp.experts.1.w1.weight"
+        ));
+        assert!(!glob_match(
+            "*experts.1.*",
+            "model.layers.0.mlp.experts.11.w1.weight"
+        ));
         assert!(glob_match("exact", "exact"));
         assert!(!glob_match("exact", "exactly"));
     }
@@ -193,7 +198,10 @@ mod tests {
         assert_eq!(s.set_trainable(|n| n == "a").unwrap(), 1);
         assert!(s.is_trainable("a") && !s.is_trainable("b"));
         assert_eq!(s.set_trainable(|n| n == "b").unwrap(), 1);
-        assert_eq!(s.tensor("a").unwrap().to_vec1::<f32>().unwrap(), vec![1.0, 2.0]);
+        assert_eq!(
+            s.tensor("a").unwrap().to_vec1::<f32>().unwrap(),
+            vec![1.0, 2.0]
+        );
         let err = s.get("a", &[3]).unwrap_err().to_string();
         assert!(err.contains("expected shape [3], got [2]"), "{err}");
         assert!(s.get("zzz", &[1]).unwrap_err().to_string().contains("zzz"));

@@ -82,7 +82,8 @@ pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
 
 fn load_gguf(path: &Path, device: &Device) -> Result<LoadedModel> {
     let g = gguf::read_gguf(path, device)?;
-    let config = ModelConfig::from_json(&g.config).map_err(|e| Error::format(path, e.to_string()))?;
+    let config =
+        ModelConfig::from_json(&g.config).map_err(|e| Error::format(path, e.to_string()))?;
     let params = ParamStore::from_tensors(g.tensors)?;
     let mut eos_ids = config.eos_token_ids.clone();
     let tokenizer = match g.tokenizer {

@@ -87,3 +87,33 @@ impl ModelStats {
         self.total_params * 16
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Tensor};
+
+    #[test]
+    fn active_parameters_count_top_k_experts_per_layer() {
+        let cfg = crate::config::ModelConfig::from_json(&serde_json::json!({
+            "model_type": "mixtral", "vocab_size": 10, "hidden_size": 4,
+            "intermediate_size": 3, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "num_local_experts": 4, "num_experts_per_tok": 2
+        }))
+        .unwrap();
+        let z = |shape: &[usize]| Tensor::zeros(shape, DType::F32, &Device::Cpu).unwrap();
+        let mut tensors = vec![("model.embed_tokens.weight".to_string(), z(&[10, 4]))];
+        for e in 0..4 {
+            for p in Proj::ALL {
+                let shape = if p == Proj::Down { [4, 3] } else { [3, 4] };
+                tensors.push((expert_key(cfg.arch, 0, e, p), z(&shape)));
+            }
+        }
+        let params = ParamStore::from_tensors(tensors).unwrap();
+        let s = ModelStats::of(&cfg, &params);
+        assert_eq!(s.total_params, 40 + 4 * 36);
+        assert_eq!(s.expert_params, 4 * 36);
+        assert_eq!(s.active_params, 40 + 2 * 36);
+        assert_eq!(s.full_finetune_bytes(), 16 * s.total_params);
+    }
+}

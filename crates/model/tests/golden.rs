@@ -19,7 +19,9 @@ const ARCHS: [&str; 8] = [
 ];
 
 fn fixture_dir(arch: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures").join(arch)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/fixtures")
+        .join(arch)
 }
 
 fn golden(arch: &str) -> HashMap<String, Tensor> {
@@ -29,11 +31,27 @@ fn golden(arch: &str) -> HashMap<String, Tensor> {
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 fn max_abs(a: &Tensor) -> f32 {
-    a.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    a.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 /// Forward pass: logits, router logits, selected experts and their weights, loss.
@@ -45,11 +63,18 @@ fn check_forward(arch: &str) {
     let out = model.forward(ids, None, true).unwrap();
     let err = max_abs_diff(&out.logits, &g["logits"]);
     assert!(err <= 1e-4, "{arch}: logits max abs error {err}");
-    let loss = causal_lm_loss(&out.logits, ids, None).unwrap().to_scalar::<f32>().unwrap();
+    let loss = causal_lm_loss(&out.logits, ids, None)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     let want = g["loss"].to_scalar::<f32>().unwrap();
     assert!((loss - want).abs() <= 1e-5, "{arch}: loss {loss} vs {want}");
     let moe_layers = ck.config.moe_layers();
-    assert_eq!(out.traces.len(), moe_layers.len(), "{arch}: one trace per MoE layer");
+    assert_eq!(
+        out.traces.len(),
+        moe_layers.len(),
+        "{arch}: one trace per MoE layer"
+    );
     for trace in &out.traces {
         let l = trace.layer;
         let r = &trace.routing;
@@ -67,8 +92,15 @@ fn check_forward(arch: &str) {
         // every query row sums to 1, so sum_j score_j * (T - j) = T per sequence.
         for row in trace.attention_score.to_vec2::<f32>().unwrap() {
             let t = row.len();
-            let total: f32 = row.iter().enumerate().map(|(j, s)| s * (t - j) as f32).sum();
-            assert!((total - t as f32).abs() < 1e-4, "{arch} layer {l}: {total} != {t}");
+            let total: f32 = row
+                .iter()
+                .enumerate()
+                .map(|(j, s)| s * (t - j) as f32)
+                .sum();
+            assert!(
+                (total - t as f32).abs() < 1e-4,
+                "{arch} layer {l}: {total} != {t}"
+            );
             assert!(row.iter().all(|x| *x > 0.0 && *x <= 1.0 + 1e-6));
         }
     }
@@ -84,18 +116,30 @@ fn check_gradients(arch: &str) {
         .filter_map(|k| k.strip_prefix("grad.").map(str::to_string))
         .collect();
     assert!(!grad_keys.is_empty());
-    let n_trainable = ck.params.set_trainable(|n| grad_keys.iter().any(|k| k == n)).unwrap();
-    assert_eq!(n_trainable, grad_keys.len(), "{arch}: every golden gradient names a parameter");
+    let n_trainable = ck
+        .params
+        .set_trainable(|n| grad_keys.iter().any(|k| k == n))
+        .unwrap();
+    assert_eq!(
+        n_trainable,
+        grad_keys.len(),
+        "{arch}: every golden gradient names a parameter"
+    );
     let model = MoeModel::new(&ck.config, &ck.params).unwrap();
     let ids = &g["input_ids"];
     let out = model.forward(ids, None, false).unwrap();
     let loss = causal_lm_loss(&out.logits, ids, None).unwrap();
     let grads = loss.backward().unwrap();
     for (name, var) in ck.params.trainable() {
-        let got = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{arch}: no grad for {name}"));
+        let got = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{arch}: no grad for {name}"));
         let want = &g[&format!("grad.{name}")];
         let rel = max_abs_diff(got, want) / max_abs(want).max(1e-12);
-        assert!(rel <= 1e-4, "{arch}: gradient of {name} relative error {rel}");
+        assert!(
+            rel <= 1e-4,
+            "{arch}: gradient of {name} relative error {rel}"
+        );
     }
 }
 
@@ -106,11 +150,23 @@ macro_rules! golden_tests {
     };
 }
 
-golden_tests!(mixtral, qwen2_moe, qwen3_moe, olmoe, llama, deepseek, llama_moe, deepseek_v2);
+golden_tests!(
+    mixtral,
+    qwen2_moe,
+    qwen3_moe,
+    olmoe,
+    llama,
+    deepseek,
+    llama_moe,
+    deepseek_v2
+);
 
 #[test]
 fn every_fixture_is_covered() {
     for arch in ARCHS {
-        assert!(fixture_dir(arch).join("golden.safetensors").exists(), "{arch}");
+        assert!(
+            fixture_dir(arch).join("golden.safetensors").exists(),
+            "{arch}"
+        );
     }
 }

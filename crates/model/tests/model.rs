@@ -7,16 +7,32 @@ use candle_core::{Device, Tensor, D};
 use fluxmoe_model::keys::{expert_key, router_keys, Proj};
 use fluxmoe_model::{causal_lm_loss, checkpoint, Checkpoint, ModelCache, MoeModel};
 
-const ARCHS: [&str; 8] = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "llama", "deepseek", "llama_moe", "deepseek_v2"];
+const ARCHS: [&str; 8] = [
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "olmoe",
+    "llama",
+    "deepseek",
+    "llama_moe",
+    "deepseek_v2",
+];
 
 fn load(arch: &str) -> Checkpoint {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures").join(arch);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/fixtures")
+        .join(arch);
     checkpoint::load_dir(&dir, &Device::Cpu).unwrap()
 }
 
 fn golden_ids(arch: &str) -> Tensor {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures").join(arch);
-    candle_core::safetensors::load(dir.join("golden.safetensors"), &Device::Cpu).unwrap().remove("input_ids").unwrap()
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/fixtures")
+        .join(arch);
+    candle_core::safetensors::load(dir.join("golden.safetensors"), &Device::Cpu)
+        .unwrap()
+        .remove("input_ids")
+        .unwrap()
 }
 
 fn ids(rows: &[&[u32]]) -> Tensor {
@@ -26,7 +42,16 @@ fn ids(rows: &[&[u32]]) -> Tensor {
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 const SEQ: [u32; 8] = [5, 17, 99, 3, 42, 7, 120, 64];
@@ -47,12 +72,22 @@ fn padding_on_either_side_leaves_real_token_logits_unchanged() {
         let out_l = model.forward(&ids(&[&left]), Some(&mask_l), false).unwrap();
         let r = out_r.logits.squeeze(0).unwrap().narrow(0, 0, 8).unwrap();
         let l = out_l.logits.squeeze(0).unwrap().narrow(0, 4, 8).unwrap();
-        assert!(max_diff(&r, &alone) < 1e-4, "{arch}: right padding changed logits");
+        assert!(
+            max_diff(&r, &alone) < 1e-4,
+            "{arch}: right padding changed logits"
+        );
         // RoPE is relative, so shifting a sequence right by the pads changes nothing either.
-        assert!(max_diff(&l, &alone) < 1e-4, "{arch}: left padding changed logits");
+        assert!(
+            max_diff(&l, &alone) < 1e-4,
+            "{arch}: left padding changed logits"
+        );
         for trace in &out_r.traces {
             let scores = trace.attention_score.to_vec2::<f32>().unwrap();
-            let sum: f32 = scores[0][..8].iter().enumerate().map(|(j, s)| s * (8 - j) as f32).sum();
+            let sum: f32 = scores[0][..8]
+                .iter()
+                .enumerate()
+                .map(|(j, s)| s * (8 - j) as f32)
+                .sum();
             assert!((sum - 8.0).abs() < 1e-4, "{arch}: padded scores {sum}");
         }
     }
@@ -63,14 +98,24 @@ fn kv_cache_decoding_matches_the_full_forward() {
     for arch in ARCHS {
         let ck = load(arch);
         let model = MoeModel::new(&ck.config, &ck.params).unwrap();
-        let full = model.forward(&ids(&[&SEQ]), None, false).unwrap().logits.squeeze(0).unwrap();
+        let full = model
+            .forward(&ids(&[&SEQ]), None, false)
+            .unwrap()
+            .logits
+            .squeeze(0)
+            .unwrap();
         let mut cache = ModelCache::default();
-        let first = model.forward_cached(&ids(&[&SEQ[..5]]), &mut cache).unwrap();
+        let first = model
+            .forward_cached(&ids(&[&SEQ[..5]]), &mut cache)
+            .unwrap();
         assert!(max_diff(&first.squeeze(0).unwrap(), &full.narrow(0, 0, 5).unwrap()) < 1e-4);
         for (pos, &tok) in SEQ.iter().enumerate().skip(5) {
             let step = model.forward_cached(&ids(&[&[tok]]), &mut cache).unwrap();
             let want = full.narrow(0, pos, 1).unwrap();
-            assert!(max_diff(&step.squeeze(0).unwrap(), &want) < 1e-4, "{arch}: position {pos}");
+            assert!(
+                max_diff(&step.squeeze(0).unwrap(), &want) < 1e-4,
+                "{arch}: position {pos}"
+            );
         }
         assert_eq!(cache.len(), SEQ.len());
     }
@@ -81,30 +126,54 @@ fn only_trainable_parameters_receive_gradients() {
     for arch in ARCHS {
         let mut ck = load(arch);
         let cfg = ck.config.clone();
-        let Some(&last) = cfg.moe_layers().last() else { continue };
+        let Some(&last) = cfg.moe_layers().last() else {
+            continue;
+        };
         let moe = cfg.moe(last).unwrap();
         let mut names: Vec<String> = router_keys(cfg.arch, moe.router, last);
         for e in [0, 1] {
             names.extend(Proj::ALL.map(|p| expert_key(cfg.arch, last, e, p)));
         }
-        let n = ck.params.set_trainable(|n| names.iter().any(|x| x == n)).unwrap();
+        let n = ck
+            .params
+            .set_trainable(|n| names.iter().any(|x| x == n))
+            .unwrap();
         assert_eq!(n, names.len(), "{arch}");
         let model = MoeModel::new(&cfg, &ck.params).unwrap();
         // The fixtures' inputs route at least one token to experts 0 and 1 of the last layer.
         let x = golden_ids(arch);
         let out = model.forward(&x, None, true).unwrap();
-        let used: Vec<u32> = out.traces.last().unwrap().routing.topk_idx.flatten_all().unwrap().to_vec1().unwrap();
+        let used: Vec<u32> = out
+            .traces
+            .last()
+            .unwrap()
+            .routing
+            .topk_idx
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         assert!(used.contains(&0) && used.contains(&1), "{arch}");
         let loss = causal_lm_loss(&out.logits, &x, None).unwrap();
         let grads = loss.backward().unwrap();
         for (name, var) in ck.params.trainable() {
             let g = grads.get(var.as_tensor());
-            let norm = g.unwrap_or_else(|| panic!("{arch}: {name} has no gradient")).sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            let norm = g
+                .unwrap_or_else(|| panic!("{arch}: {name} has no gradient"))
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(norm > 0.0, "{arch}: {name} has a zero gradient");
         }
         for (name, t) in ck.params.tensors() {
             if !ck.params.is_trainable(name) {
-                assert!(grads.get(t).is_none(), "{arch}: frozen {name} got a gradient");
+                assert!(
+                    grads.get(t).is_none(),
+                    "{arch}: frozen {name} got a gradient"
+                );
             }
         }
     }
@@ -114,10 +183,19 @@ fn only_trainable_parameters_receive_gradients() {
 fn bad_input_is_an_error_not_a_panic() {
     let ck = load("mixtral");
     let model = MoeModel::new(&ck.config, &ck.params).unwrap();
-    let err = model.forward(&ids(&[&[1, 2, 128]]), None, false).unwrap_err().to_string();
-    assert!(err.contains("token id 128 is outside the vocabulary of 128"), "{err}");
+    let err = model
+        .forward(&ids(&[&[1, 2, 128]]), None, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("token id 128 is outside the vocabulary of 128"),
+        "{err}"
+    );
     let mask = Tensor::new(&[[1u32, 1]], &Device::Cpu).unwrap();
-    let err = model.forward(&ids(&[&[1, 2, 3]]), Some(&mask), false).unwrap_err().to_string();
+    let err = model
+        .forward(&ids(&[&[1, 2, 3]]), Some(&mask), false)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("attention mask must be [1, 3]"), "{err}");
     let flat = Tensor::new(&[1u32, 2], &Device::Cpu).unwrap();
     assert!(model.forward(&flat, None, false).is_err());
@@ -133,9 +211,22 @@ fn loss_mask_restricts_the_mean_to_marked_targets() {
     let logits = model.forward(&x, None, false).unwrap().logits;
     // Per-position losses by hand.
     let logp = candle_nn::ops::log_softmax(&logits.squeeze(0).unwrap(), D::Minus1).unwrap();
-    let per: Vec<f32> = (0..7).map(|i| -logp.get(i).unwrap().get(SEQ[i + 1] as usize).unwrap().to_scalar::<f32>().unwrap()).collect();
+    let per: Vec<f32> = (0..7)
+        .map(|i| {
+            -logp
+                .get(i)
+                .unwrap()
+                .get(SEQ[i + 1] as usize)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        })
+        .collect();
     let mask = Tensor::new(&[[0u32, 0, 0, 0, 0, 1, 1, 0]], &Device::Cpu).unwrap();
-    let got = causal_lm_loss(&logits, &x, Some(&mask)).unwrap().to_scalar::<f32>().unwrap();
+    let got = causal_lm_loss(&logits, &x, Some(&mask))
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     let want = (per[4] + per[5]) / 2.0;
     assert!((got - want).abs() < 1e-5, "{got} vs {want}");
     let none = Tensor::zeros((1, 8), candle_core::DType::U32, &Device::Cpu).unwrap();

@@ -10,32 +10,80 @@ use fluxmoe_model::train::{train_step, AdamW, AdamWConfig, Batch};
 use fluxmoe_model::{checkpoint, MoeModel};
 
 fn golden_ids(arch: &str) -> Tensor {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures").join(arch);
-    candle_core::safetensors::load(dir.join("golden.safetensors"), &Device::Cpu).unwrap().remove("input_ids").unwrap()
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/fixtures")
+        .join(arch);
+    candle_core::safetensors::load(dir.join("golden.safetensors"), &Device::Cpu)
+        .unwrap()
+        .remove("input_ids")
+        .unwrap()
 }
 
 fn bits(t: &Tensor) -> Vec<u32> {
-    t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect()
 }
 
 #[test]
 fn one_step_on_chosen_experts_lowers_the_loss_and_freezes_the_rest() {
-    for arch in ["mixtral", "qwen2_moe", "deepseek", "llama_moe", "deepseek_v2"] {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures").join(arch);
+    for arch in [
+        "mixtral",
+        "qwen2_moe",
+        "deepseek",
+        "llama_moe",
+        "deepseek_v2",
+    ] {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/fixtures")
+            .join(arch);
         let mut ck = checkpoint::load_dir(&dir, &Device::Cpu).unwrap();
         let cfg = ck.config.clone();
         let last = *cfg.moe_layers().last().unwrap();
         // Experts 0 and 1 of the last MoE layer, chosen by index.
-        let chosen: Vec<String> = [0, 1].iter().flat_map(|&e| Proj::ALL.map(|p| expert_key(cfg.arch, last, e, p))).collect();
-        ck.params.set_trainable(|n| chosen.iter().any(|c| c == n)).unwrap();
-        let before: Vec<(String, Vec<u32>)> = ck.params.tensors().map(|(n, t)| (n.to_string(), bits(t))).collect();
+        let chosen: Vec<String> = [0, 1]
+            .iter()
+            .flat_map(|&e| Proj::ALL.map(|p| expert_key(cfg.arch, last, e, p)))
+            .collect();
+        ck.params
+            .set_trainable(|n| chosen.iter().any(|c| c == n))
+            .unwrap();
+        let before: Vec<(String, Vec<u32>)> = ck
+            .params
+            .tensors()
+            .map(|(n, t)| (n.to_string(), bits(t)))
+            .collect();
         let model = MoeModel::new(&cfg, &ck.params).unwrap();
-        let mut opt = AdamW::new(ck.params.trainable(), AdamWConfig { lr: 1e-2, ..Default::default() }).unwrap();
-        assert_eq!(opt.len(), 6, "{arch}: optimizer state only for the 6 trainable matrices");
-        let batch = Batch { input_ids: golden_ids(arch), attention_mask: None, loss_mask: None };
+        let mut opt = AdamW::new(
+            ck.params.trainable(),
+            AdamWConfig {
+                lr: 1e-2,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            opt.len(),
+            6,
+            "{arch}: optimizer state only for the 6 trainable matrices"
+        );
+        let batch = Batch {
+            input_ids: golden_ids(arch),
+            attention_mask: None,
+            loss_mask: None,
+        };
         let first = train_step(&model, &mut opt, &batch, Some(1.0)).unwrap();
         let second = train_step(&model, &mut opt, &batch, Some(1.0)).unwrap();
-        assert!(second.loss < first.loss, "{arch}: loss {} -> {}", first.loss, second.loss);
+        assert!(
+            second.loss < first.loss,
+            "{arch}: loss {} -> {}",
+            first.loss,
+            second.loss
+        );
         for (name, old) in before {
             let now = bits(ck.params.tensor(&name).unwrap());
             if chosen.contains(&name) {
@@ -51,10 +99,17 @@ fn one_step_on_chosen_experts_lowers_the_loss_and_freezes_the_rest() {
 fn trainable_parameters_can_be_chosen_by_name_pattern() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/olmoe");
     let mut ck = checkpoint::load_dir(&dir, &Device::Cpu).unwrap();
-    let n = ck.params.set_trainable(|n| glob_match("model.layers.*.mlp.experts.3.*", n)).unwrap();
+    let n = ck
+        .params
+        .set_trainable(|n| glob_match("model.layers.*.mlp.experts.3.*", n))
+        .unwrap();
     assert_eq!(n, 2 * 3, "expert 3 of both layers");
-    assert!(ck.params.is_trainable("model.layers.1.mlp.experts.3.down_proj.weight"));
-    assert!(!ck.params.is_trainable("model.layers.1.mlp.experts.13.down_proj.weight"));
+    assert!(ck
+        .params
+        .is_trainable("model.layers.1.mlp.experts.3.down_proj.weight"));
+    assert!(!ck
+        .params
+        .is_trainable("model.layers.1.mlp.experts.13.down_proj.weight"));
 }
 
 #[test]
@@ -66,13 +121,27 @@ fn greedy_generation_with_the_cache_matches_argmax_of_full_forwards() {
     let ck = checkpoint::load_dir(&dir, &Device::Cpu).unwrap();
     let model = MoeModel::new(&ck.config, &ck.params).unwrap();
     let prompt = [3u32, 77, 12];
-    let cfg = GenerateConfig { max_new_tokens: 6, stop_ids: vec![], sampling: SamplingConfig::greedy() };
+    let cfg = GenerateConfig {
+        max_new_tokens: 6,
+        stop_ids: vec![],
+        sampling: SamplingConfig::greedy(),
+    };
     let got = generate(&mut CachedLm::new(&model), &prompt, &cfg, &mut |_| {}).unwrap();
     // Reference: recompute the whole sequence each step, no cache.
     let mut seq = prompt.to_vec();
     for _ in 0..6 {
-        let x = Tensor::new(seq.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-        let logits = model.forward(&x, None, false).unwrap().logits.get(0).unwrap().get(seq.len() - 1).unwrap();
+        let x = Tensor::new(seq.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let logits = model
+            .forward(&x, None, false)
+            .unwrap()
+            .logits
+            .get(0)
+            .unwrap()
+            .get(seq.len() - 1)
+            .unwrap();
         seq.push(logits.argmax(0).unwrap().to_scalar::<u32>().unwrap());
     }
     assert_eq!(got, seq[3..].to_vec());

@@ -177,13 +177,17 @@ impl Attention {
                 let (dn, dr, dv) = (*dn, *dr, *dv);
                 let qs = match q {
                     MlaQuery::Direct(l) => l.forward(x)?,
-                    MlaQuery::LowRank { a, norm, b } => b.forward(&norm.forward(&a.forward(x)?)?)?,
+                    MlaQuery::LowRank { a, norm, b } => {
+                        b.forward(&norm.forward(&a.forward(x)?)?)?
+                    }
                 };
                 let qs = to_bhtd(heads(qs, h, dn + dr)?)?;
                 let q_nope = qs.narrow(3, 0, dn)?;
-                let q_pe = self
-                    .rope
-                    .apply(&qs.narrow(3, dn, dr)?.contiguous()?, inputs.cos, inputs.sin)?;
+                let q_pe = self.rope.apply(
+                    &qs.narrow(3, dn, dr)?.contiguous()?,
+                    inputs.cos,
+                    inputs.sin,
+                )?;
                 let c = kv_a.forward(x)?; // [B, T, r + dr]
                 let c_kv = c.narrow(2, 0, *kv_lora_rank)?;
                 let k_pe = c.narrow(2, *kv_lora_rank, dr)?.reshape((b, t, 1, dr))?;

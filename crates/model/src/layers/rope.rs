@@ -74,12 +74,18 @@ mod tests {
         let (cos, sin) = Rope::new(d, 10000.0, false).tables(3, 5, &dev).unwrap();
         let inter = Rope::new(d, 10000.0, true).apply(&x, &cos, &sin).unwrap();
         // De-interleave: even lanes first, then odd lanes.
-        let perm: Vec<u32> = (0..d / 2).map(|i| 2 * i as u32).chain((0..d / 2).map(|i| 2 * i as u32 + 1)).collect();
+        let perm: Vec<u32> = (0..d / 2)
+            .map(|i| 2 * i as u32)
+            .chain((0..d / 2).map(|i| 2 * i as u32 + 1))
+            .collect();
         let perm = Tensor::new(perm.as_slice(), &dev).unwrap();
         let half = Rope::new(d, 10000.0, false)
             .apply(&x.index_select(&perm, 3).unwrap(), &cos, &sin)
             .unwrap();
-        let diff = (inter.index_select(&perm, 3).unwrap() - half).unwrap().abs().unwrap();
+        let diff = (inter.index_select(&perm, 3).unwrap() - half)
+            .unwrap()
+            .abs()
+            .unwrap();
         assert!(diff.max_all().unwrap().to_scalar::<f32>().unwrap() < 1e-6);
     }
 
@@ -90,11 +96,35 @@ mod tests {
         let rope = Rope::new(6, 500.0, false);
         let (cos, sin) = rope.tables(0, 4, &dev).unwrap();
         let y = rope.apply(&x, &cos, &sin).unwrap();
-        let x0 = x.narrow(2, 0, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let y0 = y.narrow(2, 0, 1).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let x0 = x
+            .narrow(2, 0, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let y0 = y
+            .narrow(2, 0, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(x0, y0);
-        let nx = x.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-        let ny = y.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        let nx = x
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let ny = y
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!((nx - ny).abs() < 1e-4 * nx);
     }
 }

@@ -1,0 +1,107 @@
+//! Bad input reaches a clear error naming the problem and exit code 2, never a panic.
+
+use super::{fixture, fluxmoe, stderr};
+
+fn assert_fails_with(args: &[&str], needle: &str) {
+    let o = fluxmoe(args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+    assert!(
+        err.contains(needle),
+        "{args:?}: expected `{needle}` in: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn truncated_checkpoint_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixture("olmoe").join("config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
+    let bytes = std::fs::read(fixture("olmoe").join("model.safetensors")).unwrap();
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        &bytes[..bytes.len() / 3],
+    )
+    .unwrap();
+    assert_fails_with(
+        &["inspect", "--model", dir.path().to_str().unwrap()],
+        "model.safetensors",
+    );
+}
+
+#[test]
+fn unsupported_architecture_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = std::fs::read_to_string(fixture("mixtral").join("config.json")).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        cfg.replace("\"mixtral\"", "\"jamba\""),
+    )
+    .unwrap();
+    std::fs::copy(
+        fixture("mixtral").join("model.safetensors"),
+        dir.path().join("model.safetensors"),
+    )
+    .unwrap();
+    assert_fails_with(
+        &["inspect", "--model", dir.path().to_str().unwrap()],
+        "unsupported architecture `jamba`",
+    );
+}
+
+#[test]
+fn garbage_gguf_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.gguf");
+    std::fs::write(&path, b"GGUF\x03\x00\x00\x00garbage").unwrap();
+    assert_fails_with(
+        &["inspect", "--model", path.to_str().unwrap()],
+        "model.gguf",
+    );
+}
+
+#[test]
+fn bad_ids_are_rejected() {
+    let m = fixture("mixtral");
+    let m = m.to_str().unwrap();
+    assert_fails_with(
+        &[
+            "logits",
+            "--model",
+            m,
+            "--ids",
+            "1,2;3",
+            "--out",
+            "/dev/null",
+        ],
+        "equal length",
+    );
+    assert_fails_with(
+        &["logits", "--model", m, "--ids", "1,x", "--out", "/dev/null"],
+        "`x` is not a token id",
+    );
+    assert_fails_with(
+        &[
+            "logits",
+            "--model",
+            m,
+            "--ids",
+            "1,999",
+            "--out",
+            "/dev/null",
+        ],
+        "outside the vocabulary",
+    );
+    assert_fails_with(
+        &["inspect", "--model", "/nonexistent/model"],
+        "/nonexistent/model",
+    );
+    assert_fails_with(
+        &["generate", "--model", m, "--prompt", "hi"],
+        "no tokenizer",
+    );
+}
