@@ -1,16 +1,27 @@
 //! Real-model generation with SmolLM2-135M-Instruct, when the asset is available
 //! (`.ci/run` fetches it and sets FLUXMOE_SMOLLM2_GGUF).
 
+use std::path::PathBuf;
+
 use super::{fluxmoe, stderr, stdout};
 
+/// The SmolLM2 GGUF: `$FLUXMOE_SMOLLM2_GGUF`, else the file in fluxmoe's cache folder.
 fn smollm2() -> Option<String> {
-    match std::env::var("FLUXMOE_SMOLLM2_GGUF") {
-        Ok(p) if std::path::Path::new(&p).exists() => Some(p),
-        _ => {
-            eprintln!("skipping: FLUXMOE_SMOLLM2_GGUF is not set to the cached SmolLM2 GGUF (run `fluxmoe assets fetch`)");
-            None
+    let cache = std::env::var_os("FLUXMOE_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("fluxmoe")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/fluxmoe")));
+    let candidates = std::env::var_os("FLUXMOE_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(cache.map(|c| c.join("SmolLM2-135M-Instruct.Q4_1.gguf")));
+    for path in candidates {
+        if path.exists() {
+            return Some(path.to_string_lossy().into_owned());
         }
     }
+    eprintln!("skipping: SmolLM2 GGUF not cached (run `fluxmoe assets fetch`, or set FLUXMOE_SMOLLM2_GGUF)");
+    None
 }
 
 #[test]
