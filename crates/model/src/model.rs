@@ -75,7 +75,7 @@ pub struct MoeModel {
     embed: Tensor,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
-    lm_head: Tensor,
+    lm_head: Linear,
     rope: Rope,
     device: Device,
 }
@@ -92,11 +92,14 @@ impl MoeModel {
             .map(|l| build_layer(cfg, params, l, &rope))
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(params.get("model.norm.weight", &[h])?, cfg.rms_norm_eps);
-        let lm_head = if cfg.tie_word_embeddings && !params.contains("lm_head.weight") {
-            embed.clone()
-        } else {
-            params.get("lm_head.weight", &[v, h])?
-        };
+        let lm_head = Linear::new(
+            if cfg.tie_word_embeddings && !params.contains("lm_head.weight") {
+                embed.clone()
+            } else {
+                params.get("lm_head.weight", &[v, h])?
+            },
+            None,
+        );
         Ok(Self {
             cfg: cfg.clone(),
             embed,
@@ -219,10 +222,7 @@ impl MoeModel {
             c.len += t;
         }
         let x = self.norm.forward(&x)?;
-        let logits = x
-            .reshape((b * t, ()))?
-            .matmul(&self.lm_head.t()?)?
-            .reshape((b, t, ()))?;
+        let logits = self.lm_head.forward(&x)?;
         Ok(ForwardOutput { logits, traces })
     }
 }
