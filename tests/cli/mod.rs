@@ -2,6 +2,7 @@ mod bad_input;
 mod generate;
 mod inspect;
 mod logits;
+mod upcycle;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};

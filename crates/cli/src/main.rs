@@ -6,6 +6,7 @@ mod bench;
 mod generate;
 mod inspect;
 mod logits;
+mod upcycle;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -68,6 +69,25 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Turn a dense Llama model into a Mixtral-format MoE checkpoint folder.
+    Upcycle {
+        /// Dense Llama model: checkpoint folder or .gguf file.
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long, value_enum, default_value_t = UpcycleMethod::Sparse)]
+        method: UpcycleMethod,
+        #[arg(long, default_value_t = 4)]
+        experts: usize,
+        #[arg(long, default_value_t = 2)]
+        top_k: usize,
+        /// Standard deviation of the random router initialisation.
+        #[arg(long, default_value_t = 0.02)]
+        router_std: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Benchmarks (numbers go into the README's performance section).
     Bench {
         #[command(subcommand)]
@@ -78,6 +98,12 @@ enum Command {
         #[command(subcommand)]
         action: AssetsAction,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum UpcycleMethod {
+    /// Every expert a copy of the dense FFN; equals the dense model at initialisation.
+    Sparse,
 }
 
 #[derive(Subcommand)]
@@ -151,6 +177,23 @@ fn run(cli: Cli) -> Result<()> {
                 },
             };
             generate::run(&load(&model)?, &args).map(|_| ())
+        }
+        Some(Command::Upcycle {
+            from,
+            method: UpcycleMethod::Sparse,
+            experts,
+            top_k,
+            router_std,
+            seed,
+            out,
+        }) => {
+            let spec = fluxmoe_model::upcycle::SparseUpcycle {
+                n_experts: experts,
+                top_k,
+                router_std,
+                seed,
+            };
+            upcycle::run(&load(&from)?, &spec, &out)
         }
         Some(Command::Bench {
             which:

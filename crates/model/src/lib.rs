@@ -29,6 +29,7 @@ pub mod source;
 pub mod stats;
 pub mod tokenizer;
 pub mod train;
+pub mod upcycle;
 
 pub use checkpoint::{Checkpoint, StorageLayout};
 pub use config::{Arch, ModelConfig};

@@ -113,3 +113,28 @@ fn load_gguf(path: &Path, device: &Device) -> Result<LoadedModel> {
         },
     })
 }
+
+/// Write `tokenizer.json` and a `tokenizer_config.json` (chat template, EOS token) into
+/// a checkpoint folder, so that [`load_model`] on that folder finds them again.
+pub fn save_tokenizer_files(
+    dir: &Path,
+    tokenizer: &Tokenizer,
+    eos_ids: &[u32],
+    chat_template: Option<&str>,
+) -> Result<()> {
+    let tok_path = dir.join("tokenizer.json");
+    tokenizer
+        .save(&tok_path, false)
+        .map_err(|e| Error::format(&tok_path, format!("cannot write tokenizer: {e}")))?;
+    let mut config = serde_json::Map::new();
+    if let Some(eos) = eos_ids.first().and_then(|&id| tokenizer.id_to_token(id)) {
+        config.insert("eos_token".into(), Value::String(eos));
+    }
+    if let Some(t) = chat_template {
+        config.insert("chat_template".into(), Value::String(t.to_string()));
+    }
+    let path = dir.join("tokenizer_config.json");
+    let text = serde_json::to_string_pretty(&Value::Object(config))
+        .map_err(|e| Error::format(&path, e.to_string()))?;
+    checkpoint::write_atomic(&path, text.as_bytes())
+}

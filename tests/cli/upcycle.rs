@@ -1,0 +1,67 @@
+//! `fluxmoe upcycle` writes a Mixtral folder that computes what the dense model does.
+
+use candle_core::Device;
+
+use super::{fixture, fluxmoe, stderr};
+
+#[test]
+fn upcycled_fixture_gives_the_dense_logits_through_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let moe = dir.path().join("moe");
+    let o = fluxmoe(&[
+        "upcycle",
+        "--from",
+        fixture("llama").to_str().unwrap(),
+        "--method",
+        "sparse",
+        "--experts",
+        "4",
+        "--top-k",
+        "2",
+        "--out",
+        moe.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(moe.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["model_type"], "mixtral");
+    assert_eq!(cfg["num_local_experts"], 4);
+    let ids = "5,17,99,3,42;7,120,64,1,2";
+    let (a, b) = (dir.path().join("a.st"), dir.path().join("b.st"));
+    for (model, out) in [(fixture("llama"), &a), (moe.clone(), &b)] {
+        let o = fluxmoe(&[
+            "logits",
+            "--model",
+            model.to_str().unwrap(),
+            "--ids",
+            ids,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let la = candle_core::safetensors::load(&a, &Device::Cpu).unwrap();
+    let lb = candle_core::safetensors::load(&b, &Device::Cpu).unwrap();
+    let err: f32 = (&la["logits"] - &lb["logits"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(err <= 1e-5, "{err}");
+    assert!(lb.contains_key("topk_idx.0") && lb.contains_key("topk_idx.1"));
+    // Upcycling an MoE is refused with a clear message.
+    let o = fluxmoe(&[
+        "upcycle",
+        "--from",
+        fixture("mixtral").to_str().unwrap(),
+        "--out",
+        dir.path().join("x").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("dense llama"), "{}", stderr(&o));
+}
