@@ -5,3 +5,7 @@ pub mod jsonl;
 pub mod metrics;
 pub mod task;
 pub mod tasks;
+
+pub use error::{Error, Result};
+pub use jsonl::{LoadOptions, Loaded};
+pub use task::{Example, GenerationMetric, Task, TaskKind};
