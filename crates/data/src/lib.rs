@@ -9,3 +9,7 @@ pub mod tasks;
 pub use error::{Error, Result};
 pub use jsonl::{LoadOptions, Loaded};
 pub use task::{Example, GenerationMetric, Task, TaskKind};
+pub mod histogram;
+pub mod partition;
+pub use histogram::GroupHistogram;
+pub use partition::{partition, DirichletConfig, PartitionScheme, Partitions};
