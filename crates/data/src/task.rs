@@ -15,7 +15,7 @@
 //! [`Task::split`] is a deterministic train/test split: a seeded shuffle of the
 //! example indices (`rand::rngs::StdRng::seed_from_u64(seed)`), the first
 //! `round(n * test_fraction)` shuffled indices become the test side, and both
-//! sides keep the original example order.
+//! sides keep the original example order and the task's name and kind.
 
 use std::sync::Arc;
 
@@ -202,8 +202,8 @@ impl Task {
             }
         }
         Ok((
-            Task::new(format!("{}-train", self.name), self.kind, train)?,
-            Task::new(format!("{}-test", self.name), self.kind, test)?,
+            Task::new(self.name.clone(), self.kind, train)?,
+            Task::new(self.name.clone(), self.kind, test)?,
         ))
     }
 }
@@ -237,6 +237,7 @@ mod tests {
         let task = toy(50);
         let (train, test) = task.split(7, 0.2).unwrap();
         assert_eq!((train.len(), test.len()), (40, 10));
+        assert_eq!((train.name.as_str(), test.kind), ("toy", task.kind));
         let mut ids: Vec<&str> = train
             .examples
             .iter()

@@ -3,6 +3,7 @@
 //! Every loader takes a path and [`LoadOptions`](crate::jsonl::LoadOptions) and
 //! returns a [`Loaded`](crate::jsonl::Loaded) (the task plus the number of skipped
 //! malformed records).
+//!
 //! | task | file | kind | group |
 //! |---|---|---|---|
 //! | [`math`] | `mathematics/{train,test}.jsonl` | exact match | module |
