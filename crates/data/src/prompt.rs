@@ -57,17 +57,18 @@ impl Template {
     /// The built-in template of a task name (see [`crate::tasks`]); other names get
     /// no instruction and hidden choices.
     pub fn for_task(name: &str) -> Self {
+        use crate::tasks::{gsm8k, math, mmlu, piqa, wordnet};
         use ChoiceDisplay::{Hidden, Lettered};
         match name {
-            "math" => Template::new("Answer with the final answer only.", Hidden),
-            "gsm8k" => Template::new("Answer with the final number only.", Hidden),
-            "wordnet-define" => Template::new("Give a one-line dictionary definition of this word.", Hidden),
-            "wordnet-supersense" => Template::new(
+            math::NAME => Template::new("Answer with the final answer only.", Hidden),
+            gsm8k::NAME => Template::new("Answer with the final number only.", Hidden),
+            wordnet::DEFINE_NAME => Template::new("Give a one-line dictionary definition of this word.", Hidden),
+            wordnet::SUPERSENSE_NAME => Template::new(
                 "Name the WordNet supersense (such as noun.animal or verb.motion) of the word sense defined below.",
                 Hidden,
             ),
-            "mmlu" => Template::new("Answer with the letter of the correct option.", Lettered),
-            "piqa" => Template::new(
+            mmlu::NAME => Template::new("Answer with the letter of the correct option.", Lettered),
+            piqa::NAME => Template::new(
                 "Which solution reaches the goal? Answer with the letter of the better option.",
                 Lettered,
             ),

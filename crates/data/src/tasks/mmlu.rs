@@ -7,6 +7,8 @@
 //! (e.g. `high_school_physics`).
 //! prompt = `question`, choices = the four options, answer = the letter's index,
 //! group = subject, id = `<subject>-<line>`.
+//! A CSV syntax error (such as an unterminated quote) fails the whole file even
+//! with `skip_malformed`, since the records after it cannot be trusted.
 //! Parquet files are not read.
 
 use std::path::{Path, PathBuf};

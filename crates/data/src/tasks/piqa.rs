@@ -52,7 +52,10 @@ pub fn load(data: &Path, labels: &Path, opts: LoadOptions) -> Result<Loaded> {
             Some(id) => id.to_string(),
             None => format!("piqa-{}", r.line),
         };
-        Example::multiple_choice(id, r.str("goal")?, choices, answers[r.line - 1], None)
+        let Some(&answer) = answers.get(r.line - 1) else {
+            return Err(r.error("no label for this line"));
+        };
+        Example::multiple_choice(id, r.str("goal")?, choices, answer, None)
     })?;
     let task = Task::new(NAME, TaskKind::MultipleChoice, examples)?;
     Ok(Loaded { task, n_skipped })
