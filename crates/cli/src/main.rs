@@ -3,9 +3,11 @@
 
 mod assets;
 mod bench;
+mod eval;
 mod generate;
 mod inspect;
 mod logits;
+mod partition;
 mod upcycle;
 
 use std::path::PathBuf;
@@ -88,6 +90,33 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Score a model on a task's test split (metric with a 95% interval).
+    Eval {
+        #[arg(long)]
+        model: PathBuf,
+        /// math, wordnet-define, wordnet-supersense, dolly:PATH, gsm8k:PATH, mmlu:PATH,
+        /// piqa:DATA,LABELS, jsonl:PATH, jsonl-em:PATH.
+        #[arg(long)]
+        task: String,
+        /// Score a seeded random subset of this many test examples.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 48)]
+        max_new_tokens: usize,
+        /// Multiple choice: compare summed log-likelihoods, or per token / per character.
+        #[arg(long, value_enum, default_value_t = NormArg::Sum)]
+        length_norm: NormArg,
+        /// The mathematics data folder (default: FLUXMOE_MATH_DIR or ../shared/data/mathematics).
+        #[arg(long)]
+        math_dir: Option<PathBuf>,
+    },
+    /// Data tools.
+    Data {
+        #[command(subcommand)]
+        action: DataAction,
+    },
     /// Benchmarks (numbers go into the README's performance section).
     Bench {
         #[command(subcommand)]
@@ -98,6 +127,13 @@ enum Command {
         #[command(subcommand)]
         action: AssetsAction,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum NormArg {
+    Sum,
+    PerToken,
+    PerChar,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -123,6 +159,43 @@ enum BenchKind {
         #[arg(long)]
         train: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum DataAction {
+    /// Split a task among participants; print sizes (and with --show, group histograms).
+    Partition {
+        #[arg(long)]
+        task: String,
+        #[arg(long)]
+        participants: usize,
+        #[arg(long, value_enum, default_value_t = SchemeArg::Iid)]
+        scheme: SchemeArg,
+        /// Dirichlet concentration (smaller = more skewed).
+        #[arg(long, default_value_t = 0.5)]
+        alpha: f64,
+        #[arg(long, default_value_t = 10)]
+        min_partition_size: usize,
+        #[arg(long)]
+        self_balancing: bool,
+        /// Pathological: groups per participant.
+        #[arg(long, default_value_t = 2)]
+        groups_per_participant: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        show: bool,
+        #[arg(long)]
+        math_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SchemeArg {
+    Iid,
+    Dirichlet,
+    Pathological,
+    Natural,
 }
 
 #[derive(Subcommand)]
@@ -194,6 +267,68 @@ fn run(cli: Cli) -> Result<()> {
                 seed,
             };
             upcycle::run(&load(&from)?, &spec, &out)
+        }
+        Some(Command::Eval {
+            model,
+            task,
+            limit,
+            seed,
+            max_new_tokens,
+            length_norm,
+            math_dir,
+        }) => {
+            use fluxmoe_data::metrics::LengthNorm;
+            let args = eval::EvalArgs {
+                task,
+                limit,
+                seed,
+                max_new_tokens,
+                length_norm: match length_norm {
+                    NormArg::Sum => LengthNorm::Sum,
+                    NormArg::PerToken => LengthNorm::PerToken,
+                    NormArg::PerChar => LengthNorm::PerChar,
+                },
+                dirs: eval::data_dirs(math_dir),
+            };
+            eval::run(&load(&model)?, &args)
+        }
+        Some(Command::Data {
+            action:
+                DataAction::Partition {
+                    task,
+                    participants,
+                    scheme,
+                    alpha,
+                    min_partition_size,
+                    self_balancing,
+                    groups_per_participant,
+                    seed,
+                    show,
+                    math_dir,
+                },
+        }) => {
+            use fluxmoe_data::{DirichletConfig, PartitionScheme};
+            let scheme = match scheme {
+                SchemeArg::Iid => PartitionScheme::Iid { seed },
+                SchemeArg::Dirichlet => PartitionScheme::Dirichlet(DirichletConfig {
+                    alpha,
+                    min_partition_size,
+                    self_balancing,
+                    seed,
+                }),
+                SchemeArg::Pathological => PartitionScheme::Pathological {
+                    groups_per_participant,
+                    seed,
+                },
+                SchemeArg::Natural => PartitionScheme::Natural,
+            };
+            partition::run(
+                &task,
+                &eval::data_dirs(math_dir),
+                participants,
+                &scheme,
+                show,
+            )
         }
         Some(Command::Bench {
             which:

@@ -25,6 +25,7 @@
 pub mod batch;
 pub mod csv;
 pub mod error;
+pub mod evaluate;
 pub mod histogram;
 pub mod jsonl;
 pub mod metrics;
@@ -35,6 +36,7 @@ pub mod tasks;
 
 pub use batch::{collate, encode, make_batch, Batch, BatchConfig, Encoded};
 pub use error::{Error, Result};
+pub use evaluate::{evaluate, EvalConfig, EvalReport, Scorer};
 pub use histogram::GroupHistogram;
 pub use jsonl::{LoadOptions, Loaded};
 pub use partition::{partition, DirichletConfig, PartitionScheme, Partitions};

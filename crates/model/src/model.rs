@@ -142,8 +142,88 @@ impl MoeModel {
         input_ids: &Tensor,
         attention_mask: Option<&Tensor>,
         record: bool,
-        mut cache: Option<&mut ModelCache>,
+        cache: Option<&mut ModelCache>,
     ) -> Result<ForwardOutput> {
+        let (hidden, traces) = self.run_hidden(input_ids, attention_mask, record, cache)?;
+        let logits = self.lm_head.forward(&hidden)?;
+        Ok(ForwardOutput { logits, traces })
+    }
+
+    /// The final-norm hidden states `[B, T, hidden]` (what `lm_head` reads) and traces.
+    pub fn forward_hidden(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        record: bool,
+    ) -> Result<(Tensor, Vec<LayerTrace>)> {
+        self.run_hidden(input_ids, attention_mask, record, None)
+    }
+
+    /// `log p(input_ids[b, t+1] | ..t)` for every target position, i.e. every `(b, t+1)`
+    /// with `loss_mask[b, t+1] == 1` (all positions after the first when `None`), from
+    /// hidden states of [`MoeModel::forward_hidden`]. Logits are computed only at those
+    /// positions, so a response-only loss never materialises `[B, T, V]`.
+    /// Returns the log-probabilities `[n]` and the batch row of each.
+    pub fn target_logprobs(
+        &self,
+        hidden: &Tensor,
+        input_ids: &Tensor,
+        loss_mask: Option<&Tensor>,
+    ) -> Result<(Tensor, Vec<usize>)> {
+        let (b, t, h) = hidden.dims3()?;
+        let ids: Vec<Vec<u32>> = input_ids.to_dtype(DType::U32)?.to_vec2()?;
+        let mask: Vec<Vec<u32>> = match loss_mask {
+            Some(m) => m.to_dtype(DType::U32)?.to_vec2()?,
+            None => vec![vec![1; t]; b],
+        };
+        if mask.len() != b || mask.iter().any(|r| r.len() != t) {
+            return Err(Error::Input(format!("loss mask must be [{b}, {t}]")));
+        }
+        let (mut positions, mut targets, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+        for (row, (row_ids, row_mask)) in ids.iter().zip(&mask).enumerate() {
+            for pos in 0..t.saturating_sub(1) {
+                if row_mask[pos + 1] != 0 {
+                    positions.push((row * t + pos) as u32);
+                    targets.push(row_ids[pos + 1]);
+                    rows.push(row);
+                }
+            }
+        }
+        if positions.is_empty() {
+            return Err(Error::Input("the loss mask selects no target token".into()));
+        }
+        let n = positions.len();
+        let positions = Tensor::from_vec(positions, n, &self.device)?;
+        let targets = Tensor::from_vec(targets, (n, 1), &self.device)?;
+        let selected = hidden.reshape((b * t, h))?.index_select(&positions, 0)?;
+        let logits = self.lm_head.forward(&selected)?;
+        let max = logits.max_keepdim(D::Minus1)?.detach();
+        let shifted = logits.broadcast_sub(&max)?;
+        let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+        let logp = (shifted.gather(&targets, 1)? - log_z)?.squeeze(1)?;
+        Ok((logp, rows))
+    }
+
+    /// Mean next-token cross-entropy over the target positions of `loss_mask` (see
+    /// [`MoeModel::target_logprobs`]); equals [`causal_lm_loss`] on the full logits.
+    pub fn loss(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        loss_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (hidden, _) = self.forward_hidden(input_ids, attention_mask, false)?;
+        let (logp, _) = self.target_logprobs(&hidden, input_ids, loss_mask)?;
+        Ok(logp.mean(0)?.neg()?)
+    }
+
+    fn run_hidden(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        record: bool,
+        mut cache: Option<&mut ModelCache>,
+    ) -> Result<(Tensor, Vec<LayerTrace>)> {
         let (b, t) = input_ids.dims2().map_err(|_| {
             Error::Input(format!(
                 "input ids must be [batch, seq], got {:?}",
@@ -221,9 +301,7 @@ impl MoeModel {
         if let Some(c) = cache {
             c.len += t;
         }
-        let x = self.norm.forward(&x)?;
-        let logits = self.lm_head.forward(&x)?;
-        Ok(ForwardOutput { logits, traces })
+        Ok((self.norm.forward(&x)?, traces))
     }
 }
 

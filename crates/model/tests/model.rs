@@ -229,6 +229,19 @@ fn loss_mask_restricts_the_mean_to_marked_targets() {
         .unwrap();
     let want = (per[4] + per[5]) / 2.0;
     assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+    let selective = model
+        .loss(&x, None, Some(&mask))
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!((selective - want).abs() < 1e-5, "{selective} vs {want}");
+    assert!(model
+        .loss(
+            &x,
+            None,
+            Some(&Tensor::zeros((1, 8), candle_core::DType::U32, &Device::Cpu).unwrap())
+        )
+        .is_err());
     let none = Tensor::zeros((1, 8), candle_core::DType::U32, &Device::Cpu).unwrap();
     assert!(causal_lm_loss(&logits, &x, Some(&none)).is_err());
 }

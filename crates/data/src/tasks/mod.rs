@@ -21,4 +21,5 @@ pub mod gsm8k;
 pub mod math;
 pub mod mmlu;
 pub mod piqa;
+pub mod registry;
 pub mod wordnet;

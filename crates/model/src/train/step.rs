@@ -4,7 +4,7 @@
 use candle_core::Tensor;
 
 use super::AdamW;
-use crate::model::{causal_lm_loss, MoeModel};
+use crate::model::MoeModel;
 use crate::{Error, Result};
 
 /// A batch of token ids `[B, T]` with optional attention mask and loss mask `[B, T]`.
@@ -30,8 +30,11 @@ pub fn train_step(
     batch: &Batch,
     max_grad_norm: Option<f64>,
 ) -> Result<StepStats> {
-    let out = model.forward(&batch.input_ids, batch.attention_mask.as_ref(), false)?;
-    let loss = causal_lm_loss(&out.logits, &batch.input_ids, batch.loss_mask.as_ref())?;
+    let loss = model.loss(
+        &batch.input_ids,
+        batch.attention_mask.as_ref(),
+        batch.loss_mask.as_ref(),
+    )?;
     let value = loss.to_scalar::<f32>()?;
     if !value.is_finite() {
         return Err(Error::Input(format!("non-finite training loss {value}")));

@@ -1,0 +1,134 @@
+//! `fluxmoe eval`: a model's metric on a task's test split, with a 95% interval.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use fluxmoe_data::batch::Batch;
+use fluxmoe_data::metrics::LengthNorm;
+use fluxmoe_data::tasks::registry::{load_train_test, DataDirs};
+use fluxmoe_data::{evaluate, EvalConfig, LoadOptions, PromptFormat, Scorer};
+use fluxmoe_model::generate::{generate, GenerateConfig};
+use fluxmoe_model::model::CachedLm;
+use fluxmoe_model::sampling::SamplingConfig;
+use fluxmoe_model::{LoadedModel, MoeModel};
+
+pub struct EvalArgs {
+    pub task: String,
+    pub limit: Option<usize>,
+    pub seed: u64,
+    pub max_new_tokens: usize,
+    pub length_norm: LengthNorm,
+    pub dirs: DataDirs,
+}
+
+/// The data folders: `--math-dir`/`FLUXMOE_MATH_DIR`, else `../shared/data/mathematics`
+/// (the layout of a fluxmoe checkout); WordNet in Debian's place.
+pub fn data_dirs(math_dir: Option<PathBuf>) -> DataDirs {
+    let math = math_dir
+        .or_else(|| std::env::var_os("FLUXMOE_MATH_DIR").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("../shared/data/mathematics"));
+    DataDirs {
+        math,
+        wordnet: PathBuf::from(fluxmoe_data::tasks::wordnet::DEFAULT_DIR),
+    }
+}
+
+/// Greedy generation and log-likelihoods through [`MoeModel`].
+struct ModelScorer<'a> {
+    model: &'a MoeModel,
+    stop_ids: Vec<u32>,
+}
+
+fn data_err(e: impl std::fmt::Display) -> fluxmoe_data::Error {
+    fluxmoe_data::Error::Tokenizer(format!("model: {e}"))
+}
+
+impl Scorer for ModelScorer<'_> {
+    fn generate(
+        &mut self,
+        prompt_ids: &[u32],
+        max_new_tokens: usize,
+    ) -> fluxmoe_data::Result<Vec<u32>> {
+        let cfg = GenerateConfig {
+            max_new_tokens,
+            stop_ids: self.stop_ids.clone(),
+            sampling: SamplingConfig::greedy(),
+        };
+        generate(
+            &mut CachedLm::new(self.model),
+            prompt_ids,
+            &cfg,
+            &mut |_| {},
+        )
+        .map_err(data_err)
+    }
+
+    fn logliks(&mut self, batch: &Batch) -> fluxmoe_data::Result<Vec<f32>> {
+        let run = || -> fluxmoe_model::Result<Vec<f32>> {
+            let (b, _) = batch.input_ids.dims2()?;
+            let (hidden, _) =
+                self.model
+                    .forward_hidden(&batch.input_ids, Some(&batch.attention_mask), false)?;
+            let (logp, rows) =
+                self.model
+                    .target_logprobs(&hidden, &batch.input_ids, Some(&batch.loss_mask))?;
+            let mut sums = vec![0f32; b];
+            for (lp, row) in logp.to_vec1::<f32>()?.into_iter().zip(rows) {
+                sums[row] += lp;
+            }
+            Ok(sums)
+        };
+        run().map_err(data_err)
+    }
+}
+
+pub fn run(lm: &LoadedModel, args: &EvalArgs) -> Result<()> {
+    let tokenizer = lm
+        .tokenizer
+        .as_ref()
+        .context("this model has no tokenizer (a folder needs tokenizer.json)")?;
+    let data = load_train_test(&args.task, &args.dirs, LoadOptions::STRICT, args.seed)
+        .with_context(|| format!("loading task `{}`", args.task))?;
+    let chat = lm
+        .chat_template
+        .as_deref()
+        .is_some_and(|t| t.contains("<|im_start|>"));
+    let mut stop_ids = lm.eos_ids.clone();
+    stop_ids.extend(tokenizer.token_to_id("<|im_end|>"));
+    let pad_id = lm.eos_ids.first().copied().unwrap_or(0);
+    let model = MoeModel::new(&lm.checkpoint.config, &lm.checkpoint.params)?;
+    let cfg = EvalConfig {
+        format: if chat {
+            PromptFormat::ChatMl
+        } else {
+            PromptFormat::Plain
+        },
+        max_len: 512,
+        max_new_tokens: args.max_new_tokens,
+        limit: args.limit,
+        seed: args.seed,
+        length_norm: args.length_norm,
+        pad_id,
+    };
+    let report = evaluate(
+        &data.test,
+        tokenizer,
+        &mut ModelScorer {
+            model: &model,
+            stop_ids,
+        },
+        &cfg,
+    )?;
+    println!(
+        "task     {} ({} test examples{})",
+        args.task,
+        data.test.examples.len(),
+        match args.limit {
+            Some(n) => format!(", {n} scored"),
+            None => String::new(),
+        }
+    );
+    println!("format   {}", if chat { "ChatML" } else { "plain" });
+    println!("{:<8} {}", report.metric, report.score);
+    Ok(())
+}

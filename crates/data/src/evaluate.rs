@@ -1,0 +1,163 @@
+//! Scoring a language model on a task's examples.
+//!
+//! The model is reached only through [`Scorer`] (greedy generation and per-row
+//! log-likelihoods), so this crate stays model-free.
+//! - Generation tasks: render the prompt, generate greedily, compare the decoded text
+//!   with the example's target by the task's metric (ROUGE-L F1 or exact match).
+//! - Multiple choice: score every choice as the sum of its tokens' log-probabilities
+//!   after the prompt (one batch per example), pick the best under [`LengthNorm`],
+//!   count 1 when it is the answer.
+//!
+//! The result is the mean over examples with a 95% interval ([`mean_ci`]).
+//! With `limit`, a seeded random subset of that size is scored (tasks are often stored
+//! sorted by group, so the first N would not be representative).
+
+use candle_core::Device;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use tokenizers::Tokenizer;
+
+use crate::batch::{collate, encode, Batch, BatchConfig};
+use crate::error::{Error, Result};
+use crate::metrics::{exact_match, mean_ci, pick_choice, rouge_l, ChoiceScore, LengthNorm, MeanCi};
+use crate::prompt::{ChoiceDisplay, PromptFormat, Rendered, Template};
+use crate::task::{GenerationMetric, Task, TaskKind};
+
+/// What evaluation needs from a model.
+pub trait Scorer {
+    /// Greedy continuation of `prompt_ids`: at most `max_new_tokens` ids, without the
+    /// stop token.
+    fn generate(&mut self, prompt_ids: &[u32], max_new_tokens: usize) -> Result<Vec<u32>>;
+    /// For each row of `batch`, the sum of `log p(token | prefix)` over the positions
+    /// whose loss mask is 1.
+    fn logliks(&mut self, batch: &Batch) -> Result<Vec<f32>>;
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalConfig {
+    pub format: PromptFormat,
+    /// Longest prompt + answer, in tokens.
+    pub max_len: usize,
+    pub max_new_tokens: usize,
+    /// Score a seeded random subset of this many examples.
+    pub limit: Option<usize>,
+    pub seed: u64,
+    pub length_norm: LengthNorm,
+    pub pad_id: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalReport {
+    /// `rouge_l`, `exact_match` or `accuracy`.
+    pub metric: &'static str,
+    pub score: MeanCi,
+    pub per_example: Vec<f64>,
+}
+
+/// Score `scorer` on `task` (its examples as given: pass the test split).
+pub fn evaluate(
+    task: &Task,
+    tokenizer: &Tokenizer,
+    scorer: &mut dyn Scorer,
+    cfg: &EvalConfig,
+) -> Result<EvalReport> {
+    let mut order: Vec<usize> = (0..task.examples.len()).collect();
+    if let Some(limit) = cfg.limit {
+        if limit == 0 {
+            return Err(Error::param("limit", "must be at least 1"));
+        }
+        order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(cfg.seed));
+        order.truncate(limit);
+    }
+    let template = Template::for_task(&task.name);
+    let batch_cfg = BatchConfig {
+        max_len: cfg.max_len,
+        pad_id: cfg.pad_id,
+        eos_id: None,
+    };
+    let mut scores = Vec::with_capacity(order.len());
+    for &i in &order {
+        let ex = &task.examples[i];
+        let rendered = template.render(ex, cfg.format)?;
+        let score = match task.kind {
+            TaskKind::Generation { metric } => {
+                let reference = template.message(ex)?.target;
+                let prompt = encode(
+                    tokenizer,
+                    &Rendered {
+                        prompt: rendered.prompt.clone(),
+                        target: String::new(),
+                    },
+                    &batch_cfg,
+                )?;
+                let out = scorer.generate(&prompt.ids, cfg.max_new_tokens)?;
+                let text = tokenizer
+                    .decode(&out, true)
+                    .map_err(|e| Error::Tokenizer(e.to_string()))?;
+                match metric {
+                    GenerationMetric::RougeL => rouge_l(text.trim(), &reference).f1,
+                    GenerationMetric::ExactMatch => {
+                        let first_line = text.trim().lines().next().unwrap_or("");
+                        f64::from(u8::from(exact_match(first_line, &reference)))
+                    }
+                }
+            }
+            TaskKind::MultipleChoice => {
+                let (choices, answer) = match (&ex.choices, ex.answer) {
+                    (Some(c), Some(a)) => (c, a),
+                    _ => {
+                        return Err(Error::task(
+                            &task.name,
+                            format!("example `{}` has no choices or answer", ex.id),
+                        ))
+                    }
+                };
+                let options: Vec<String> = match template.choices {
+                    ChoiceDisplay::Hidden => choices.iter().cloned().collect(),
+                    ChoiceDisplay::Lettered => (b'A'..)
+                        .take(choices.len())
+                        .map(|c| (c as char).to_string())
+                        .collect(),
+                };
+                let items = options
+                    .iter()
+                    .map(|o| {
+                        let r = Rendered {
+                            prompt: rendered.prompt.clone(),
+                            target: o.clone(),
+                        };
+                        encode(tokenizer, &r, &batch_cfg)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let batch = collate(&items, cfg.pad_id, &Device::Cpu)?;
+                let logliks = scorer.logliks(&batch)?;
+                let scored: Vec<ChoiceScore> = items
+                    .iter()
+                    .zip(&logliks)
+                    .zip(&options)
+                    .map(|((item, &loglik), o)| ChoiceScore {
+                        loglik,
+                        n_tokens: item.loss_mask.iter().filter(|&&m| m == 1).count(),
+                        n_chars: o.chars().count(),
+                    })
+                    .collect();
+                f64::from(u8::from(pick_choice(&scored, cfg.length_norm)? == answer))
+            }
+        };
+        scores.push(score);
+    }
+    let metric = match task.kind {
+        TaskKind::Generation {
+            metric: GenerationMetric::RougeL,
+        } => "rouge_l",
+        TaskKind::Generation {
+            metric: GenerationMetric::ExactMatch,
+        } => "exact_match",
+        TaskKind::MultipleChoice => "accuracy",
+    };
+    Ok(EvalReport {
+        metric,
+        score: mean_ci(&scores)?,
+        per_example: scores,
+    })
+}

@@ -1,0 +1,144 @@
+//! The evaluation loop with a fake model: metrics, multiple-choice picking, subsets.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::tiny_tokenizer;
+use fluxmoe_data::batch::Batch;
+use fluxmoe_data::metrics::LengthNorm;
+use fluxmoe_data::prompt::PromptFormat;
+use fluxmoe_data::{evaluate, EvalConfig, Example, GenerationMetric, Scorer, Task, TaskKind};
+
+const FOUR: u32 = 10;
+
+/// Always answers "four"; prefers any choice containing "four".
+struct Fake {
+    prompts: Vec<Vec<u32>>,
+}
+
+impl Scorer for Fake {
+    fn generate(
+        &mut self,
+        prompt_ids: &[u32],
+        max_new_tokens: usize,
+    ) -> fluxmoe_data::Result<Vec<u32>> {
+        self.prompts.push(prompt_ids.to_vec());
+        Ok(vec![FOUR; max_new_tokens.min(1)])
+    }
+    fn logliks(&mut self, batch: &Batch) -> fluxmoe_data::Result<Vec<f32>> {
+        let ids = batch.input_ids.to_vec2::<u32>().unwrap();
+        let mask = batch.loss_mask.to_vec2::<u32>().unwrap();
+        Ok(ids
+            .iter()
+            .zip(&mask)
+            .map(|(row, m)| {
+                let picks_four = row.iter().zip(m).any(|(&id, &mm)| mm == 1 && id == FOUR);
+                if picks_four {
+                    -1.0
+                } else {
+                    -5.0
+                }
+            })
+            .collect())
+    }
+}
+
+fn cfg(limit: Option<usize>) -> EvalConfig {
+    EvalConfig {
+        format: PromptFormat::ChatMl,
+        max_len: 32,
+        max_new_tokens: 4,
+        limit,
+        seed: 3,
+        length_norm: LengthNorm::Sum,
+        pad_id: 0,
+    }
+}
+
+#[test]
+fn generation_scores_with_the_task_metric() {
+    let examples = vec![
+        Example::generation("a", "what is two plus two", "four", None),
+        Example::generation("b", "what is two", "two", None),
+    ];
+    for (metric, name) in [
+        (GenerationMetric::RougeL, "rouge_l"),
+        (GenerationMetric::ExactMatch, "exact_match"),
+    ] {
+        let task = Task::new("generic", TaskKind::Generation { metric }, examples.clone()).unwrap();
+        let mut fake = Fake { prompts: vec![] };
+        let report = evaluate(&task, &tiny_tokenizer(), &mut fake, &cfg(None)).unwrap();
+        assert_eq!(report.metric, name);
+        assert_eq!(report.per_example, vec![1.0, 0.0]);
+        assert!((report.score.mean - 0.5).abs() < 1e-12);
+        // The model saw the ChatML prompt, ending with the assistant turn.
+        let first = &fake.prompts[0];
+        assert_eq!(first[0], 2, "starts with <|im_start|>");
+        assert_eq!(*first.last().unwrap(), 5, "ends with `assistant`");
+    }
+}
+
+#[test]
+fn multiple_choice_picks_the_highest_likelihood() {
+    let choices: Arc<[String]> = vec!["two".to_string(), "four".to_string()].into();
+    let examples = vec![
+        Example::multiple_choice("a", "what is two plus two", choices.clone(), 1, None).unwrap(),
+        Example::multiple_choice("b", "what is two", choices, 0, None).unwrap(),
+    ];
+    let task = Task::new("generic", TaskKind::MultipleChoice, examples).unwrap();
+    let report = evaluate(
+        &task,
+        &tiny_tokenizer(),
+        &mut Fake { prompts: vec![] },
+        &cfg(None),
+    )
+    .unwrap();
+    assert_eq!(report.metric, "accuracy");
+    assert_eq!(report.per_example, vec![1.0, 0.0]);
+}
+
+#[test]
+fn limit_scores_a_seeded_subset() {
+    let examples: Vec<Example> = (0..10)
+        .map(|i| {
+            Example::generation(
+                format!("{i}"),
+                "what is two",
+                if i % 2 == 0 { "four" } else { "two" },
+                None,
+            )
+        })
+        .collect();
+    let task = Task::new(
+        "generic",
+        TaskKind::Generation {
+            metric: GenerationMetric::ExactMatch,
+        },
+        examples,
+    )
+    .unwrap();
+    let a = evaluate(
+        &task,
+        &tiny_tokenizer(),
+        &mut Fake { prompts: vec![] },
+        &cfg(Some(4)),
+    )
+    .unwrap();
+    let b = evaluate(
+        &task,
+        &tiny_tokenizer(),
+        &mut Fake { prompts: vec![] },
+        &cfg(Some(4)),
+    )
+    .unwrap();
+    assert_eq!(a.per_example.len(), 4);
+    assert_eq!(a.per_example, b.per_example);
+    assert!(evaluate(
+        &task,
+        &tiny_tokenizer(),
+        &mut Fake { prompts: vec![] },
+        &cfg(Some(0))
+    )
+    .is_err());
+}
