@@ -21,20 +21,32 @@
 
 pub mod aggregate;
 pub mod clock;
+pub mod coordinator;
 pub mod cost;
 pub mod device;
 pub mod error;
+pub mod fedavg_full;
+pub mod history;
 pub mod ids;
 pub mod seed;
 pub mod server_opt;
+pub mod state;
+pub mod strategy;
 pub mod tensor_data;
+pub mod transport;
 pub mod wire;
 
 pub use aggregate::{fedavg, mean_deltas, AggregateConfig, AggregateReport, MeanDelta};
 pub use clock::{Clock, VirtualClock};
+pub use coordinator::{Coordinator, Evaluator, RunConfig, TargetConfig};
 pub use cost::{PhaseTimes, WorkCost};
 pub use device::{Assignment, DeviceProfile, FleetConfig};
 pub use error::{Error, Result};
+pub use fedavg_full::{FedAvgFull, FedAvgFullConfig};
+pub use history::{History, ParticipantTime, RoundRecord, TargetHit};
 pub use ids::{ParticipantId, Round};
 pub use server_opt::{ServerOptimizer, ServerOptimizerConfig, ServerOptimizerState};
+pub use state::{load_checkpoint, save_checkpoint, CoordinatorState};
+pub use strategy::{Strategy, TrainOutcome};
+pub use transport::{Exchange, LocalTransport, LocalTransportConfig, Participant, Transport};
 pub use wire::{Failure, FailureKind, Global, Scalar, TrainIns, TrainReply};
