@@ -260,7 +260,7 @@ impl Coordinator {
         }
 
         let eval = match evaluator {
-            Some(ev) if self.cfg.eval_every > 0 && round.0 % self.cfg.eval_every == 0 => {
+            Some(ev) if self.cfg.eval_every > 0 && round.0.is_multiple_of(self.cfg.eval_every) => {
                 Some(ev.evaluate(round, &self.global)?)
             }
             _ => None,
