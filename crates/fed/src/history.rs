@@ -1,0 +1,92 @@
+//! What a run records: one [`RoundRecord`] per round (serialisable as one JSON line)
+//! and the [`History`] with time-to-accuracy.
+//!
+//! Times are virtual seconds from the cost model, except `wall_seconds`, which the
+//! caller stamps from its own wall clock in the `on_round` callback.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cost::PhaseTimes;
+use crate::error::{Error, Result};
+use crate::ids::{ParticipantId, Round};
+use crate::wire::Failure;
+
+/// One participant's virtual time in a round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ParticipantTime {
+    pub participant: ParticipantId,
+    /// Name of its device profile.
+    pub device: String,
+    pub phases: PhaseTimes,
+    pub up_bytes: u64,
+    pub down_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    pub round: Round,
+    /// Participants sent an instruction, ascending.
+    pub participants: Vec<ParticipantId>,
+    /// Participants whose update went into the model, ascending.
+    pub accepted: Vec<ParticipantId>,
+    /// Dropouts, stragglers, errors and rejected replies, with reasons.
+    pub dropped: Vec<Failure>,
+    /// Per participant that did work (stragglers included), by phase.
+    pub times: Vec<ParticipantTime>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    /// Mean over accepted replies of each reply metric (e.g. training loss).
+    pub train_metrics: BTreeMap<String, f64>,
+    /// Whether the global model changed this round.
+    pub global_updated: bool,
+    /// Slowest participant, capped at the deadline.
+    pub train_s: f64,
+    /// Aggregation on the server profile.
+    pub aggregate_s: f64,
+    /// `train_s + aggregate_s`, the time this round added to the clock.
+    pub round_s: f64,
+    /// Evaluation metric of the new global model, on evaluation rounds.
+    pub eval: Option<f64>,
+    pub virtual_time_end: f64,
+    /// Measured seconds, filled in by the caller.
+    pub wall_seconds: Option<f64>,
+}
+
+impl RoundRecord {
+    /// The record as one line of JSON (no trailing newline).
+    pub fn to_json_line(&self) -> Result<String> {
+        serde_json::to_string(self)
+            .map_err(|e| Error::json(format!("round {} record", self.round), e))
+    }
+}
+
+/// The first evaluation that reached the target.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TargetHit {
+    pub round: Round,
+    /// Virtual time at the end of that round: the time-to-accuracy.
+    pub virtual_time_s: f64,
+    pub metric: f64,
+}
+
+/// The records of the rounds run by one call, and the target hit of the whole run
+/// (carried over a resume).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct History {
+    pub records: Vec<RoundRecord>,
+    pub target_hit: Option<TargetHit>,
+}
+
+impl History {
+    /// Virtual seconds until the target was first reached.
+    pub fn time_to_target(&self) -> Option<f64> {
+        self.target_hit.map(|hit| hit.virtual_time_s)
+    }
+
+    /// The last evaluation metric recorded.
+    pub fn last_eval(&self) -> Option<f64> {
+        self.records.iter().rev().find_map(|r| r.eval)
+    }
+}

@@ -1,0 +1,350 @@
+//! Delivering instructions and collecting replies.
+//!
+//! [`Transport::send_and_receive`] takes one round's instructions and returns every
+//! reply and every failure, plus each working participant's virtual time by phase
+//! (its reply's [`crate::WorkCost`] on its [`DeviceProfile`]).
+//!
+//! [`LocalTransport`] runs in-process [`Participant`]s one after another, in ascending
+//! id order, and simulates the network's failures deterministically:
+//! - dropout: participant p drops out of round r iff `u < dropout`, with `u` the first
+//!   uniform draw of the generator seeded by `(seed, r, p)`, so who drops out depends
+//!   neither on order nor on who else was sampled; a dropout does no work;
+//! - deadline: a reply whose virtual time exceeds the deadline becomes a
+//!   [`FailureKind::Deadline`] failure (its time is still recorded: it was spent);
+//! - a participant whose `train` returns `Err` becomes a [`FailureKind::Error`] failure.
+
+use std::collections::BTreeMap;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::device::DeviceProfile;
+use crate::error::{Error, Result};
+use crate::history::ParticipantTime;
+use crate::ids::ParticipantId;
+use crate::seed::{dropout_stream, round_rng};
+use crate::wire::{Failure, FailureKind, Global, TrainIns, TrainReply};
+
+/// One round's traffic.
+#[derive(Clone, Debug, Default)]
+pub struct Exchange {
+    /// On-time replies, ascending by participant.
+    pub replies: Vec<TrainReply>,
+    /// Participants that sent nothing usable, ascending.
+    pub failures: Vec<Failure>,
+    /// Virtual time of each participant that did work, ascending.
+    pub times: Vec<ParticipantTime>,
+}
+
+pub trait Transport {
+    /// Every participant reachable through this transport, ascending.
+    fn pool(&self) -> Vec<ParticipantId>;
+
+    /// Deliver `msgs` (at most one per participant) with the current global model and
+    /// collect the answers. `deadline_s` is in virtual seconds from the round start.
+    fn send_and_receive(
+        &mut self,
+        msgs: Vec<(ParticipantId, TrainIns)>,
+        global: &Global,
+        deadline_s: Option<f64>,
+    ) -> Result<Exchange>;
+}
+
+/// A participant's local training, as seen by an in-process transport.
+pub trait Participant {
+    fn train(&mut self, ins: &TrainIns, global: &Global) -> Result<TrainReply>;
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LocalTransportConfig {
+    /// Probability in [0, 1) that a sampled participant drops out of a round.
+    pub dropout: f64,
+    pub seed: u64,
+}
+
+struct Member {
+    participant: Box<dyn Participant>,
+    profile: DeviceProfile,
+}
+
+pub struct LocalTransport {
+    cfg: LocalTransportConfig,
+    members: BTreeMap<ParticipantId, Member>,
+}
+
+impl LocalTransport {
+    pub fn new(cfg: LocalTransportConfig) -> Result<Self> {
+        if !(0.0..1.0).contains(&cfg.dropout) {
+            return Err(Error::config(
+                "transport.dropout",
+                format!("must be in [0, 1), got {}", cfg.dropout),
+            ));
+        }
+        Ok(LocalTransport {
+            cfg,
+            members: BTreeMap::new(),
+        })
+    }
+
+    /// Register a participant running on `profile`.
+    pub fn add(
+        &mut self,
+        id: ParticipantId,
+        participant: Box<dyn Participant>,
+        profile: DeviceProfile,
+    ) -> Result<()> {
+        profile.validate()?;
+        if self.members.contains_key(&id) {
+            return Err(Error::config(
+                "transport.participants",
+                format!("participant {id} added twice"),
+            ));
+        }
+        self.members.insert(
+            id,
+            Member {
+                participant,
+                profile,
+            },
+        );
+        Ok(())
+    }
+}
+
+impl Transport for LocalTransport {
+    fn pool(&self) -> Vec<ParticipantId> {
+        self.members.keys().copied().collect()
+    }
+
+    fn send_and_receive(
+        &mut self,
+        mut msgs: Vec<(ParticipantId, TrainIns)>,
+        global: &Global,
+        deadline_s: Option<f64>,
+    ) -> Result<Exchange> {
+        msgs.sort_by_key(|(id, _)| *id);
+        for pair in msgs.windows(2) {
+            if pair[0].0 == pair[1].0 {
+                return Err(Error::DuplicateParticipant(pair[0].0));
+            }
+        }
+        if let Some((id, _)) = msgs.iter().find(|(id, _)| !self.members.contains_key(id)) {
+            return Err(Error::UnknownParticipant(*id));
+        }
+        let mut out = Exchange::default();
+        for (id, ins) in msgs {
+            let Some(member) = self.members.get_mut(&id) else {
+                return Err(Error::UnknownParticipant(id));
+            };
+            let u: f64 = round_rng(self.cfg.seed, ins.round, dropout_stream(id)).gen();
+            if u < self.cfg.dropout {
+                out.failures.push(Failure::new(
+                    id,
+                    FailureKind::Dropout,
+                    "dropped out (simulated)",
+                ));
+                continue;
+            }
+            let reply = match member.participant.train(&ins, global) {
+                Ok(reply) => reply,
+                Err(e) => {
+                    tracing::warn!(participant = %id, error = %e, "participant failed");
+                    out.failures
+                        .push(Failure::new(id, FailureKind::Error, e.to_string()));
+                    continue;
+                }
+            };
+            if reply.participant != id {
+                out.failures.push(Failure::new(
+                    id,
+                    FailureKind::Error,
+                    format!(
+                        "reply claims to come from participant {}",
+                        reply.participant
+                    ),
+                ));
+                continue;
+            }
+            let phases = match reply.cost.seconds(&member.profile) {
+                Ok(phases) => phases,
+                Err(e) => {
+                    out.failures
+                        .push(Failure::new(id, FailureKind::Error, e.to_string()));
+                    continue;
+                }
+            };
+            out.times.push(ParticipantTime {
+                participant: id,
+                device: member.profile.name.clone(),
+                phases,
+                up_bytes: reply.cost.up_bytes,
+                down_bytes: reply.cost.down_bytes,
+            });
+            match deadline_s {
+                Some(deadline) if phases.total > deadline => out.failures.push(Failure::new(
+                    id,
+                    FailureKind::Deadline,
+                    format!(
+                        "virtual time {} s exceeds the deadline {deadline} s",
+                        phases.total
+                    ),
+                )),
+                _ => out.replies.push(reply),
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cost::WorkCost;
+    use crate::ids::Round;
+
+    /// Replies with `flops` of work and no deltas; fails when told to.
+    struct Fixed {
+        id: ParticipantId,
+        flops: f64,
+        fail: bool,
+        calls: usize,
+    }
+
+    impl Participant for Fixed {
+        fn train(&mut self, _ins: &TrainIns, _global: &Global) -> Result<TrainReply> {
+            self.calls += 1;
+            if self.fail {
+                return Err(Error::Participant {
+                    participant: self.id,
+                    msg: "out of memory".into(),
+                });
+            }
+            Ok(TrainReply {
+                participant: self.id,
+                deltas: BTreeMap::new(),
+                weights: BTreeMap::new(),
+                metrics: BTreeMap::new(),
+                cost: WorkCost {
+                    flops: self.flops,
+                    up_bytes: 10,
+                    ..WorkCost::default()
+                },
+            })
+        }
+    }
+
+    fn profile() -> DeviceProfile {
+        DeviceProfile {
+            name: "unit".into(),
+            memory_bytes: 1,
+            train_flops: 1.0,
+            quant_forward_flops: 1.0,
+            pcie_bytes_per_s: 1.0,
+            uplink_bytes_per_s: 10.0,
+            downlink_bytes_per_s: 1.0,
+        }
+    }
+
+    fn transport(dropout: f64, specs: &[(u32, f64, bool)]) -> LocalTransport {
+        let mut t = LocalTransport::new(LocalTransportConfig { dropout, seed: 3 }).unwrap();
+        for &(id, flops, fail) in specs {
+            let p = Fixed {
+                id: ParticipantId(id),
+                flops,
+                fail,
+                calls: 0,
+            };
+            t.add(ParticipantId(id), Box::new(p), profile()).unwrap();
+        }
+        t
+    }
+
+    fn ins(round: u32) -> TrainIns {
+        TrainIns {
+            round: Round(round),
+            trainable: vec![],
+            params: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn replies_sorted_stragglers_and_errors_become_failures() {
+        let mut t = transport(0.0, &[(1, 2.0, false), (2, 9.0, false), (3, 1.0, true)]);
+        let msgs = vec![
+            (ParticipantId(3), ins(1)),
+            (ParticipantId(2), ins(1)),
+            (ParticipantId(1), ins(1)),
+        ];
+        let ex = t.send_and_receive(msgs, &Global::new(), Some(5.0)).unwrap();
+        assert_eq!(ex.replies.len(), 1);
+        assert_eq!(ex.replies[0].participant, ParticipantId(1));
+        let kinds: Vec<(u32, FailureKind)> = ex
+            .failures
+            .iter()
+            .map(|f| (f.participant.0, f.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![(2, FailureKind::Deadline), (3, FailureKind::Error)]
+        );
+        assert!(ex.failures[0]
+            .reason
+            .contains("virtual time 10 s exceeds the deadline 5 s"));
+        assert!(ex.failures[1].reason.contains("out of memory"));
+        // 2 FLOP at 1 FLOP/s + 10 B at 10 B/s = 3 s; the straggler's 10 s is recorded too.
+        let totals: Vec<(u32, f64)> = ex
+            .times
+            .iter()
+            .map(|t| (t.participant.0, t.phases.total))
+            .collect();
+        assert_eq!(totals, vec![(1, 3.0), (2, 10.0)]);
+    }
+
+    #[test]
+    fn dropout_is_seeded_per_round_and_participant() {
+        let specs: Vec<(u32, f64, bool)> = (0..100).map(|i| (i, 1.0, false)).collect();
+        let run = |round: u32, ids: &[u32]| -> Vec<u32> {
+            let mut t = transport(0.3, &specs);
+            let msgs = ids
+                .iter()
+                .map(|&i| (ParticipantId(i), ins(round)))
+                .collect();
+            let ex = t.send_and_receive(msgs, &Global::new(), None).unwrap();
+            assert!(ex.failures.iter().all(|f| f.kind == FailureKind::Dropout));
+            ex.failures.iter().map(|f| f.participant.0).collect()
+        };
+        let all: Vec<u32> = (0..100).collect();
+        let dropped = run(1, &all);
+        assert_eq!(dropped, run(1, &all));
+        assert!((15..=45).contains(&dropped.len()), "{}", dropped.len());
+        // A subset sees the same fate for its members.
+        let evens: Vec<u32> = (0..100).step_by(2).collect();
+        let dropped_evens = run(1, &evens);
+        let expect: Vec<u32> = dropped.iter().copied().filter(|i| i % 2 == 0).collect();
+        assert_eq!(dropped_evens, expect);
+        assert_ne!(dropped, run(2, &all));
+    }
+
+    #[test]
+    fn unknown_and_duplicate_participants_and_bad_config_are_errors() {
+        let mut t = transport(0.0, &[(1, 1.0, false)]);
+        let err = t
+            .send_and_receive(vec![(ParticipantId(9), ins(1))], &Global::new(), None)
+            .unwrap_err();
+        assert!(matches!(err, Error::UnknownParticipant(ParticipantId(9))));
+        let err = t
+            .send_and_receive(
+                vec![(ParticipantId(1), ins(1)), (ParticipantId(1), ins(1))],
+                &Global::new(),
+                None,
+            )
+            .unwrap_err();
+        assert!(matches!(err, Error::DuplicateParticipant(ParticipantId(1))));
+        assert!(LocalTransport::new(LocalTransportConfig {
+            dropout: 1.0,
+            seed: 0
+        })
+        .is_err());
+        assert_eq!(t.pool(), vec![ParticipantId(1)]);
+    }
+}
