@@ -8,6 +8,7 @@ mod generate;
 mod inspect;
 mod logits;
 mod partition;
+mod run;
 mod upcycle;
 
 use std::path::PathBuf;
@@ -32,6 +33,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// A federated fine-tuning run (in-process simulation); without CONFIG, the built-in
+    /// quickstart (examples/quickstart.toml).
+    Run {
+        config: Option<PathBuf>,
+        /// Continue the run from its output folder's last checkpoint.
+        #[arg(long)]
+        resume: bool,
+        /// Print nothing but errors.
+        #[arg(long)]
+        quiet: bool,
+        /// Print the summary as JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
     /// Logits and selected experts for token ids, written as safetensors
     /// (`logits` f32 [B,T,V], `topk_idx.L` i64 [B*T,k] per MoE layer L).
     Logits {
@@ -220,7 +235,23 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        None => default_job(),
+        None => run::run(&run::RunArgs {
+            config: None,
+            resume: false,
+            quiet: false,
+            json: false,
+        }),
+        Some(Command::Run {
+            config,
+            resume,
+            quiet,
+            json,
+        }) => run::run(&run::RunArgs {
+            config,
+            resume,
+            quiet,
+            json,
+        }),
         Some(Command::Logits { model, ids, out }) => {
             logits::run(&load(&model)?.checkpoint, &ids, &out)
         }
@@ -356,29 +387,6 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
-}
-
-/// The main job on built-in defaults: fetch SmolLM2, inspect it and generate with it
-/// (a plain continuation and a chat answer, both greedy).
-fn default_job() -> Result<()> {
-    let path = assets::ensure(&assets::SMOLLM2)?;
-    let lm = load(&path)?;
-    print!("{}", inspect::report(&lm));
-    for (prompt, chat) in [
-        ("Once upon a time, there was a little", false),
-        ("What is the capital of France?", true),
-    ] {
-        println!("\n> {prompt}{}", if chat { "  (chat)" } else { "" });
-        let args = generate::GenerateArgs {
-            prompt: prompt.to_string(),
-            chat,
-            system: None,
-            max_new_tokens: 48,
-            sampling: SamplingConfig::greedy(),
-        };
-        generate::run(&lm, &args)?;
-    }
-    Ok(())
 }
 
 fn load(path: &std::path::Path) -> Result<LoadedModel> {

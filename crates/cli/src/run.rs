@@ -1,0 +1,131 @@
+//! `fluxmoe run [CONFIG.toml] [--resume]`: a federated fine-tuning run (in-process
+//! simulation). Without a config, the built-in quickstart (`examples/quickstart.toml`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+use fluxmoe_model::source::save_tokenizer_files;
+use fluxmoe_model::upcycle::{sparse_upcycle, SparseUpcycle};
+use fluxmoe_model::{checkpoint, load_model};
+use fluxmoe_sim::RunFile;
+
+use crate::assets;
+
+pub struct RunArgs {
+    pub config: Option<PathBuf>,
+    pub resume: bool,
+    pub quiet: bool,
+    pub json: bool,
+}
+
+pub fn run(args: &RunArgs) -> Result<()> {
+    let file = match &args.config {
+        Some(path) => RunFile::load(path)?,
+        None => RunFile::quickstart()?,
+    };
+    let model_path = resolve_model(&file.model.path)?;
+    if !args.quiet && !args.json {
+        eprintln!(
+            "run: {} on {} with {} participants ({} per round), {} rounds -> {}",
+            file.method.name,
+            file.task.name,
+            file.partition.participants,
+            file.rounds.per_round,
+            file.rounds.rounds,
+            file.output.display()
+        );
+    }
+    let (quiet, json) = (args.quiet, args.json);
+    let n_rounds = file.rounds.rounds;
+    let summary = fluxmoe_sim::run(&file, &model_path, args.resume, &mut |rec| {
+        if quiet || json {
+            return;
+        }
+        let loss = rec
+            .train_metrics
+            .get("train_loss")
+            .copied()
+            .unwrap_or(f64::NAN);
+        let eval = rec.eval.map_or("-".to_string(), |e| format!("{e:.4}"));
+        eprintln!(
+            "round {}/{n_rounds}: participants {:?} dropped {}, train loss {loss:.4}, eval {eval}, \
+             virtual {:.1}s (round {:.1}s), wall {:.1}s",
+            rec.round,
+            rec.accepted.iter().map(|p| p.0).collect::<Vec<_>>(),
+            rec.dropped.len(),
+            rec.virtual_time_end,
+            rec.round_s,
+            rec.wall_seconds.unwrap_or(0.0)
+        );
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else if !quiet {
+        println!("method         {}", summary.method);
+        println!("task           {} ({})", summary.task, summary.metric);
+        println!("rounds         {}", summary.rounds);
+        println!(
+            "metric         {:.4} -> {:.4}",
+            summary.initial_metric, summary.final_metric
+        );
+        println!("virtual time   {:.1} s", summary.virtual_seconds);
+        println!("measured time  {:.1} s", summary.wall_seconds);
+        match summary.time_to_target {
+            Some(t) => println!("target reached at {t:.1} virtual s"),
+            None => println!("target         not set or not reached"),
+        }
+        println!(
+            "bytes up/down  {} / {}",
+            summary.bytes_up, summary.bytes_down
+        );
+        println!("output         {}", summary.output.display());
+    }
+    Ok(())
+}
+
+/// `builtin:smollm2-moe` → the cached sparse-upcycled SmolLM2 (built on first use);
+/// anything else is a path.
+fn resolve_model(spec: &str) -> Result<PathBuf> {
+    match spec {
+        "builtin:smollm2-moe" => {
+            let dir = assets::cache_dir()?.join("smollm2-moe-4x-top2");
+            if !dir.join("config.json").exists() {
+                build_smollm2_moe(&dir)?;
+            }
+            Ok(dir)
+        }
+        other if other.starts_with("builtin:") => {
+            anyhow::bail!(
+                "`model.path`: unknown built-in model `{other}` (available: builtin:smollm2-moe)"
+            )
+        }
+        path => Ok(PathBuf::from(path)),
+    }
+}
+
+fn build_smollm2_moe(dir: &Path) -> Result<()> {
+    let gguf = assets::ensure(&assets::SMOLLM2)?;
+    eprintln!(
+        "building {} (sparse upcycling: 4 experts, top-2)",
+        dir.display()
+    );
+    let dense =
+        load_model(&gguf, &Device::Cpu).with_context(|| format!("loading {}", gguf.display()))?;
+    let spec = SparseUpcycle {
+        n_experts: 4,
+        top_k: 2,
+        router_std: 0.02,
+        seed: 0,
+    };
+    let moe = sparse_upcycle(&dense.checkpoint, &spec)?;
+    let tmp = dir.with_extension("part");
+    let _ = std::fs::remove_dir_all(&tmp);
+    checkpoint::save_dir(&tmp, &moe.config_json, &moe.params, &moe.layout)?;
+    if let Some(tok) = &dense.tokenizer {
+        save_tokenizer_files(&tmp, tok, &dense.eos_ids, dense.chat_template.as_deref())?;
+    }
+    std::fs::rename(&tmp, dir)
+        .with_context(|| format!("moving the built model to {}", dir.display()))?;
+    Ok(())
+}

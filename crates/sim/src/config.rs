@@ -1,0 +1,285 @@
+//! The run configuration (`fluxmoe run CONFIG.toml`): every section, its keys and
+//! defaults. Unknown keys are errors naming the key. `examples/quickstart.toml` is the
+//! commented reference; [`RunFile::quickstart`] is the built-in default run.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunFile {
+    /// Seed of everything random in the run.
+    #[serde(default)]
+    pub seed: u64,
+    /// Output folder (metrics.jsonl, summary.json, checkpoints, final model).
+    pub output: PathBuf,
+    pub model: ModelSection,
+    pub task: TaskSection,
+    pub partition: PartitionSection,
+    pub rounds: RoundsSection,
+    #[serde(default)]
+    pub train: TrainSection,
+    #[serde(default)]
+    pub method: MethodSection,
+    #[serde(default)]
+    pub fleet: FleetSection,
+    pub target: Option<TargetSection>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// A checkpoint folder, a .gguf file, or `builtin:smollm2-moe` (SmolLM2-135M
+    /// sparse-upcycled to 4 experts, top-2, built and cached on first use).
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSection {
+    /// A task name as `fluxmoe eval --task` takes it (math, wordnet-define, jsonl:PATH, ...).
+    pub name: String,
+    /// The mathematics data folder.
+    #[serde(default = "default_math_dir")]
+    pub math_dir: PathBuf,
+    /// Longest training sequence (prompt + answer), in tokens.
+    #[serde(default = "default_max_len")]
+    pub max_len: usize,
+    /// Test examples scored per evaluation (a seeded subset).
+    #[serde(default = "default_eval_limit")]
+    pub eval_limit: usize,
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionSection {
+    pub participants: usize,
+    /// iid | dirichlet | pathological | natural.
+    #[serde(default = "default_scheme")]
+    pub scheme: String,
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    #[serde(default = "default_min_partition_size")]
+    pub min_partition_size: usize,
+    #[serde(default)]
+    pub self_balancing: bool,
+    #[serde(default = "default_groups_per_participant")]
+    pub groups_per_participant: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoundsSection {
+    pub rounds: u32,
+    pub per_round: usize,
+    #[serde(default = "default_local_steps")]
+    pub local_steps: usize,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Evaluate every this many rounds (0: only at the start and the end).
+    #[serde(default = "one")]
+    pub eval_every: u32,
+    /// Save a resumable checkpoint every this many rounds (0: never).
+    #[serde(default = "one")]
+    pub checkpoint_every: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainSection {
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub max_grad_norm: f64,
+    /// What participants tune: `experts` (every routed expert), `all`, or
+    /// comma-separated name globs.
+    pub trainable: String,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        TrainSection {
+            lr: 1e-4,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            trainable: "experts".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MethodSection {
+    /// `fedavg-full` (FLUX and the baselines plug in through the same strategy interface).
+    pub name: String,
+}
+
+impl Default for MethodSection {
+    fn default() -> Self {
+        MethodSection {
+            name: "fedavg-full".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetSection {
+    /// Built-in profile names (rtx3060, rtx3080, rtx4070, rtx4090, cpu), assigned round-robin.
+    pub profiles: Vec<String>,
+    /// Probability that a sampled participant drops out of a round.
+    pub dropout: f64,
+    /// Virtual seconds a round waits for replies.
+    pub deadline_s: Option<f64>,
+}
+
+impl Default for FleetSection {
+    fn default() -> Self {
+        FleetSection {
+            profiles: vec![
+                "rtx3060".into(),
+                "rtx3080".into(),
+                "rtx4070".into(),
+                "rtx4090".into(),
+            ],
+            dropout: 0.0,
+            deadline_s: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSection {
+    /// The task metric value that counts as reached (higher is better).
+    pub value: f64,
+    /// Stop at the first evaluation that reaches it.
+    #[serde(default)]
+    pub stop: bool,
+}
+
+fn default_math_dir() -> PathBuf {
+    PathBuf::from("../shared/data/mathematics")
+}
+fn default_max_len() -> usize {
+    128
+}
+fn default_eval_limit() -> usize {
+    50
+}
+fn default_max_new_tokens() -> usize {
+    32
+}
+fn default_scheme() -> String {
+    "iid".into()
+}
+fn default_alpha() -> f64 {
+    0.5
+}
+fn default_min_partition_size() -> usize {
+    2
+}
+fn default_groups_per_participant() -> usize {
+    2
+}
+fn default_local_steps() -> usize {
+    4
+}
+fn default_batch_size() -> usize {
+    4
+}
+fn one() -> u32 {
+    1
+}
+
+/// The built-in quickstart run, also shipped as `examples/quickstart.toml`.
+pub const QUICKSTART: &str = include_str!("../../../examples/quickstart.toml");
+
+impl RunFile {
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
+        let file: RunFile =
+            toml::from_str(text).map_err(|e| Error::Config(format!("{origin}: {e}")))?;
+        file.validate()?;
+        Ok(file)
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    pub fn quickstart() -> Result<Self> {
+        Self::from_toml(QUICKSTART, "built-in quickstart")
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, msg: String| Err(Error::Config(format!("`{field}`: {msg}")));
+        if self.partition.participants == 0 {
+            return bad("partition.participants", "must be >= 1".into());
+        }
+        if self.rounds.per_round == 0 || self.rounds.per_round > self.partition.participants {
+            return bad(
+                "rounds.per_round",
+                format!(
+                    "must be in 1..={} (partition.participants), got {}",
+                    self.partition.participants, self.rounds.per_round
+                ),
+            );
+        }
+        if self.rounds.rounds == 0 {
+            return bad("rounds.rounds", "must be >= 1".into());
+        }
+        if self.rounds.local_steps == 0 || self.rounds.batch_size == 0 {
+            return bad(
+                "rounds.local_steps",
+                "local_steps and batch_size must be >= 1".into(),
+            );
+        }
+        if !(self.train.lr.is_finite() && self.train.lr > 0.0) {
+            return bad("train.lr", format!("must be > 0, got {}", self.train.lr));
+        }
+        if self.method.name != "fedavg-full" {
+            return bad(
+                "method.name",
+                format!(
+                    "`{}` is not available yet (available: fedavg-full)",
+                    self.method.name
+                ),
+            );
+        }
+        if self.fleet.profiles.is_empty() {
+            return bad("fleet.profiles", "must name at least one profile".into());
+        }
+        if self.task.max_len < 2 {
+            return bad("task.max_len", "must be >= 2".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quickstart_parses_and_unknown_keys_are_named() {
+        let q = RunFile::quickstart().unwrap();
+        assert_eq!(q.method.name, "fedavg-full");
+        let bad = QUICKSTART.replace("[rounds]", "[rounds]\nlocal_stpes = 3");
+        let err = RunFile::from_toml(&bad, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("unknown field `local_stpes`"), "{err}");
+        let bad = QUICKSTART.replace("per_round = 2", "per_round = 99");
+        let err = RunFile::from_toml(&bad, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("rounds.per_round"), "{err}");
+        let bad = QUICKSTART.replace("name = \"fedavg-full\"", "name = \"flux\"");
+        assert!(RunFile::from_toml(&bad, "x.toml")
+            .unwrap_err()
+            .to_string()
+            .contains("not available yet"));
+    }
+}

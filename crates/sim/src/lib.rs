@@ -1,0 +1,19 @@
+//! fluxmoe-sim: federated fine-tuning simulated in one process.
+//!
+//! How the pieces compose: a [`config::RunFile`] (TOML) names the model, task,
+//! partition, rounds, training and fleet; [`run::run`] loads the model and the task,
+//! partitions and tokenises the training data, and wires one
+//! [`participant::ModelParticipant`] per shard into `fluxmoe-fed`'s `LocalTransport`, a
+//! strategy and the `Coordinator`, with [`scorer::ModelEvaluator`] scoring the global
+//! model on the test split. This is the only crate that knows models, data and the
+//! runtime together.
+
+pub mod config;
+pub mod error;
+pub mod participant;
+pub mod run;
+pub mod scorer;
+
+pub use config::RunFile;
+pub use error::{Error, Result};
+pub use run::{run, RunSummary};

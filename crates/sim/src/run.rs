@@ -1,0 +1,425 @@
+//! One federated run in-process: model, task, partition, fleet, strategy, transport,
+//! coordinator, wired from a [`RunFile`].
+//!
+//! Outputs in `output/`: `metrics.jsonl` (one `RoundRecord` per round, with measured
+//! wall seconds), `checkpoint/` (resumable coordinator state + global tensors, written
+//! atomically every `checkpoint_every` rounds), `final/` (the fine-tuned model in the
+//! key layout and dtypes it was loaded with, plus tokenizer files) and `summary.json`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Device;
+use fluxmoe_data::batch::{encode, BatchConfig, Encoded};
+use fluxmoe_data::metrics::LengthNorm;
+use fluxmoe_data::tasks::registry::{load_train_test, DataDirs};
+use fluxmoe_data::{
+    partition, DirichletConfig, EvalConfig, LoadOptions, PartitionScheme, PromptFormat, Template,
+};
+use fluxmoe_fed::{
+    load_checkpoint, save_checkpoint, AggregateConfig, Clock, Coordinator, DeviceProfile,
+    FedAvgFull, FedAvgFullConfig, FleetConfig, Global, LocalTransport, LocalTransportConfig,
+    ParticipantId, RoundRecord, RunConfig, ServerOptimizerConfig, Strategy, TargetConfig,
+    VirtualClock,
+};
+use fluxmoe_model::config::Ffn;
+use fluxmoe_model::keys::{expert_key, Proj};
+use fluxmoe_model::params::glob_match;
+use fluxmoe_model::source::save_tokenizer_files;
+use fluxmoe_model::stats::ModelStats;
+use fluxmoe_model::train::AdamWConfig;
+use fluxmoe_model::{checkpoint, load_model, LoadedModel, ParamStore};
+use serde::Serialize;
+
+use crate::config::RunFile;
+use crate::participant::{LocalTraining, ModelParticipant};
+use crate::scorer::ModelEvaluator;
+use crate::{Error, Result};
+
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const SUMMARY_FILE: &str = "summary.json";
+pub const CHECKPOINT_DIR: &str = "checkpoint";
+pub const FINAL_DIR: &str = "final";
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub method: String,
+    pub task: String,
+    pub metric: String,
+    pub rounds: u32,
+    /// Metric of the model before any round.
+    pub initial_metric: f64,
+    pub final_metric: f64,
+    /// Virtual seconds on the cost-model clock.
+    pub virtual_seconds: f64,
+    /// Measured seconds of the rounds run in this process.
+    pub wall_seconds: f64,
+    /// First virtual time the target was reached.
+    pub time_to_target: Option<f64>,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub output: PathBuf,
+}
+
+/// Run `file` with the model at `model_path` (already resolved from `file.model.path`).
+/// With `resume`, continue from `output/checkpoint`.
+pub fn run(
+    file: &RunFile,
+    model_path: &Path,
+    resume: bool,
+    on_round: &mut dyn FnMut(&RoundRecord),
+) -> Result<RunSummary> {
+    let lm = load_model(model_path, &Device::Cpu)?;
+    let tokenizer = lm.tokenizer.clone().ok_or_else(|| {
+        Error::Config(format!(
+            "`model.path`: {} has no tokenizer",
+            model_path.display()
+        ))
+    })?;
+    let dirs = DataDirs {
+        math: file.task.math_dir.clone(),
+        wordnet: PathBuf::from(fluxmoe_data::tasks::wordnet::DEFAULT_DIR),
+    };
+    let data = load_train_test(&file.task.name, &dirs, LoadOptions::STRICT, file.seed)?;
+    let chat = lm
+        .chat_template
+        .as_deref()
+        .is_some_and(|t| t.contains("<|im_start|>"));
+    let format = if chat {
+        PromptFormat::ChatMl
+    } else {
+        PromptFormat::Plain
+    };
+    let pad_id = lm.eos_ids.first().copied().unwrap_or(0);
+    let mut stop_ids = lm.eos_ids.clone();
+    stop_ids.extend(tokenizer.token_to_id("<|im_end|>"));
+
+    // Partition the training examples and tokenise each participant's shard.
+    let groups = data.train.groups();
+    let parts = partition(&scheme(file)?, &groups, file.partition.participants)?;
+    let template = Template::for_task(&data.train.name);
+    let batch_cfg = BatchConfig {
+        max_len: file.task.max_len,
+        pad_id,
+        eos_id: if chat {
+            None
+        } else {
+            lm.eos_ids.first().copied()
+        },
+    };
+    let mut shards: Vec<Vec<Encoded>> = Vec::with_capacity(parts.len());
+    for part in &parts {
+        let shard = part
+            .iter()
+            .map(|&i| {
+                encode(
+                    &tokenizer,
+                    &template.render(&data.train.examples[i], format)?,
+                    &batch_cfg,
+                )
+            })
+            .collect::<fluxmoe_data::Result<Vec<_>>>()?;
+        shards.push(shard);
+    }
+
+    let cfg = lm.checkpoint.config.clone();
+    let trainable = trainable_names(&lm, &file.train.trainable)?;
+    let stats = ModelStats::of(&cfg, &lm.checkpoint.params);
+    let ids: Vec<ParticipantId> = (0..shards.len() as u32).map(ParticipantId).collect();
+    let profiles = file
+        .fleet
+        .profiles
+        .iter()
+        .map(|p| DeviceProfile::preset(p))
+        .collect::<fluxmoe_fed::Result<Vec<_>>>()?;
+    let fleet = FleetConfig {
+        profiles,
+        assignment: fluxmoe_fed::Assignment::RoundRobin,
+    };
+    let mut transport = LocalTransport::new(LocalTransportConfig {
+        dropout: file.fleet.dropout,
+        seed: file.seed,
+    })?;
+    for ((id, profile), shard) in fleet.assign(&ids)?.into_iter().zip(shards) {
+        let participant = ModelParticipant {
+            id,
+            config: cfg.clone(),
+            shard,
+            training: LocalTraining {
+                local_steps: file.rounds.local_steps,
+                batch_size: file.rounds.batch_size,
+                adamw: AdamWConfig {
+                    lr: file.train.lr,
+                    weight_decay: file.train.weight_decay,
+                    ..AdamWConfig::default()
+                },
+                max_grad_norm: file.train.max_grad_norm,
+                pad_id,
+                seed: file.seed,
+                active_params: stats.active_params as f64,
+            },
+        };
+        transport.add(id, Box::new(participant), profile)?;
+    }
+    let mut strategy = FedAvgFull::new(FedAvgFullConfig {
+        per_round: file.rounds.per_round,
+        trainable: Some(trainable),
+        min_replies: 1,
+        aggregate: AggregateConfig {
+            max_delta_norm: None,
+        },
+        server_optimizer: ServerOptimizerConfig::fedavg(),
+        params: BTreeMap::new(),
+    })?;
+    let mut evaluator = ModelEvaluator {
+        config: cfg.clone(),
+        tokenizer: tokenizer.clone(),
+        test: data.test,
+        eval: EvalConfig {
+            format,
+            max_len: 512,
+            max_new_tokens: file.task.max_new_tokens,
+            limit: Some(file.task.eval_limit),
+            seed: file.seed,
+            length_norm: LengthNorm::Sum,
+            pad_id,
+        },
+        stop_ids,
+        scores: BTreeMap::new(),
+    };
+    let run_cfg = RunConfig {
+        n_rounds: file.rounds.rounds,
+        seed: file.seed,
+        deadline_s: file.fleet.deadline_s,
+        eval_every: file.rounds.eval_every,
+        target: file.target.as_ref().map(|t| TargetConfig {
+            value: t.value,
+            higher_is_better: true,
+            stop: t.stop,
+        }),
+        server: DeviceProfile::cpu(),
+    };
+
+    let out = &file.output;
+    std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
+    let mut clock = VirtualClock::new();
+    let ckpt_dir = out.join(CHECKPOINT_DIR);
+    let (mut coordinator, initial_metric) = if resume {
+        let (state, global) = load_checkpoint(&ckpt_dir, &Device::Cpu)?;
+        let done = state.next_round.0.saturating_sub(1);
+        keep_metrics_up_to(&out.join(METRICS_FILE), done)?;
+        let initial = read_initial(out)?;
+        let c = Coordinator::resume(run_cfg, global, &state, &mut strategy, &mut clock)?;
+        (c, initial)
+    } else {
+        let global: Global = lm
+            .checkpoint
+            .params
+            .tensors()
+            .map(|(n, t)| (n.to_string(), t.clone()))
+            .collect();
+        let initial = evaluator.score(&global)?;
+        std::fs::write(out.join(METRICS_FILE), "").map_err(|e| io(out, e))?;
+        std::fs::write(
+            out.join("initial.json"),
+            format!("{{\"initial_metric\": {initial}}}\n"),
+        )
+        .map_err(|e| io(out, e))?;
+        (Coordinator::new(run_cfg, global)?, initial)
+    };
+
+    let metrics_path = out.join(METRICS_FILE);
+    let mut wall_seconds = 0.0;
+    let mut records: Vec<RoundRecord> = Vec::new();
+    while !coordinator.finished() {
+        let start = Instant::now();
+        let mut line = String::new();
+        let history = coordinator.run_rounds(
+            &mut strategy,
+            &mut transport,
+            &mut clock,
+            Some(&mut evaluator),
+            1,
+            &mut |rec| {
+                rec.wall_seconds = Some(start.elapsed().as_secs_f64());
+                line = rec.to_json_line().unwrap_or_default();
+            },
+        )?;
+        wall_seconds += start.elapsed().as_secs_f64();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&metrics_path)
+            .map_err(|e| io(&metrics_path, e))?;
+        writeln!(f, "{line}").map_err(|e| io(&metrics_path, e))?;
+        for rec in history.records {
+            on_round(&rec);
+            let every = file.rounds.checkpoint_every;
+            if every > 0 && rec.round.0 % every == 0 {
+                let state = coordinator.state(&strategy as &dyn Strategy, &clock)?;
+                save_checkpoint(&ckpt_dir, &state, coordinator.global())?;
+            }
+            records.push(rec);
+        }
+    }
+
+    let all = read_records(&metrics_path)?;
+    let last_eval = all.iter().rev().find_map(|r| r.eval);
+    let final_metric = match (all.last(), last_eval) {
+        (Some(last), Some(m)) if last.eval.is_some() => m,
+        _ => evaluator.score(coordinator.global())?,
+    };
+    let final_dir = out.join(FINAL_DIR);
+    let params = ParamStore::from_tensors(
+        coordinator
+            .global()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    )?;
+    checkpoint::save_dir(
+        &final_dir,
+        &lm.checkpoint.config_json,
+        &params,
+        &lm.checkpoint.layout,
+    )?;
+    save_tokenizer_files(
+        &final_dir,
+        &tokenizer,
+        &lm.eos_ids,
+        lm.chat_template.as_deref(),
+    )?;
+    let summary = RunSummary {
+        method: file.method.name.clone(),
+        task: file.task.name.clone(),
+        metric: metric_name(&evaluator),
+        rounds: all.last().map_or(0, |r| r.round.0),
+        initial_metric,
+        final_metric,
+        virtual_seconds: clock.now(),
+        wall_seconds: all
+            .iter()
+            .filter_map(|r| r.wall_seconds)
+            .sum::<f64>()
+            .max(wall_seconds),
+        time_to_target: coordinator.target_hit().map(|h| h.virtual_time_s),
+        bytes_up: all.iter().map(|r| r.bytes_up).sum(),
+        bytes_down: all.iter().map(|r| r.bytes_down).sum(),
+        output: out.clone(),
+    };
+    let text = serde_json::to_string_pretty(&summary).map_err(|e| Error::Config(e.to_string()))?;
+    checkpoint::write_atomic(&out.join(SUMMARY_FILE), text.as_bytes())?;
+    Ok(summary)
+}
+
+fn metric_name(evaluator: &ModelEvaluator) -> String {
+    match evaluator.test.kind {
+        fluxmoe_data::TaskKind::Generation { metric } => match metric {
+            fluxmoe_data::GenerationMetric::RougeL => "rouge_l",
+            fluxmoe_data::GenerationMetric::ExactMatch => "exact_match",
+        },
+        fluxmoe_data::TaskKind::MultipleChoice => "accuracy",
+    }
+    .to_string()
+}
+
+fn scheme(file: &RunFile) -> Result<PartitionScheme> {
+    let p = &file.partition;
+    Ok(match p.scheme.as_str() {
+        "iid" => PartitionScheme::Iid { seed: file.seed },
+        "dirichlet" => PartitionScheme::Dirichlet(DirichletConfig {
+            alpha: p.alpha,
+            min_partition_size: p.min_partition_size,
+            self_balancing: p.self_balancing,
+            seed: file.seed,
+        }),
+        "pathological" => PartitionScheme::Pathological {
+            groups_per_participant: p.groups_per_participant,
+            seed: file.seed,
+        },
+        "natural" => PartitionScheme::Natural,
+        other => return Err(Error::Config(format!(
+            "`partition.scheme`: unknown scheme `{other}` (iid, dirichlet, pathological, natural)"
+        ))),
+    })
+}
+
+/// The tensors participants tune: `experts`, `all` (floating-point tensors) or
+/// comma-separated name globs.
+fn trainable_names(lm: &LoadedModel, spec: &str) -> Result<Vec<String>> {
+    let cfg = &lm.checkpoint.config;
+    let params = &lm.checkpoint.params;
+    let names: Vec<String> = match spec {
+        "experts" => {
+            let mut v = Vec::new();
+            for (l, ffn) in cfg.layers.iter().enumerate() {
+                if let Ffn::Moe(m) = ffn {
+                    for e in 0..m.n_experts {
+                        v.extend(Proj::ALL.map(|p| expert_key(cfg.arch, l, e, p)));
+                    }
+                }
+            }
+            v
+        }
+        "all" => params
+            .tensors()
+            .filter(|(_, t)| t.dtype().is_float())
+            .map(|(n, _)| n.to_string())
+            .collect(),
+        globs => params
+            .names()
+            .filter(|n| globs.split(',').any(|g| glob_match(g.trim(), n)))
+            .map(str::to_string)
+            .collect(),
+    };
+    if names.is_empty() {
+        return Err(Error::Config(format!(
+            "`train.trainable`: `{spec}` selects no tensor of this model"
+        )));
+    }
+    Ok(names)
+}
+
+fn io(path: &Path, e: std::io::Error) -> Error {
+    Error::Io {
+        path: path.to_path_buf(),
+        source: e,
+    }
+}
+
+fn read_records(path: &Path) -> Result<Vec<RoundRecord>> {
+    let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| Error::Config(format!("{} line {}: {e}", path.display(), i + 1)))
+        })
+        .collect()
+}
+
+/// On resume, drop records of rounds after the checkpoint (they are run again).
+fn keep_metrics_up_to(path: &Path, last_round: u32) -> Result<()> {
+    let kept: Vec<String> = read_records(path)?
+        .into_iter()
+        .filter(|r| r.round.0 <= last_round)
+        .map(|r| r.to_json_line())
+        .collect::<fluxmoe_fed::Result<_>>()?;
+    let mut text = kept.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    checkpoint::write_atomic(path, text.as_bytes()).map_err(Error::from)
+}
+
+fn read_initial(out: &Path) -> Result<f64> {
+    let path = out.join("initial.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    v.get("initial_metric")
+        .and_then(serde_json::Value::as_f64)
+        .ok_or_else(|| Error::Config(format!("{}: no initial_metric", path.display())))
+}

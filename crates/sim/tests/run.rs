@@ -1,0 +1,215 @@
+//! `fluxmoe_sim::run` end to end on a fixture model with a character tokenizer:
+//! output schema, determinism, resume bit for bit.
+
+use std::path::{Path, PathBuf};
+
+use fluxmoe_sim::{run, RunFile};
+
+fn fixture(arch: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/fixtures")
+        .join(arch)
+}
+
+/// A copy of the mixtral fixture with a character-level tokenizer over its 128 ids.
+fn model_dir(root: &Path) -> PathBuf {
+    let dir = root.join("model");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture("mixtral").join(f), dir.join(f)).unwrap();
+    }
+    let vocab: serde_json::Map<String, serde_json::Value> = (0u32..128)
+        .map(|i| {
+            (
+                char::from_u32(i).unwrap().to_string(),
+                serde_json::Value::from(i),
+            )
+        })
+        .collect();
+    let tok = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "."}, "behavior": "Isolated", "invert": false},
+        "post_processor": null,
+        "decoder": {"type": "Fuse"},
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "?"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
+    dir
+}
+
+fn task_file(root: &Path) -> PathBuf {
+    let path = root.join("sums.jsonl");
+    let lines: Vec<String> = (0..40)
+        .map(|i| {
+            let (a, b) = (i % 7, i % 5);
+            serde_json::json!({"prompt": format!("{a}+{b}="), "response": format!("{}", a + b), "group": format!("g{}", i % 4)}).to_string()
+        })
+        .collect();
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+fn config(root: &Path, out: &str, rounds: u32) -> RunFile {
+    let text = format!(
+        r#"
+seed = 5
+output = "{out}"
+[model]
+path = "unused"
+[task]
+name = "jsonl-em:{task}"
+max_len = 16
+eval_limit = 4
+max_new_tokens = 2
+[partition]
+participants = 3
+scheme = "dirichlet"
+alpha = 1.0
+min_partition_size = 1
+[rounds]
+rounds = {rounds}
+per_round = 2
+local_steps = 2
+batch_size = 2
+eval_every = 2
+checkpoint_every = 1
+[train]
+lr = 1e-2
+trainable = "experts"
+[fleet]
+profiles = ["rtx3060", "cpu"]
+"#,
+        out = root.join(out).display(),
+        task = task_file(root).display(),
+    );
+    RunFile::from_toml(&text, "test.toml").unwrap()
+}
+
+fn final_bytes(root: &Path, out: &str) -> Vec<u8> {
+    std::fs::read(root.join(out).join("final/model.safetensors")).unwrap()
+}
+
+fn records(root: &Path, out: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(root.join(out).join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("wall_seconds");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn run_writes_metrics_summary_and_final_model_deterministically() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let model = model_dir(root);
+    let mut seen = 0;
+    let s = run(&config(root, "a", 3), &model, false, &mut |_| seen += 1).unwrap();
+    assert_eq!(seen, 3);
+    assert_eq!(s.rounds, 3);
+    assert!(s.virtual_seconds > 0.0 && s.bytes_up > 0);
+    let recs = records(root, "a");
+    assert_eq!(recs.len(), 3);
+    for (i, r) in recs.iter().enumerate() {
+        assert_eq!(r["round"], i as u64 + 1);
+        for key in [
+            "participants",
+            "accepted",
+            "dropped",
+            "times",
+            "bytes_up",
+            "bytes_down",
+            "train_metrics",
+            "round_s",
+            "virtual_time_end",
+        ] {
+            assert!(r.get(key).is_some(), "record lacks {key}");
+        }
+        assert!(r["train_metrics"]["train_loss"]
+            .as_f64()
+            .unwrap()
+            .is_finite());
+        assert_eq!(r["eval"].is_null(), (i + 1) % 2 != 0, "eval every 2 rounds");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("a/summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["metric"], "exact_match");
+    // The final model loads back with the fixture's keys.
+    let ck = fluxmoe_model::checkpoint::load_dir(&root.join("a/final"), &candle_core::Device::Cpu)
+        .unwrap();
+    let orig = fluxmoe_model::checkpoint::load_dir(&fixture("mixtral"), &candle_core::Device::Cpu)
+        .unwrap();
+    assert_eq!(
+        ck.params.names().collect::<Vec<_>>(),
+        orig.params.names().collect::<Vec<_>>()
+    );
+    // Training changed the experts and nothing else.
+    for (name, t) in orig.params.tensors() {
+        let same = ck
+            .params
+            .tensor(name)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            == t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(same, !name.contains(".experts."), "{name}");
+    }
+    // Same config and seed: identical weights and records.
+    run(&config(root, "b", 3), &model, false, &mut |_| {}).unwrap();
+    assert_eq!(final_bytes(root, "a"), final_bytes(root, "b"));
+    assert_eq!(records(root, "a"), records(root, "b"));
+}
+
+#[test]
+fn resume_after_an_interruption_matches_an_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let model = model_dir(root);
+    run(&config(root, "straight", 4), &model, false, &mut |_| {}).unwrap();
+    // Stop after round 2, then resume to round 4 in the same folder.
+    run(&config(root, "resumed", 2), &model, false, &mut |_| {}).unwrap();
+    let s = run(&config(root, "resumed", 4), &model, true, &mut |_| {}).unwrap();
+    assert_eq!(s.rounds, 4);
+    assert_eq!(final_bytes(root, "straight"), final_bytes(root, "resumed"));
+    assert_eq!(records(root, "straight"), records(root, "resumed"));
+}
+
+#[test]
+fn bad_configs_are_errors_naming_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let model = model_dir(root);
+    let mut cfg = config(root, "x", 1);
+    cfg.train.trainable = "nothing.matches".into();
+    let err = run(&cfg, &model, false, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("train.trainable"), "{err}");
+    let mut cfg = config(root, "y", 1);
+    cfg.partition.scheme = "zipf".into();
+    let err = run(&cfg, &model, false, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("partition.scheme"), "{err}");
+    let err = run(
+        &config(root, "z", 1),
+        &root.join("nope"),
+        false,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("nope"), "{err}");
+    // Resuming without a checkpoint is an error, not a fresh start.
+    let err = run(&config(root, "never-ran", 2), &model, true, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("never-ran"), "{err}");
+}
