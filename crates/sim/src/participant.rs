@@ -54,7 +54,7 @@ impl ModelParticipant {
             ParamStore::from_tensors(global.iter().map(|(k, v)| (k.clone(), v.clone())))?;
         params.set_trainable(|n| trainable.contains(n))?;
         let model = MoeModel::new(&self.config, &params)?;
-        let mut opt = AdamW::new(params.trainable(), t.adamw.clone())?;
+        let mut opt = AdamW::new(params.trainable(), t.adamw)?;
         let stream = u64::from(self.id.0) << 16;
         let mut rng = rand::rngs::StdRng::seed_from_u64(derive_seed(t.seed, ins.round, stream));
         let (mut loss_sum, mut tokens, mut targets) = (0.0f64, 0usize, 0usize);
