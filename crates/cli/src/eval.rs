@@ -3,14 +3,11 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use fluxmoe_data::batch::Batch;
 use fluxmoe_data::metrics::LengthNorm;
 use fluxmoe_data::tasks::registry::{load_train_test, DataDirs};
-use fluxmoe_data::{evaluate, EvalConfig, LoadOptions, PromptFormat, Scorer};
-use fluxmoe_model::generate::{generate, GenerateConfig};
-use fluxmoe_model::model::CachedLm;
-use fluxmoe_model::sampling::SamplingConfig;
+use fluxmoe_data::{evaluate, EvalConfig, LoadOptions, PromptFormat};
 use fluxmoe_model::{LoadedModel, MoeModel};
+use fluxmoe_sim::scorer::ModelScorer;
 
 pub struct EvalArgs {
     pub task: String,
@@ -30,55 +27,6 @@ pub fn data_dirs(math_dir: Option<PathBuf>) -> DataDirs {
     DataDirs {
         math,
         wordnet: PathBuf::from(fluxmoe_data::tasks::wordnet::DEFAULT_DIR),
-    }
-}
-
-/// Greedy generation and log-likelihoods through [`MoeModel`].
-struct ModelScorer<'a> {
-    model: &'a MoeModel,
-    stop_ids: Vec<u32>,
-}
-
-fn data_err(e: impl std::fmt::Display) -> fluxmoe_data::Error {
-    fluxmoe_data::Error::Tokenizer(format!("model: {e}"))
-}
-
-impl Scorer for ModelScorer<'_> {
-    fn generate(
-        &mut self,
-        prompt_ids: &[u32],
-        max_new_tokens: usize,
-    ) -> fluxmoe_data::Result<Vec<u32>> {
-        let cfg = GenerateConfig {
-            max_new_tokens,
-            stop_ids: self.stop_ids.clone(),
-            sampling: SamplingConfig::greedy(),
-        };
-        generate(
-            &mut CachedLm::new(self.model),
-            prompt_ids,
-            &cfg,
-            &mut |_| {},
-        )
-        .map_err(data_err)
-    }
-
-    fn logliks(&mut self, batch: &Batch) -> fluxmoe_data::Result<Vec<f32>> {
-        let run = || -> fluxmoe_model::Result<Vec<f32>> {
-            let (b, _) = batch.input_ids.dims2()?;
-            let (hidden, _) =
-                self.model
-                    .forward_hidden(&batch.input_ids, Some(&batch.attention_mask), false)?;
-            let (logp, rows) =
-                self.model
-                    .target_logprobs(&hidden, &batch.input_ids, Some(&batch.loss_mask))?;
-            let mut sums = vec![0f32; b];
-            for (lp, row) in logp.to_vec1::<f32>()?.into_iter().zip(rows) {
-                sums[row] += lp;
-            }
-            Ok(sums)
-        };
-        run().map_err(data_err)
     }
 }
 
