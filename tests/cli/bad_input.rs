@@ -110,7 +110,10 @@ fn bad_ids_are_rejected() {
 fn run_config_with_an_unknown_key_names_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("run.toml");
-    let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart.toml")).unwrap();
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/quickstart.toml"),
+    )
+    .unwrap();
     std::fs::write(&path, text.replace("[rounds]", "[rounds]\nround = 3")).unwrap();
     assert_fails_with(&["run", path.to_str().unwrap()], "unknown field `round`");
     assert_fails_with(&["run", "/nonexistent/run.toml"], "/nonexistent/run.toml");

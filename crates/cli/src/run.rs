@@ -9,6 +9,7 @@ use fluxmoe_model::source::save_tokenizer_files;
 use fluxmoe_model::upcycle::{sparse_upcycle, SparseUpcycle};
 use fluxmoe_model::{checkpoint, load_model};
 use fluxmoe_sim::RunFile;
+use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::assets;
 
@@ -37,28 +38,34 @@ pub fn run(args: &RunArgs) -> Result<()> {
         );
     }
     let (quiet, json) = (args.quiet, args.json);
-    let n_rounds = file.rounds.rounds;
+    let bar = if quiet || json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(u64::from(file.rounds.rounds))
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} round {pos}/{len} [{elapsed_precise}, ETA {eta}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     let summary = fluxmoe_sim::run(&file, &model_path, args.resume, &mut |rec| {
-        if quiet || json {
-            return;
-        }
         let loss = rec
             .train_metrics
             .get("train_loss")
             .copied()
             .unwrap_or(f64::NAN);
         let eval = rec.eval.map_or("-".to_string(), |e| format!("{e:.4}"));
-        eprintln!(
-            "round {}/{n_rounds}: participants {:?} dropped {}, train loss {loss:.4}, eval {eval}, \
-             virtual {:.1}s (round {:.1}s), wall {:.1}s",
+        bar.set_position(u64::from(rec.round.0));
+        bar.println(format!(
+            "round {}: participants {:?} dropped {}, train loss {loss:.4}, eval {eval}, virtual {:.1}s (round {:.1}s), wall {:.1}s",
             rec.round,
             rec.accepted.iter().map(|p| p.0).collect::<Vec<_>>(),
             rec.dropped.len(),
             rec.virtual_time_end,
             rec.round_s,
             rec.wall_seconds.unwrap_or(0.0)
-        );
+        ));
     })?;
+    bar.finish_and_clear();
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else if !quiet {

@@ -339,9 +339,11 @@ fn scheme(file: &RunFile) -> Result<PartitionScheme> {
             seed: file.seed,
         },
         "natural" => PartitionScheme::Natural,
-        other => return Err(Error::Config(format!(
+        other => {
+            return Err(Error::Config(format!(
             "`partition.scheme`: unknown scheme `{other}` (iid, dirichlet, pathological, natural)"
-        ))),
+        )))
+        }
     })
 }
 
