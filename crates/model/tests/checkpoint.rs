@@ -1,16 +1,14 @@
 //! Checkpoint folders: round trips (single, sharded, f16/bf16) and bad input.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::fixture;
+
+use std::path::Path;
 
 use candle_core::{DType, Device};
 use fluxmoe_model::checkpoint::{self, INDEX_FILE, SINGLE_FILE};
 use fluxmoe_model::MoeModel;
-
-fn fixture(arch: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures")
-        .join(arch)
-}
 
 fn assert_bit_identical(a: &Path, b: &Path) {
     let (ta, la) = checkpoint::load_weights(a, &Device::Cpu).unwrap();

@@ -1,47 +1,12 @@
 //! Exactness against the reference PyTorch implementations: for every fixture in
 //! `../shared/fixtures/`, logits, routing, loss and gradients.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+mod common;
+
+use common::{fixture, golden, max_abs_diff, ARCHS};
 
 use candle_core::{DType, Device, Tensor};
 use fluxmoe_model::{causal_lm_loss, checkpoint, MoeModel};
-
-const ARCHS: [&str; 8] = [
-    "mixtral",
-    "qwen2_moe",
-    "qwen3_moe",
-    "olmoe",
-    "llama",
-    "deepseek",
-    "llama_moe",
-    "deepseek_v2",
-];
-
-fn fixture_dir(arch: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures")
-        .join(arch)
-}
-
-fn golden(arch: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture_dir(arch).join("golden.safetensors"), &Device::Cpu)
-        .expect("golden file")
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
-}
 
 fn max_abs(a: &Tensor) -> f32 {
     a.abs()
@@ -56,7 +21,7 @@ fn max_abs(a: &Tensor) -> f32 {
 
 /// Forward pass: logits, router logits, selected experts and their weights, loss.
 fn check_forward(arch: &str) {
-    let ck = checkpoint::load_dir(&fixture_dir(arch), &Device::Cpu).unwrap();
+    let ck = checkpoint::load_dir(&fixture(arch), &Device::Cpu).unwrap();
     let model = MoeModel::new(&ck.config, &ck.params).unwrap();
     let g = golden(arch);
     let ids = &g["input_ids"];
@@ -118,7 +83,7 @@ fn check_forward(arch: &str) {
 /// Backward pass: every exported gradient within 1e-4 relative (max abs error over
 /// max |grad|).
 fn check_gradients(arch: &str) {
-    let mut ck = checkpoint::load_dir(&fixture_dir(arch), &Device::Cpu).unwrap();
+    let mut ck = checkpoint::load_dir(&fixture(arch), &Device::Cpu).unwrap();
     let g = golden(arch);
     let grad_keys: Vec<String> = g
         .keys()
@@ -173,9 +138,6 @@ golden_tests!(
 #[test]
 fn every_fixture_is_covered() {
     for arch in ARCHS {
-        assert!(
-            fixture_dir(arch).join("golden.safetensors").exists(),
-            "{arch}"
-        );
+        assert!(fixture(arch).join("golden.safetensors").exists(), "{arch}");
     }
 }

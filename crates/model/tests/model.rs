@@ -1,57 +1,18 @@
 //! Behaviour of the decoder beyond the golden values: padding, KV cache, which
 //! parameters receive gradients, bad input.
 
-use std::path::PathBuf;
+mod common;
+
+use common::{golden_ids, load, max_abs_diff, ARCHS};
 
 use candle_core::{Device, Tensor, D};
 use fluxmoe_model::keys::{expert_key, router_keys, Proj};
-use fluxmoe_model::{causal_lm_loss, checkpoint, Checkpoint, ModelCache, MoeModel};
-
-const ARCHS: [&str; 8] = [
-    "mixtral",
-    "qwen2_moe",
-    "qwen3_moe",
-    "olmoe",
-    "llama",
-    "deepseek",
-    "llama_moe",
-    "deepseek_v2",
-];
-
-fn load(arch: &str) -> Checkpoint {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures")
-        .join(arch);
-    checkpoint::load_dir(&dir, &Device::Cpu).unwrap()
-}
-
-fn golden_ids(arch: &str) -> Tensor {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures")
-        .join(arch);
-    candle_core::safetensors::load(dir.join("golden.safetensors"), &Device::Cpu)
-        .unwrap()
-        .remove("input_ids")
-        .unwrap()
-}
+use fluxmoe_model::{causal_lm_loss, ModelCache, MoeModel};
 
 fn ids(rows: &[&[u32]]) -> Tensor {
     let t = rows[0].len();
     let flat: Vec<u32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
     Tensor::from_vec(flat, (rows.len(), t), &Device::Cpu).unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 const SEQ: [u32; 8] = [5, 17, 99, 3, 42, 7, 120, 64];
@@ -73,12 +34,12 @@ fn padding_on_either_side_leaves_real_token_logits_unchanged() {
         let r = out_r.logits.squeeze(0).unwrap().narrow(0, 0, 8).unwrap();
         let l = out_l.logits.squeeze(0).unwrap().narrow(0, 4, 8).unwrap();
         assert!(
-            max_diff(&r, &alone) < 1e-4,
+            max_abs_diff(&r, &alone) < 1e-4,
             "{arch}: right padding changed logits"
         );
         // RoPE is relative, so shifting a sequence right by the pads changes nothing either.
         assert!(
-            max_diff(&l, &alone) < 1e-4,
+            max_abs_diff(&l, &alone) < 1e-4,
             "{arch}: left padding changed logits"
         );
         for trace in &out_r.traces {
@@ -108,12 +69,12 @@ fn kv_cache_decoding_matches_the_full_forward() {
         let first = model
             .forward_cached(&ids(&[&SEQ[..5]]), &mut cache)
             .unwrap();
-        assert!(max_diff(&first.squeeze(0).unwrap(), &full.narrow(0, 0, 5).unwrap()) < 1e-4);
+        assert!(max_abs_diff(&first.squeeze(0).unwrap(), &full.narrow(0, 0, 5).unwrap()) < 1e-4);
         for (pos, &tok) in SEQ.iter().enumerate().skip(5) {
             let step = model.forward_cached(&ids(&[&[tok]]), &mut cache).unwrap();
             let want = full.narrow(0, pos, 1).unwrap();
             assert!(
-                max_diff(&step.squeeze(0).unwrap(), &want) < 1e-4,
+                max_abs_diff(&step.squeeze(0).unwrap(), &want) < 1e-4,
                 "{arch}: position {pos}"
             );
         }

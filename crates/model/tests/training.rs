@@ -1,23 +1,15 @@
 //! Selective training on fixture models: loss goes down, frozen weights stay
 //! bit-identical, the optimizer holds state only for trainable parameters.
 
-use std::path::PathBuf;
+mod common;
+
+use common::{fixture, golden_ids};
 
 use candle_core::{Device, Tensor};
 use fluxmoe_model::keys::{expert_key, Proj};
 use fluxmoe_model::params::glob_match;
 use fluxmoe_model::train::{train_step, AdamW, AdamWConfig, Batch};
 use fluxmoe_model::{checkpoint, MoeModel};
-
-fn golden_ids(arch: &str) -> Tensor {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures")
-        .join(arch);
-    candle_core::safetensors::load(dir.join("golden.safetensors"), &Device::Cpu)
-        .unwrap()
-        .remove("input_ids")
-        .unwrap()
-}
 
 fn bits(t: &Tensor) -> Vec<u32> {
     t.flatten_all()
@@ -38,9 +30,7 @@ fn one_step_on_chosen_experts_lowers_the_loss_and_freezes_the_rest() {
         "llama_moe",
         "deepseek_v2",
     ] {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/fixtures")
-            .join(arch);
+        let dir = fixture(arch);
         let mut ck = checkpoint::load_dir(&dir, &Device::Cpu).unwrap();
         let cfg = ck.config.clone();
         let last = *cfg.moe_layers().last().unwrap();
@@ -97,7 +87,7 @@ fn one_step_on_chosen_experts_lowers_the_loss_and_freezes_the_rest() {
 
 #[test]
 fn trainable_parameters_can_be_chosen_by_name_pattern() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/olmoe");
+    let dir = fixture("olmoe");
     let mut ck = checkpoint::load_dir(&dir, &Device::Cpu).unwrap();
     let n = ck
         .params
@@ -117,7 +107,7 @@ fn greedy_generation_with_the_cache_matches_argmax_of_full_forwards() {
     use fluxmoe_model::generate::{generate, GenerateConfig};
     use fluxmoe_model::model::CachedLm;
     use fluxmoe_model::sampling::SamplingConfig;
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/qwen3_moe");
+    let dir = fixture("qwen3_moe");
     let ck = checkpoint::load_dir(&dir, &Device::Cpu).unwrap();
     let model = MoeModel::new(&ck.config, &ck.params).unwrap();
     let prompt = [3u32, 77, 12];

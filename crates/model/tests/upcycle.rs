@@ -1,17 +1,13 @@
 //! Sparse upcycling: the MoE equals the dense model at initialisation and is a valid
 //! Mixtral checkpoint.
 
-use std::path::PathBuf;
+mod common;
+
+use common::{fixture, max_abs_diff};
 
 use candle_core::{Device, Tensor};
 use fluxmoe_model::upcycle::{sparse_upcycle, SparseUpcycle};
 use fluxmoe_model::{checkpoint, Arch, MoeModel};
-
-fn fixture(arch: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures")
-        .join(arch)
-}
 
 fn logits(ck: &fluxmoe_model::Checkpoint, ids: &Tensor) -> Tensor {
     MoeModel::new(&ck.config, &ck.params)
@@ -19,19 +15,6 @@ fn logits(ck: &fluxmoe_model::Checkpoint, ids: &Tensor) -> Tensor {
         .forward(ids, None, false)
         .unwrap()
         .logits
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 #[test]
@@ -60,14 +43,14 @@ fn sparse_upcycled_moe_equals_the_dense_model_and_round_trips() {
         );
         assert!(!moe.params.names().any(|n| n.contains(".mlp.")));
         let got = logits(&moe, &ids);
-        let err = max_diff(&got, &want);
+        let err = max_abs_diff(&got, &want);
         assert!(err <= 1e-5, "E={experts} K={top_k}: {err}");
         // Saved as a checkpoint folder, it loads back as the same model.
         let dir = tempfile::tempdir().unwrap();
         checkpoint::save_dir(dir.path(), &moe.config_json, &moe.params, &moe.layout).unwrap();
         let back = checkpoint::load_dir(dir.path(), &Device::Cpu).unwrap();
         assert_eq!(back.config, moe.config);
-        assert_eq!(max_diff(&logits(&back, &ids), &got), 0.0);
+        assert_eq!(max_abs_diff(&logits(&back, &ids), &got), 0.0);
     }
 }
 
