@@ -75,7 +75,7 @@ fn table_has_a_row_per_corpus_and_a_weighted_overall_row() {
     for row in &rows[1..7] {
         let (windows, tokens): (usize, usize) = (row[1].parse().unwrap(), row[2].parse().unwrap());
         let (loss, ppl): (f64, f64) = (row[3].parse().unwrap(), row[4].parse().unwrap());
-        assert!(windows >= 1 && windows <= 4, "{row:?}");
+        assert!((1..=4).contains(&windows), "{row:?}");
         assert_eq!(tokens, windows * 15);
         // A random 128-token model is close to uniform: loss near ln(128) = 4.85.
         assert!((3.5..6.5).contains(&loss), "{row:?}");

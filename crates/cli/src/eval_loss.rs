@@ -94,6 +94,14 @@ pub fn run(lm: &LoadedModel, args: &EvalLossArgs) -> Result<()> {
         let dir = assets::corpora::ensure(kind, &root)?;
         let loaded = corpora::load_dir(kind, &dir, LoadOptions::STRICT)?;
         let split = loaded.corpus.split(args.held_out_every)?;
+        tracing::info!(
+            "{}: {} documents ({} characters), {} held out ({} characters)",
+            kind.name(),
+            loaded.corpus.documents.len(),
+            loaded.corpus.n_chars(),
+            split.held_out.documents.len(),
+            split.held_out.n_chars()
+        );
         let ids = token_stream(tokenizer, &split.held_out.documents, max_ids)?;
         let windows = windows_of_ids(&ids, args.seq, args.seq)?;
         if windows.is_empty() {
