@@ -2,9 +2,11 @@
 //! each domain corpus.
 //!
 //! For each corpus: the held-out documents (every `held_out_every`-th one, see
-//! `fluxmoe_data::corpora`) are tokenised in order, joined by blank lines, up to
-//! `floor(tokens / seq) * seq` ids, and cut into non-overlapping windows of `seq`
-//! ids.
+//! `fluxmoe_data::corpora`) are tokenised in order, joined by blank lines, and
+//! cut into non-overlapping windows of `seq` ids; `floor(tokens / seq)` of those
+//! windows, spread evenly over the whole held-out split
+//! (`fluxmoe_data::corpora::evenly_spaced`), are scored (all of them when there
+//! are fewer).
 //! Every window is scored on its own (no context carried over), so it predicts
 //! its last `seq - 1` ids; the table's `tokens` column counts those predicted
 //! ids, `loss` is their mean negative log-likelihood in nats and `ppl = exp(loss)`.
@@ -15,7 +17,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
-use fluxmoe_data::corpora::{self, token_stream, windows_of_ids, CorpusKind};
+use fluxmoe_data::corpora::{self, evenly_spaced, token_stream, windows_of_ids, CorpusKind};
 use fluxmoe_data::LoadOptions;
 use fluxmoe_model::{LoadedModel, MoeModel};
 
@@ -83,7 +85,7 @@ pub fn run(lm: &LoadedModel, args: &EvalLossArgs) -> Result<()> {
     };
     let kinds = CorpusKind::parse_list(&args.corpora)?;
     let model = MoeModel::new(&lm.checkpoint.config, &lm.checkpoint.params)?;
-    let max_ids = args.tokens / args.seq * args.seq;
+    let n_windows = args.tokens / args.seq;
     println!(
         "{:<10} {:>8} {:>8} {:>8} {:>10}",
         "corpus", "windows", "tokens", "loss", "ppl"
@@ -102,8 +104,8 @@ pub fn run(lm: &LoadedModel, args: &EvalLossArgs) -> Result<()> {
             split.held_out.documents.len(),
             split.held_out.n_chars()
         );
-        let ids = token_stream(tokenizer, &split.held_out.documents, max_ids)?;
-        let windows = windows_of_ids(&ids, args.seq, args.seq)?;
+        let ids = token_stream(tokenizer, &split.held_out.documents, usize::MAX)?;
+        let windows = evenly_spaced(&windows_of_ids(&ids, args.seq, args.seq)?, n_windows);
         if windows.is_empty() {
             bail!(
                 "corpus `{}`: its held-out split has {} tokens, fewer than one window of {}",

@@ -41,7 +41,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::jsonl::LoadOptions;
 
-pub use windows::{token_stream, windows, windows_of_ids, DOC_SEPARATOR};
+pub use windows::{evenly_spaced, token_stream, windows, windows_of_ids, DOC_SEPARATOR};
 
 /// The default held-out period: every tenth document is held out.
 pub const HELD_OUT_EVERY: usize = 10;

@@ -75,6 +75,16 @@ pub fn token_stream(
     Ok(ids)
 }
 
+/// `n` items spread evenly over `items`: indices `floor(i * m / n)` for
+/// `i in 0..n`, `m = items.len()`; all of them, in order, when `n >= m`.
+pub fn evenly_spaced<T: Clone>(items: &[T], n: usize) -> Vec<T> {
+    let m = items.len();
+    if n >= m {
+        return items.to_vec();
+    }
+    (0..n).map(|i| items[i * m / n].clone()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +99,16 @@ mod tests {
         assert_eq!(w, [vec![0, 1, 2, 3], vec![3, 4, 5, 6], vec![6, 7, 8, 9]]);
         assert!(windows_of_ids(&ids, 11, 1).unwrap().is_empty());
         assert_eq!(windows_of_ids(&ids, 10, 100).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn evenly_spaced_covers_the_whole_list() {
+        let items: Vec<u32> = (0..10).collect();
+        assert_eq!(evenly_spaced(&items, 3), [0, 3, 6]);
+        assert_eq!(evenly_spaced(&items, 5), [0, 2, 4, 6, 8]);
+        assert_eq!(evenly_spaced(&items, 10), items);
+        assert_eq!(evenly_spaced(&items, 50), items);
+        assert!(evenly_spaced(&items, 0).is_empty());
     }
 
     #[test]
