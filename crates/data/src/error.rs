@@ -43,6 +43,9 @@ pub enum Error {
     /// A task would be empty (no examples, or an empty side of a split).
     #[error("task `{name}`: {msg}")]
     Task { name: String, msg: String },
+    /// A corpus would be empty, or is too small for what was asked of it.
+    #[error("corpus `{name}`: {msg}")]
+    Corpus { name: String, msg: String },
     /// A parameter (partitioning, split fraction, metric input, ...) is invalid.
     #[error("`{field}`: {msg}")]
     Param { field: String, msg: String },

@@ -15,6 +15,10 @@
 //!   ChatML ([`PromptFormat`]); [`batch`] tokenises rendered examples with a
 //!   `tokenizers::Tokenizer` into padded `[B, T]` `u32` candle tensors with an
 //!   attention mask and a loss mask over target tokens.
+//! - [`corpora`] loads plain-text domain corpora (State of the Union, Moby-Dick,
+//!   the King James Bible, fortunes, WordNet glosses, mathematics) as
+//!   [`Corpus`] document lists, splits off every tenth document as held-out text
+//!   and cuts text into fixed-length token windows for language-model loss.
 //! - [`metrics`] scores outputs: ROUGE-L F1, normalised exact match,
 //!   multiple-choice accuracy from per-choice log-likelihoods, and a mean with a
 //!   95% interval.
@@ -23,6 +27,7 @@
 //! log-likelihoods in, and gives text, indices, tensors and numbers out.
 
 pub mod batch;
+pub mod corpora;
 pub mod csv;
 pub mod error;
 pub mod evaluate;
@@ -35,6 +40,7 @@ pub mod task;
 pub mod tasks;
 
 pub use batch::{collate, encode, make_batch, Batch, BatchConfig, Encoded};
+pub use corpora::{Corpus, CorpusKind, CorpusSources, CorpusSplit, LoadedCorpus};
 pub use error::{Error, Result};
 pub use evaluate::{evaluate, EvalConfig, EvalReport, Scorer};
 pub use histogram::GroupHistogram;

@@ -1,0 +1,123 @@
+//! `fluxmoe eval-loss` on the fixture model, the sample corpora of
+//! `crates/data/tests/data/corpora` and a one-character-per-token tokenizer.
+
+use std::path::{Path, PathBuf};
+
+use super::{fixture, fluxmoe, stderr, stdout};
+
+fn sample_corpora() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/data/tests/data/corpora")
+}
+
+/// Printable ASCII and `\n` as single-character tokens (ids 1..=96), `<unk>` = 0:
+/// fits the fixture's 128-token vocabulary.
+fn write_char_tokenizer(path: &Path) {
+    let mut vocab = serde_json::Map::new();
+    vocab.insert("<unk>".into(), 0.into());
+    vocab.insert("\n".into(), 1.into());
+    for (idx, byte) in (0x20u8..0x7f).enumerate() {
+        vocab.insert((byte as char).to_string(), (idx + 2).into());
+    }
+    let json = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": {
+            "type": "Split", "pattern": { "Regex": "(?s)." },
+            "behavior": "Isolated", "invert": false
+        },
+        "post_processor": null, "decoder": null,
+        "model": { "type": "WordLevel", "vocab": vocab, "unk_token": "<unk>" }
+    });
+    std::fs::write(path, json.to_string()).unwrap();
+}
+
+fn eval_loss(tokenizer: &Path, extra: &[&str]) -> std::process::Output {
+    let model = fixture("llama");
+    let corpora = sample_corpora();
+    let mut args = vec![
+        "eval-loss",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        tokenizer.to_str().unwrap(),
+        "--corpora-dir",
+        corpora.to_str().unwrap(),
+        "--held-out-every",
+        "2",
+        "--seq",
+        "16",
+        "--batch",
+        "3",
+    ];
+    args.extend_from_slice(extra);
+    fluxmoe(&args)
+}
+
+#[test]
+fn table_has_a_row_per_corpus_and_a_weighted_overall_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("tokenizer.json");
+    write_char_tokenizer(&tok);
+    let o = eval_loss(&tok, &["--corpora", "all", "--tokens", "64"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0], ["corpus", "windows", "tokens", "loss", "ppl"]);
+    let names: Vec<&str> = rows[1..].iter().map(|r| r[0]).collect();
+    assert_eq!(
+        names,
+        ["sotu", "moby", "kjv", "fortunes", "wordnet", "math", "overall"]
+    );
+    let (mut n_sum, mut nll_sum) = (0usize, 0f64);
+    for row in &rows[1..7] {
+        let (windows, tokens): (usize, usize) = (row[1].parse().unwrap(), row[2].parse().unwrap());
+        let (loss, ppl): (f64, f64) = (row[3].parse().unwrap(), row[4].parse().unwrap());
+        assert!((1..=4).contains(&windows), "{row:?}");
+        assert_eq!(tokens, windows * 15);
+        // A random 128-token model is close to uniform: loss near ln(128) = 4.85.
+        assert!((3.5..6.5).contains(&loss), "{row:?}");
+        assert!((ppl - loss.exp()).abs() / ppl < 0.01, "{row:?}");
+        n_sum += tokens;
+        nll_sum += loss * tokens as f64;
+    }
+    let overall = &rows[7];
+    assert_eq!(overall[2].parse::<usize>().unwrap(), n_sum);
+    let overall_loss: f64 = overall[3].parse().unwrap();
+    assert!((overall_loss - nll_sum / n_sum as f64).abs() < 1e-3);
+}
+
+#[test]
+fn same_run_gives_the_same_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("tokenizer.json");
+    write_char_tokenizer(&tok);
+    let a = eval_loss(&tok, &["--corpora", "kjv,moby", "--tokens", "48"]);
+    let b = eval_loss(&tok, &["--corpora", "kjv,moby", "--tokens", "48"]);
+    assert!(a.status.success(), "{}", stderr(&a));
+    assert_eq!(stdout(&a), stdout(&b));
+}
+
+#[test]
+fn bad_arguments_are_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("tokenizer.json");
+    write_char_tokenizer(&tok);
+    let o = eval_loss(&tok, &["--corpora", "sotu,bible"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("unknown corpus `bible`"),
+        "{}",
+        stderr(&o)
+    );
+    let o = eval_loss(&tok, &["--tokens", "8"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--tokens (8) must be at least --seq (16)"));
+    // The fixture has no tokenizer of its own.
+    let model = fixture("llama");
+    let o = fluxmoe(&["eval-loss", "--model", model.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("pass --tokenizer"), "{}", stderr(&o));
+}
