@@ -55,7 +55,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
             .unwrap_or(f64::NAN);
         let eval = rec.eval.map_or("-".to_string(), |e| format!("{e:.4}"));
         bar.set_position(u64::from(rec.round.0));
-        bar.println(format!(
+        let line = format!(
             "round {}: participants {:?} dropped {}, train loss {loss:.4}, eval {eval}, virtual {:.1}s (round {:.1}s), wall {:.1}s",
             rec.round,
             rec.accepted.iter().map(|p| p.0).collect::<Vec<_>>(),
@@ -63,7 +63,13 @@ pub fn run(args: &RunArgs) -> Result<()> {
             rec.virtual_time_end,
             rec.round_s,
             rec.wall_seconds.unwrap_or(0.0)
-        ));
+        );
+        // Without a terminal the bar is hidden and drops its lines: print them plainly.
+        if !bar.is_hidden() {
+            bar.println(line);
+        } else if !(quiet || json) {
+            eprintln!("{line}");
+        }
     })?;
     bar.finish_and_clear();
     if json {
