@@ -21,7 +21,10 @@ use crate::ids::Round;
 use crate::wire::Global;
 
 pub const STATE_FILE: &str = "state.json";
-pub const GLOBAL_FILE: &str = "global.safetensors";
+/// Global tensors of the checkpoint whose next round is `round`.
+pub fn global_file(round: Round) -> String {
+    format!("global-r{}.safetensors", round.0)
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CoordinatorState {
@@ -45,17 +48,36 @@ impl CoordinatorState {
     }
 }
 
-/// Write `state.json` and `global.safetensors` into `dir` (created if missing).
+/// Write `global-r<next round>.safetensors`, then `state.json`, into `dir` (created if
+/// missing), each to a temporary name first and then renamed into place. The state
+/// names its tensors file through its round, so a crash at any point leaves the
+/// previous checkpoint (or the new one) whole; older tensors files are removed last.
 pub fn save_checkpoint(dir: &Path, state: &CoordinatorState, global: &Global) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let state_path = dir.join(STATE_FILE);
-    std::fs::write(&state_path, state.to_json()?).map_err(|e| Error::io(&state_path, e))?;
+    let global_name = global_file(state.next_round);
     let tensors: HashMap<&str, candle_core::Tensor> = global
         .iter()
         .map(|(k, v)| (k.as_str(), v.clone()))
         .collect();
-    candle_core::safetensors::save(&tensors, dir.join(GLOBAL_FILE))?;
+    let tmp = dir.join(format!("{global_name}.tmp"));
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    rename(&tmp, &dir.join(&global_name))?;
+    let state_tmp = dir.join(format!("{STATE_FILE}.tmp"));
+    std::fs::write(&state_tmp, state.to_json()?).map_err(|e| Error::io(&state_tmp, e))?;
+    rename(&state_tmp, &dir.join(STATE_FILE))?;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("global-r") && name != global_name {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
     Ok(())
+}
+
+fn rename(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).map_err(|e| Error::io(to, e))
 }
 
 /// Read a checkpoint written by [`save_checkpoint`], placing tensors on `device`.
@@ -64,7 +86,7 @@ pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<(CoordinatorState,
     let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
     let state = CoordinatorState::from_json(&text)
         .map_err(|e| Error::State(format!("{}: {e}", state_path.display())))?;
-    let global_path = dir.join(GLOBAL_FILE);
+    let global_path = dir.join(global_file(state.next_round));
     if !global_path.exists() {
         return Err(Error::io(
             &global_path,
@@ -75,4 +97,45 @@ pub fn load_checkpoint(dir: &Path, device: &Device) -> Result<(CoordinatorState,
         .into_iter()
         .collect();
     Ok((state, global))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Tensor;
+
+    fn state(next: u32) -> CoordinatorState {
+        CoordinatorState {
+            next_round: Round(next),
+            seed: 1,
+            clock_s: f64::from(next),
+            strategy: "s".into(),
+            strategy_state: serde_json::Value::Null,
+            target_hit: None,
+        }
+    }
+
+    fn global(x: f32) -> Global {
+        Global::from([("w".to_string(), Tensor::new(&[x, x], &Device::Cpu).unwrap())])
+    }
+
+    #[test]
+    fn an_interrupted_save_leaves_the_previous_checkpoint_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        save_checkpoint(dir.path(), &state(3), &global(3.0)).unwrap();
+        save_checkpoint(dir.path(), &state(4), &global(4.0)).unwrap();
+        // Only the latest tensors file is kept.
+        assert!(!dir.path().join(global_file(Round(3))).exists());
+        // A crash after the new tensors were written but before the state was: the
+        // old state still finds its own tensors.
+        candle_core::safetensors::save(
+            &HashMap::from([("w", Tensor::new(&[5f32, 5.0], &Device::Cpu).unwrap())]),
+            dir.path().join(global_file(Round(5))),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("state.json.tmp"), "{half").unwrap();
+        let (s, g) = load_checkpoint(dir.path(), &Device::Cpu).unwrap();
+        assert_eq!(s.next_round, Round(4));
+        assert_eq!(g["w"].to_vec1::<f32>().unwrap(), vec![4.0, 4.0]);
+    }
 }
