@@ -218,8 +218,12 @@ fn add_typed_tokens(
             None => return Err(Error::Tokenizer(format!("bad token type {ty:?}"))),
         }
     }
-    tokenizer.add_special_tokens(&special);
-    tokenizer.add_tokens(&user);
+    tokenizer
+        .add_special_tokens(special)
+        .map_err(|e| Error::Tokenizer(format!("adding special tokens: {e}")))?;
+    tokenizer
+        .add_tokens(user)
+        .map_err(|e| Error::Tokenizer(format!("adding user tokens: {e}")))?;
     Ok(())
 }
 
