@@ -139,3 +139,34 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         .map(|b| format!("{b:02x}"))
         .collect())
 }
+
+/// WordNet (Debian `wordnet-base`, WordNet 3.0 licence) backs the wordnet tasks. When it
+/// is missing and this process runs as root with apt-get available, install it;
+/// otherwise say what to install.
+pub fn ensure_wordnet() -> Result<()> {
+    let dir = Path::new(fluxmoe_data::tasks::wordnet::DEFAULT_DIR);
+    if dir.join("data.noun").exists() {
+        return Ok(());
+    }
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !is_root {
+        bail!("WordNet is missing: install Debian's wordnet-base (`sudo apt-get install wordnet-base`)");
+    }
+    eprintln!("installing Debian wordnet-base (WordNet 3.0 licence) with apt-get");
+    let ok = Command::new("apt-get")
+        .args(["update", "-qq"])
+        .status()
+        .is_ok_and(|s| s.success())
+        && Command::new("apt-get")
+            .args(["install", "-y", "-qq", "wordnet-base"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success());
+    if !ok || !dir.join("data.noun").exists() {
+        bail!("could not install wordnet-base with apt-get: install it by hand (`apt-get install wordnet-base`)");
+    }
+    Ok(())
+}

@@ -26,6 +26,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
         None => RunFile::quickstart()?,
     };
     let model_path = resolve_model(&file.model.path)?;
+    if file.task.name.starts_with("wordnet") {
+        assets::ensure_wordnet()?;
+    }
     if !args.quiet && !args.json {
         eprintln!(
             "run: {} on {} with {} participants ({} per round), {} rounds -> {}",
