@@ -10,6 +10,15 @@ use candle_core::{DType, Device};
 use fluxmoe_model::checkpoint::{self, INDEX_FILE, SINGLE_FILE};
 use fluxmoe_model::MoeModel;
 
+fn f32_bits(t: &candle_core::Tensor) -> Vec<u32> {
+    let v = t.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+    v.to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect()
+}
+
 fn assert_bit_identical(a: &Path, b: &Path) {
     let (ta, la) = checkpoint::load_weights(a, &Device::Cpu).unwrap();
     let (tb, lb) = checkpoint::load_weights(b, &Device::Cpu).unwrap();
@@ -18,26 +27,7 @@ fn assert_bit_identical(a: &Path, b: &Path) {
     assert_eq!(ta.len(), tb.len());
     for ((na, xa), (nb, xb)) in ta.iter().zip(tb.iter()) {
         assert_eq!(na, nb);
-        let ba: Vec<u8> = xa
-            .to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .iter()
-            .flat_map(|x| x.to_bits().to_le_bytes())
-            .collect();
-        let bb: Vec<u8> = xb
-            .to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .iter()
-            .flat_map(|x| x.to_bits().to_le_bytes())
-            .collect();
+        let (ba, bb) = (f32_bits(xa), f32_bits(xb));
         assert!(ba == bb, "tensor {na} differs");
     }
 }

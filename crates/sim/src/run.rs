@@ -55,7 +55,7 @@ pub struct RunSummary {
     pub final_metric: f64,
     /// Virtual seconds on the cost-model clock.
     pub virtual_seconds: f64,
-    /// Measured seconds of the rounds run in this process.
+    /// Measured seconds of all rounds (resumed runs include the rounds before the resume).
     pub wall_seconds: f64,
     /// First virtual time the target was reached.
     pub time_to_target: Option<f64>,
@@ -232,36 +232,28 @@ pub fn run(
     };
 
     let metrics_path = out.join(METRICS_FILE);
-    let mut wall_seconds = 0.0;
-    let mut records: Vec<RoundRecord> = Vec::new();
     while !coordinator.finished() {
         let start = Instant::now();
-        let mut line = String::new();
         let history = coordinator.run_rounds(
             &mut strategy,
             &mut transport,
             &mut clock,
             Some(&mut evaluator),
             1,
-            &mut |rec| {
-                rec.wall_seconds = Some(start.elapsed().as_secs_f64());
-                line = rec.to_json_line().unwrap_or_default();
-            },
+            &mut |rec| rec.wall_seconds = Some(start.elapsed().as_secs_f64()),
         )?;
-        wall_seconds += start.elapsed().as_secs_f64();
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&metrics_path)
-            .map_err(|e| io(&metrics_path, e))?;
-        writeln!(f, "{line}").map_err(|e| io(&metrics_path, e))?;
         for rec in history.records {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&metrics_path)
+                .map_err(|e| io(&metrics_path, e))?;
+            writeln!(f, "{}", rec.to_json_line()?).map_err(|e| io(&metrics_path, e))?;
             on_round(&rec);
             let every = file.rounds.checkpoint_every;
             if every > 0 && rec.round.0 % every == 0 {
                 let state = coordinator.state(&strategy as &dyn Strategy, &clock)?;
                 save_checkpoint(&ckpt_dir, &state, coordinator.global())?;
             }
-            records.push(rec);
         }
     }
 
@@ -298,11 +290,7 @@ pub fn run(
         initial_metric,
         final_metric,
         virtual_seconds: clock.now(),
-        wall_seconds: all
-            .iter()
-            .filter_map(|r| r.wall_seconds)
-            .sum::<f64>()
-            .max(wall_seconds),
+        wall_seconds: all.iter().filter_map(|r| r.wall_seconds).sum(),
         time_to_target: coordinator.target_hit().map(|h| h.virtual_time_s),
         bytes_up: all.iter().map(|r| r.bytes_up).sum(),
         bytes_down: all.iter().map(|r| r.bytes_down).sum(),
