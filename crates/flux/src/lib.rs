@@ -1,0 +1,7 @@
+//! fluxmoe-flux: the FLUX method (arXiv 2508.19078) and its baselines, as strategies of
+//! the `fluxmoe-fed` runtime. `../shared/docs/METHOD.md` is the specification; every
+//! choice it marks [ours] is an option here with the default it states.
+
+pub mod error;
+
+pub use error::{Error, Result};
