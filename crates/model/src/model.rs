@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Tensor, D};
 use crate::config::{AttentionKind, Ffn, ModelConfig, MoeConfig, QkNorm, RouterKind, SharedExpert};
 use crate::keys::{self, Proj};
 use crate::layers::attention::{AttentionInputs, MlaQuery, Projections, QkNormLayer};
-use crate::layers::moe::{Router, SharedLayer};
+use crate::layers::moe::{ExpertSlots, Router, SharedLayer};
 use crate::layers::{Attention, KvCache, Linear, MoeBlock, RmsNorm, Rope, Routing, SwiGlu};
 use crate::params::ParamStore;
 use crate::{Error, Result};
@@ -44,6 +44,14 @@ pub struct LayerTrace {
     /// Attention probability each token receives, averaged over heads and over the
     /// valid query positions that see it `[B, T]` (0 for padding).
     pub attention_score: Tensor,
+}
+
+/// The three weight matrices of an expert built by merging others (PyTorch layout).
+#[derive(Debug, Clone)]
+pub struct MergedExpert {
+    pub gate: Tensor,
+    pub up: Tensor,
+    pub down: Tensor,
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +121,68 @@ impl MoeModel {
 
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    /// The MoE block of decoder layer `layer`, to customise its routing (see
+    /// [`crate::layers::moe`]: expert slots, router masks).
+    pub fn moe_block_mut(&mut self, layer: usize) -> Result<&mut MoeBlock> {
+        let n_layers = self.layers.len();
+        match self.layers.get_mut(layer).map(|l| &mut l.ffn) {
+            Some(FfnLayer::Moe(moe)) => Ok(moe),
+            Some(FfnLayer::Dense(_)) => Err(Error::Input(format!("layer {layer} is dense"))),
+            None => Err(Error::Input(format!(
+                "layer {layer} does not exist ({n_layers} layers)"
+            ))),
+        }
+    }
+
+    /// Replace groups of routed experts of `layer` by forward-only merged experts:
+    /// `slot_of[e]` is `e` itself or `n_experts + c` for `merged[c]`. Each merged
+    /// expert has the routed experts' shapes.
+    pub fn set_merged_experts(
+        &mut self,
+        layer: usize,
+        slot_of: Vec<usize>,
+        merged: Vec<MergedExpert>,
+    ) -> Result<()> {
+        let block = self.moe_block_mut(layer)?;
+        let reference = block.experts.first().cloned();
+        let mut layers = Vec::with_capacity(merged.len());
+        for (c, m) in merged.into_iter().enumerate() {
+            if let Some(r) = &reference {
+                for (name, w, want) in [
+                    ("gate", &m.gate, r.gate.weight()),
+                    ("up", &m.up, r.up.weight()),
+                    ("down", &m.down, r.down.weight()),
+                ] {
+                    if w.dims() != want.dims() {
+                        return Err(Error::Input(format!(
+                            "merged expert {c} of layer {layer}: {name} is {:?}, experts have {:?}",
+                            w.dims(),
+                            want.dims()
+                        )));
+                    }
+                }
+            }
+            layers.push(SwiGlu {
+                gate: Linear::new(m.gate.detach(), None),
+                up: Linear::new(m.up.detach(), None),
+                down: Linear::new(m.down.detach(), None),
+            });
+        }
+        block
+            .set_slots(ExpertSlots {
+                slot_of,
+                merged: layers,
+            })
+            .map_err(|e| Error::Input(format!("layer {layer}: {e}")))
+    }
+
+    /// Route layer `layer`'s tokens only to the experts with `keep[e]`.
+    pub fn set_kept_experts(&mut self, layer: usize, keep: &[bool]) -> Result<()> {
+        self.moe_block_mut(layer)?
+            .set_kept_experts(keep)
+            .map_err(|e| Error::Input(format!("layer {layer}: {e}")))
     }
 
     pub fn device(&self) -> &Device {
@@ -551,6 +621,8 @@ fn build_moe(cfg: &ModelConfig, p: &ParamStore, l: usize, m: &MoeConfig) -> Resu
         shared,
         top_k: m.top_k,
         scoring: m.scoring.clone(),
+        slots: None,
+        router_mask: None,
     })
 }
 

@@ -8,6 +8,14 @@
 //! once per block to group tokens by expert: one `index_select` gathers all routed
 //! token rows in expert order, each expert runs one matmul chain on its contiguous
 //! slice, and one `index_add` scatters the weighted results back.
+//!
+//! Two customisations serve FLUX and its baselines, both off by default:
+//! - an [`ExpertSlots`] map sends each router-selected expert to a *slot*: itself, or a
+//!   merged expert standing in for several (the router still scores the original
+//!   experts; a token whose selections land on the same slot gets that slot once per
+//!   selection, i.e. their weights add). The identity map is the plain block, bit for bit.
+//! - a router mask drops experts: their logits get a large negative value before the
+//!   routing rule, so top-k picks only among the kept ones.
 
 use candle_core::{DType, Result, Tensor, D};
 
@@ -47,6 +55,17 @@ pub struct Routing {
     pub topk_weight: Tensor,
 }
 
+/// Where each routed expert's tokens go: `slot_of[e]` indexes `experts ++ merged`.
+#[derive(Debug, Clone)]
+pub struct ExpertSlots {
+    pub slot_of: Vec<usize>,
+    /// Forward-only experts that replace groups of original experts.
+    pub merged: Vec<SwiGlu>,
+}
+
+/// Logit given to masked experts (finite, so an all-masked row stays finite).
+const DROPPED_LOGIT: f64 = -1e9;
+
 #[derive(Debug, Clone)]
 pub struct MoeBlock {
     pub router: Router,
@@ -54,6 +73,10 @@ pub struct MoeBlock {
     pub shared: Option<SharedLayer>,
     pub top_k: usize,
     pub scoring: Scoring,
+    /// `None`: every expert is its own slot.
+    pub slots: Option<ExpertSlots>,
+    /// Additive router-logit mask `[E]` (0 = kept, large negative = dropped).
+    pub router_mask: Option<Tensor>,
 }
 
 impl MoeBlock {
@@ -72,9 +95,51 @@ impl MoeBlock {
         Ok((out, routing))
     }
 
+    /// Map routed experts to slots (see the module docs). `slot_of` must have one entry
+    /// per expert, each `< experts.len() + merged.len()`.
+    pub fn set_slots(&mut self, slots: ExpertSlots) -> Result<()> {
+        let n = self.experts.len();
+        let total = n + slots.merged.len();
+        if slots.slot_of.len() != n {
+            candle_core::bail!(
+                "slot map has {} entries for {n} experts",
+                slots.slot_of.len()
+            );
+        }
+        if let Some(s) = slots.slot_of.iter().find(|&&s| s >= total) {
+            candle_core::bail!("slot {s} is outside the {total} slots");
+        }
+        self.slots = Some(slots);
+        Ok(())
+    }
+
+    /// Keep only the experts with `keep[e]` (at least `top_k` of them) in routing.
+    pub fn set_kept_experts(&mut self, keep: &[bool]) -> Result<()> {
+        let n = self.experts.len();
+        if keep.len() != n {
+            candle_core::bail!("expert mask has {} entries for {n} experts", keep.len());
+        }
+        let kept = keep.iter().filter(|&&k| k).count();
+        if kept < self.top_k {
+            candle_core::bail!("{kept} kept experts cannot fill top-{}", self.top_k);
+        }
+        let mask: Vec<f32> = keep
+            .iter()
+            .map(|&k| if k { 0.0 } else { DROPPED_LOGIT as f32 })
+            .collect();
+        let device = match &self.router {
+            Router::Linear(l) | Router::TanhMlp(_, l) => l.weight().device().clone(),
+        };
+        self.router_mask = Some(Tensor::from_vec(mask, n, &device)?);
+        Ok(())
+    }
+
     /// Apply the router and the routing rule.
     pub fn route(&self, x: &Tensor) -> Result<Routing> {
-        let logits = self.router.forward(x)?;
+        let mut logits = self.router.forward(x)?;
+        if let Some(mask) = &self.router_mask {
+            logits = logits.broadcast_add(mask)?;
+        }
         let k = self.top_k;
         let (topk_idx, topk_weight) = match &self.scoring {
             Scoring::SoftmaxThenTopK {
@@ -124,16 +189,25 @@ impl MoeBlock {
     pub fn dispatch(&self, x: &Tensor, routing: &Routing) -> Result<Tensor> {
         let (n, hidden) = x.dims2()?;
         let k = self.top_k;
-        let n_experts = self.experts.len();
-        let ids: Vec<u32> = routing.topk_idx.flatten_all()?.to_vec1()?;
-        // Counting sort of the (token, slot) positions by expert.
+        let n_routed = self.experts.len();
+        let mut ids: Vec<u32> = routing.topk_idx.flatten_all()?.to_vec1()?;
+        if let Some(&e) = ids.iter().find(|&&e| e as usize >= n_routed) {
+            candle_core::bail!("router selected expert {e} of {n_routed}");
+        }
+        let merged: &[SwiGlu] = match &self.slots {
+            Some(slots) => {
+                for e in ids.iter_mut() {
+                    *e = slots.slot_of[*e as usize] as u32;
+                }
+                &slots.merged
+            }
+            None => &[],
+        };
+        let n_experts = n_routed + merged.len();
+        // Counting sort of the (token, k) positions by slot.
         let mut starts = vec![0usize; n_experts + 1];
         for &e in &ids {
-            let e = e as usize;
-            if e >= n_experts {
-                candle_core::bail!("router selected expert {e} of {n_experts}");
-            }
-            starts[e + 1] += 1;
+            starts[e as usize + 1] += 1;
         }
         for e in 0..n_experts {
             starts[e + 1] += starts[e];
@@ -151,7 +225,7 @@ impl MoeBlock {
         let positions = Tensor::from_vec(positions, n_sel, device)?;
         let xs = x.index_select(&tokens, 0)?;
         let mut outs = Vec::with_capacity(n_experts);
-        for (e, expert) in self.experts.iter().enumerate() {
+        for (e, expert) in self.experts.iter().chain(merged).enumerate() {
             let (start, count) = (starts[e], starts[e + 1] - starts[e]);
             if count > 0 {
                 outs.push(expert.forward(&xs.narrow(0, start, count)?)?);

@@ -1,0 +1,180 @@
+//! Customised routing (what FLUX's merging and FMES's expert dropping build on): an
+//! identity slot map changes nothing, a merged expert stands in for the experts mapped
+//! to it, a router mask keeps dropped experts out of every top-k.
+
+mod common;
+
+use common::{golden_ids, load, max_abs_diff, ARCHS};
+
+use candle_core::Tensor;
+use fluxmoe_model::config::Ffn;
+use fluxmoe_model::keys::{expert_key, Proj};
+use fluxmoe_model::{MergedExpert, MoeModel};
+
+fn moe_layers(cfg: &fluxmoe_model::ModelConfig) -> Vec<(usize, usize, usize)> {
+    cfg.layers
+        .iter()
+        .enumerate()
+        .filter_map(|(l, f)| match f {
+            Ffn::Moe(m) => Some((l, m.n_experts, m.top_k)),
+            Ffn::Dense { .. } => None,
+        })
+        .collect()
+}
+
+fn moe_archs() -> impl Iterator<Item = &'static str> {
+    ARCHS.into_iter().filter(|a| *a != "llama")
+}
+
+#[test]
+fn identity_slots_and_keeping_every_expert_are_bit_identical() {
+    for arch in moe_archs() {
+        let ck = load(arch);
+        let ids = golden_ids(arch);
+        let plain = MoeModel::new(&ck.config, &ck.params).unwrap();
+        let reference = plain.forward(&ids, None, false).unwrap().logits;
+        let mut custom = plain.clone();
+        for (l, n, _) in moe_layers(&ck.config) {
+            custom
+                .set_merged_experts(l, (0..n).collect(), Vec::new())
+                .unwrap();
+            custom.set_kept_experts(l, &vec![true; n]).unwrap();
+        }
+        let logits = custom.forward(&ids, None, false).unwrap().logits;
+        assert_eq!(
+            max_abs_diff(&logits, &reference),
+            0.0,
+            "{arch}: identity customisation changed logits"
+        );
+    }
+}
+
+#[test]
+fn a_merged_copy_of_an_expert_replaces_it() {
+    for arch in moe_archs() {
+        let ck = load(arch);
+        let ids = golden_ids(arch);
+        let plain = MoeModel::new(&ck.config, &ck.params).unwrap();
+        let reference = plain.forward(&ids, None, false).unwrap().logits;
+        let mut custom = plain.clone();
+        let mut other = plain.clone();
+        for (l, n, _) in moe_layers(&ck.config) {
+            let w = |e: usize, p: Proj| {
+                ck.params
+                    .tensor(&expert_key(ck.config.arch, l, e, p))
+                    .unwrap()
+                    .clone()
+            };
+            let copy_of = |e: usize| MergedExpert {
+                gate: w(e, Proj::Gate),
+                up: w(e, Proj::Up),
+                down: w(e, Proj::Down),
+            };
+            // Expert 1's slot is a merged expert holding expert 1's own weights.
+            let mut slot_of: Vec<usize> = (0..n).collect();
+            slot_of[1] = n;
+            custom
+                .set_merged_experts(l, slot_of, vec![copy_of(1)])
+                .unwrap();
+            // Expert 1's tokens go to a merged expert holding expert 0's weights.
+            let mut slot_of: Vec<usize> = (0..n).collect();
+            slot_of[1] = n;
+            other
+                .set_merged_experts(l, slot_of, vec![copy_of(0)])
+                .unwrap();
+        }
+        let logits = custom.forward(&ids, None, false).unwrap().logits;
+        assert!(
+            max_abs_diff(&logits, &reference) < 1e-5,
+            "{arch}: a merged copy changed logits"
+        );
+        let changed = other.forward(&ids, None, false).unwrap().logits;
+        assert!(
+            max_abs_diff(&changed, &reference) > 1e-4,
+            "{arch}: rerouting expert 1 to expert 0's weights changed nothing"
+        );
+    }
+}
+
+#[test]
+fn masked_experts_are_never_selected() {
+    for arch in moe_archs() {
+        let ck = load(arch);
+        let ids = golden_ids(arch);
+        let mut model = MoeModel::new(&ck.config, &ck.params).unwrap();
+        let layers = moe_layers(&ck.config);
+        for &(l, n, k) in &layers {
+            // Drop the first expert(s), keeping exactly top_k + 1 (or all but one).
+            let keep: Vec<bool> = (0..n).map(|e| e >= n - (k + 1).min(n - 1)).collect();
+            model.set_kept_experts(l, &keep).unwrap();
+        }
+        let out = model.forward(&ids, None, true).unwrap();
+        for trace in &out.traces {
+            let (_, n, k) = layers.iter().find(|x| x.0 == trace.layer).copied().unwrap();
+            let first_kept = (n - (k + 1).min(n - 1)) as u32;
+            let chosen: Vec<u32> = trace
+                .routing
+                .topk_idx
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert!(
+                chosen.iter().all(|&e| e >= first_kept),
+                "{arch} layer {}: selected a dropped expert: {chosen:?}",
+                trace.layer
+            );
+            let w: Vec<f32> = trace
+                .routing
+                .topk_weight
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert!(
+                w.iter().all(|x| x.is_finite()),
+                "{arch}: non-finite weights"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_customisations_are_errors_naming_the_layer() {
+    let ck = load("mixtral");
+    let mut model = MoeModel::new(&ck.config, &ck.params).unwrap();
+    let (l, n, k) = moe_layers(&ck.config)[0];
+    let msg = |e: fluxmoe_model::Error| e.to_string();
+    let err = msg(model
+        .set_merged_experts(l, vec![0; n - 1], Vec::new())
+        .unwrap_err());
+    assert!(
+        err.contains(&format!("layer {l}")) && err.contains("entries"),
+        "{err}"
+    );
+    let err = msg(model
+        .set_merged_experts(l, vec![n; n], Vec::new())
+        .unwrap_err());
+    assert!(err.contains("outside"), "{err}");
+    let wrong = Tensor::zeros((3, 3), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    let bad = MergedExpert {
+        gate: wrong.clone(),
+        up: wrong.clone(),
+        down: wrong,
+    };
+    let err = msg(model
+        .set_merged_experts(l, vec![n; n], vec![bad])
+        .unwrap_err());
+    assert!(
+        err.contains("merged expert 0") && err.contains("gate"),
+        "{err}"
+    );
+    let mut keep = vec![false; n];
+    keep[0] = true;
+    if k > 1 {
+        let err = msg(model.set_kept_experts(l, &keep).unwrap_err());
+        assert!(err.contains("cannot fill"), "{err}");
+    }
+    let err = msg(model.set_kept_experts(99, &keep).unwrap_err());
+    assert!(err.contains("layer 99"), "{err}");
+}
