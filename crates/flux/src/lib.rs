@@ -2,6 +2,8 @@
 //! the `fluxmoe-fed` runtime. `../shared/docs/METHOD.md` is the specification; every
 //! choice it marks [ours] is an option here with the default it states.
 
+pub mod budget;
 pub mod error;
+pub mod roles;
 
 pub use error::{Error, Result};
