@@ -3,5 +3,6 @@
 //! choice it marks [ours] is an option here with the default it states.
 
 pub mod error;
+pub mod merge;
 
 pub use error::{Error, Result};
