@@ -4,6 +4,7 @@
 
 pub mod budget;
 pub mod error;
+pub mod merge;
 pub mod roles;
 
 pub use error::{Error, Result};
