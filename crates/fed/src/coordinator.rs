@@ -27,7 +27,7 @@ use crate::ids::{ParticipantId, Round};
 use crate::seed::{round_rng, STREAM_SAMPLE};
 use crate::state::CoordinatorState;
 use crate::strategy::Strategy;
-use crate::transport::Transport;
+use crate::transport::{ProfileExchange, Transport};
 use crate::wire::Global;
 
 /// Scores a global model; the crate does not know what the number means.
@@ -105,6 +105,10 @@ impl RunConfig {
 pub struct Coordinator {
     cfg: RunConfig,
     global: Global,
+    /// The global before the last aggregation (what stale profiling reads); after a
+    /// resume, the current global until the next aggregation.
+    previous: Option<Global>,
+    last_aggregate_s: f64,
     next_round: Round,
     target_hit: Option<TargetHit>,
 }
@@ -116,6 +120,8 @@ impl Coordinator {
         Ok(Coordinator {
             cfg,
             global,
+            previous: None,
+            last_aggregate_s: 0.0,
             next_round: Round::FIRST,
             target_hit: None,
         })
@@ -151,6 +157,8 @@ impl Coordinator {
         Ok(Coordinator {
             cfg,
             global,
+            previous: None,
+            last_aggregate_s: state.last_aggregate_s,
             next_round: state.next_round,
             target_hit: state.target_hit,
         })
@@ -165,6 +173,7 @@ impl Coordinator {
             strategy: strategy.name().to_string(),
             strategy_state: strategy.state()?,
             target_hit: self.target_hit,
+            last_aggregate_s: self.last_aggregate_s,
         })
     }
 
@@ -228,11 +237,30 @@ impl Coordinator {
         let round = self.next_round;
         let pool = transport.pool();
         let mut rng = round_rng(self.cfg.seed, round, STREAM_SAMPLE);
+        let profile_msgs = strategy.configure_profile(round, &self.global, &pool, &mut rng)?;
+        let stale: BTreeMap<ParticipantId, bool> =
+            profile_msgs.iter().map(|(id, m)| (*id, m.stale)).collect();
+        let profiled = if profile_msgs.is_empty() {
+            ProfileExchange::default()
+        } else {
+            let previous = self.previous.as_ref().unwrap_or(&self.global);
+            transport.profile(profile_msgs, &self.global, previous)?
+        };
+        let profile_failures = profiled.failures.clone();
+        strategy.receive_profiles(round, profiled.replies, profiled.failures)?;
         let msgs = strategy.configure_train(round, &self.global, &pool, &mut rng)?;
         let mut participants: Vec<ParticipantId> = msgs.iter().map(|(id, _)| *id).collect();
         participants.sort();
 
-        let exchange = transport.send_and_receive(msgs, &self.global, self.cfg.deadline_s)?;
+        let mut exchange = transport.send_and_receive(msgs, &self.global, self.cfg.deadline_s)?;
+        for t in &mut exchange.times {
+            if let Some(&s) = profiled.seconds.get(&t.participant) {
+                t.profile_s = s;
+                if stale.get(&t.participant) == Some(&true) {
+                    t.profile_hidden_s = s.min(self.last_aggregate_s + t.phases.download);
+                }
+            }
+        }
         let reply_metrics: BTreeMap<ParticipantId, BTreeMap<String, f64>> = exchange
             .replies
             .iter()
@@ -242,21 +270,27 @@ impl Coordinator {
         let outcome =
             strategy.aggregate_train(round, &self.global, exchange.replies, exchange.failures)?;
         dropped.extend(outcome.rejected.iter().cloned());
+        dropped.extend(
+            profile_failures
+                .into_iter()
+                .filter(|f| !participants.contains(&f.participant)),
+        );
         dropped.sort_by_key(|f| f.participant);
 
         let deadline = self.cfg.deadline_s.unwrap_or(f64::INFINITY);
         let train_s = exchange
             .times
             .iter()
-            .map(|t| t.phases.total.min(deadline))
+            .map(|t| t.critical_s().min(deadline))
             .fold(0.0, f64::max);
         let aggregate_s = outcome.cost.seconds(&self.cfg.server)?.total;
         let round_s = train_s + aggregate_s;
         clock.advance(round_s)?;
+        self.last_aggregate_s = aggregate_s;
 
         let global_updated = outcome.global.is_some();
         if let Some(next) = outcome.global {
-            self.global = next;
+            self.previous = Some(std::mem::replace(&mut self.global, next));
         }
 
         let eval = match evaluator {

@@ -19,9 +19,24 @@ pub struct ParticipantTime {
     pub participant: ParticipantId,
     /// Name of its device profile.
     pub device: String,
+    /// Training round trip: download, local work, upload.
     pub phases: PhaseTimes,
     pub up_bytes: u64,
     pub down_bytes: u64,
+    /// Seconds of profiling before training (0 without a profiling phase).
+    #[serde(default)]
+    pub profile_s: f64,
+    /// The part of `profile_s` hidden behind the previous aggregation and this round's
+    /// download (stale profiling), not on the round's critical path.
+    #[serde(default)]
+    pub profile_hidden_s: f64,
+}
+
+impl ParticipantTime {
+    /// Seconds on the round's critical path: training plus unhidden profiling.
+    pub fn critical_s(&self) -> f64 {
+        self.phases.total + self.profile_s - self.profile_hidden_s
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

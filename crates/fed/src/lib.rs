@@ -48,5 +48,9 @@ pub use ids::{ParticipantId, Round};
 pub use server_opt::{ServerOptimizer, ServerOptimizerConfig, ServerOptimizerState};
 pub use state::{load_checkpoint, save_checkpoint, CoordinatorState};
 pub use strategy::{Strategy, TrainOutcome};
-pub use transport::{Exchange, LocalTransport, LocalTransportConfig, Participant, Transport};
-pub use wire::{Failure, FailureKind, Global, Scalar, TrainIns, TrainReply};
+pub use transport::{
+    Exchange, LocalTransport, LocalTransportConfig, Participant, ProfileExchange, Transport,
+};
+pub use wire::{
+    Failure, FailureKind, Global, ProfileIns, ProfileReply, Scalar, TrainIns, TrainReply,
+};

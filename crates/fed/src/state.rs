@@ -36,6 +36,9 @@ pub struct CoordinatorState {
     pub strategy: String,
     pub strategy_state: serde_json::Value,
     pub target_hit: Option<TargetHit>,
+    /// Aggregation seconds of the last completed round (what stale profiling overlaps).
+    #[serde(default)]
+    pub last_aggregate_s: f64,
 }
 
 impl CoordinatorState {
@@ -112,6 +115,7 @@ mod tests {
             strategy: "s".into(),
             strategy_state: serde_json::Value::Null,
             target_hit: None,
+            last_aggregate_s: 0.0,
         }
     }
 

@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use crate::cost::WorkCost;
 use crate::error::Result;
 use crate::ids::{ParticipantId, Round};
-use crate::wire::{Failure, Global, TrainIns, TrainReply};
+use crate::wire::{Failure, Global, ProfileIns, ProfileReply, TrainIns, TrainReply};
 
 /// What a strategy made of a round's replies.
 #[derive(Clone, Debug)]
@@ -34,6 +34,30 @@ pub trait Strategy {
 
     /// One line describing the configuration, for logs.
     fn summary(&self) -> String;
+
+    /// Optional phase before [`Strategy::configure_train`]: participants to ask for a
+    /// profile of the model on their data. `rng` is the round's sampling generator,
+    /// handed afterwards to `configure_train`, so a strategy may sample here and
+    /// remember its choice. The default asks nobody.
+    fn configure_profile(
+        &mut self,
+        _round: Round,
+        _global: &Global,
+        _pool: &[ParticipantId],
+        _rng: &mut StdRng,
+    ) -> Result<Vec<(ParticipantId, ProfileIns)>> {
+        Ok(Vec::new())
+    }
+
+    /// The profiles (sorted by participant) and failures of the profiling phase.
+    fn receive_profiles(
+        &mut self,
+        _round: Round,
+        _replies: Vec<ProfileReply>,
+        _failures: Vec<Failure>,
+    ) -> Result<()> {
+        Ok(())
+    }
 
     /// Choose the participants of `round` from `pool` and their instructions.
     fn configure_train(

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::history::ParticipantTime;
 use crate::ids::ParticipantId;
 use crate::seed::{dropout_stream, round_rng};
-use crate::wire::{Failure, FailureKind, Global, TrainIns, TrainReply};
+use crate::wire::{Failure, FailureKind, Global, ProfileIns, ProfileReply, TrainIns, TrainReply};
 
 /// One round's traffic.
 #[derive(Clone, Debug, Default)]
@@ -36,9 +36,30 @@ pub struct Exchange {
     pub times: Vec<ParticipantTime>,
 }
 
+/// One profiling phase's traffic.
+#[derive(Clone, Debug, Default)]
+pub struct ProfileExchange {
+    /// Reports, ascending by participant.
+    pub replies: Vec<ProfileReply>,
+    /// Participants that could not profile, ascending.
+    pub failures: Vec<Failure>,
+    /// Virtual seconds of each participant's profiling work.
+    pub seconds: BTreeMap<ParticipantId, f64>,
+}
+
 pub trait Transport {
     /// Every participant reachable through this transport, ascending.
     fn pool(&self) -> Vec<ParticipantId>;
+
+    /// Ask participants to profile a model on their data: `current` (this round's
+    /// global) or, for a stale request, `previous` (the global before the last
+    /// aggregation).
+    fn profile(
+        &mut self,
+        msgs: Vec<(ParticipantId, ProfileIns)>,
+        current: &Global,
+        previous: &Global,
+    ) -> Result<ProfileExchange>;
 
     /// Deliver `msgs` (at most one per participant) with the current global model and
     /// collect the answers. `deadline_s` is in virtual seconds from the round start.
@@ -53,6 +74,15 @@ pub trait Transport {
 /// A participant's local training, as seen by an in-process transport.
 pub trait Participant {
     fn train(&mut self, ins: &TrainIns, global: &Global) -> Result<TrainReply>;
+
+    /// Profile `model` on local data (strategies with a profiling phase). The default
+    /// refuses.
+    fn profile(&mut self, ins: &ProfileIns, _model: &Global) -> Result<ProfileReply> {
+        Err(Error::State(format!(
+            "round {}: this participant cannot profile",
+            ins.round
+        )))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -111,17 +141,8 @@ impl LocalTransport {
     }
 }
 
-impl Transport for LocalTransport {
-    fn pool(&self) -> Vec<ParticipantId> {
-        self.members.keys().copied().collect()
-    }
-
-    fn send_and_receive(
-        &mut self,
-        mut msgs: Vec<(ParticipantId, TrainIns)>,
-        global: &Global,
-        deadline_s: Option<f64>,
-    ) -> Result<Exchange> {
+impl LocalTransport {
+    fn check_recipients<T>(&self, msgs: &mut [(ParticipantId, T)]) -> Result<()> {
         msgs.sort_by_key(|(id, _)| *id);
         for pair in msgs.windows(2) {
             if pair[0].0 == pair[1].0 {
@@ -131,6 +152,62 @@ impl Transport for LocalTransport {
         if let Some((id, _)) = msgs.iter().find(|(id, _)| !self.members.contains_key(id)) {
             return Err(Error::UnknownParticipant(*id));
         }
+        Ok(())
+    }
+}
+
+impl Transport for LocalTransport {
+    fn pool(&self) -> Vec<ParticipantId> {
+        self.members.keys().copied().collect()
+    }
+
+    /// Participants profile one after another, in ascending id order. Dropouts are
+    /// simulated in the training phase only.
+    fn profile(
+        &mut self,
+        mut msgs: Vec<(ParticipantId, ProfileIns)>,
+        current: &Global,
+        previous: &Global,
+    ) -> Result<ProfileExchange> {
+        self.check_recipients(&mut msgs)?;
+        let mut out = ProfileExchange::default();
+        for (id, ins) in msgs {
+            let Some(member) = self.members.get_mut(&id) else {
+                return Err(Error::UnknownParticipant(id));
+            };
+            let model = if ins.stale { previous } else { current };
+            let result = member.participant.profile(&ins, model).and_then(|reply| {
+                if reply.participant != id {
+                    return Err(Error::State(format!(
+                        "profile claims to come from participant {}",
+                        reply.participant
+                    )));
+                }
+                let seconds = reply.cost.seconds(&member.profile)?.total;
+                Ok((reply, seconds))
+            });
+            match result {
+                Ok((reply, seconds)) => {
+                    out.seconds.insert(id, seconds);
+                    out.replies.push(reply);
+                }
+                Err(e) => {
+                    tracing::warn!(participant = %id, error = %e, "profiling failed");
+                    out.failures
+                        .push(Failure::new(id, FailureKind::Error, e.to_string()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn send_and_receive(
+        &mut self,
+        mut msgs: Vec<(ParticipantId, TrainIns)>,
+        global: &Global,
+        deadline_s: Option<f64>,
+    ) -> Result<Exchange> {
+        self.check_recipients(&mut msgs)?;
         let mut out = Exchange::default();
         for (id, ins) in msgs {
             let Some(member) = self.members.get_mut(&id) else {
@@ -179,6 +256,8 @@ impl Transport for LocalTransport {
                 phases,
                 up_bytes: reply.cost.up_bytes,
                 down_bytes: reply.cost.down_bytes,
+                profile_s: 0.0,
+                profile_hidden_s: 0.0,
             });
             match deadline_s {
                 Some(deadline) if phases.total > deadline => out.failures.push(Failure::new(

@@ -43,6 +43,27 @@ pub struct TrainIns {
     pub params: BTreeMap<String, Scalar>,
 }
 
+/// Request to profile the model on local data before a round's instructions are made
+/// (FLUX's profiling phase; strategies without one never send it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProfileIns {
+    pub round: Round,
+    /// Profile the previous round's global model (stale profiling: the work overlaps
+    /// the previous aggregation and this round's download) instead of the current one.
+    pub stale: bool,
+    /// Strategy-defined parameters, passed through untouched.
+    pub params: BTreeMap<String, Scalar>,
+}
+
+/// A participant's answer to a [`ProfileIns`]: a strategy-defined JSON report and the
+/// work it cost.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProfileReply {
+    pub participant: ParticipantId,
+    pub report: serde_json::Value,
+    pub cost: WorkCost,
+}
+
 /// A participant's answer to a [`TrainIns`].
 ///
 /// Not serde: tensors travel through the transport's own encoding.

@@ -7,8 +7,8 @@ use candle_core::{Device, Tensor};
 use fluxmoe_fed::{
     load_checkpoint, save_checkpoint, Clock, Coordinator, DeviceProfile, Evaluator, FailureKind,
     FedAvgFull, FedAvgFullConfig, Global, LocalTransport, LocalTransportConfig, Participant,
-    ParticipantId, Round, RoundRecord, RunConfig, ServerOptimizerConfig, TargetConfig, TrainIns,
-    TrainReply, VirtualClock, WorkCost,
+    ParticipantId, ProfileIns, ProfileReply, Round, RoundRecord, RunConfig, ServerOptimizerConfig,
+    Strategy, TargetConfig, TrainIns, TrainOutcome, TrainReply, VirtualClock, WorkCost,
 };
 use fluxmoe_fed::{AggregateConfig, Result};
 use rand::rngs::StdRng;
@@ -22,6 +22,19 @@ struct Toy {
 }
 
 impl Participant for Toy {
+    /// 5 quantized FLOP; reports the sum of the `w` it was given.
+    fn profile(&mut self, ins: &ProfileIns, model: &Global) -> Result<ProfileReply> {
+        let sum = model["w"].sum_all()?.to_scalar::<f32>()?;
+        Ok(ProfileReply {
+            participant: self.id,
+            report: serde_json::json!({ "round": ins.round.0, "w_sum": sum }),
+            cost: WorkCost {
+                quant_flops: 5.0,
+                ..WorkCost::default()
+            },
+        })
+    }
+
     fn train(&mut self, ins: &TrainIns, global: &Global) -> Result<TrainReply> {
         let mut rng = StdRng::seed_from_u64(u64::from(self.id.0) * 1000 + u64::from(ins.round.0));
         let mut deltas = BTreeMap::new();
@@ -437,4 +450,108 @@ fn missing_checkpoint_and_bad_run_config_are_errors() {
         .unwrap()
         .to_string()
         .contains("deadline_s"));
+}
+
+/// FedAvg-full with a profiling phase asking every participant, fresh or stale.
+struct Profiling {
+    inner: FedAvgFull,
+    stale: bool,
+    reports: Vec<serde_json::Value>,
+}
+
+impl Strategy for Profiling {
+    fn name(&self) -> &str {
+        "profiling"
+    }
+    fn summary(&self) -> String {
+        String::new()
+    }
+    fn configure_profile(
+        &mut self,
+        round: Round,
+        _global: &Global,
+        pool: &[ParticipantId],
+        _rng: &mut StdRng,
+    ) -> Result<Vec<(ParticipantId, ProfileIns)>> {
+        let ins = ProfileIns {
+            round,
+            stale: self.stale,
+            params: BTreeMap::new(),
+        };
+        Ok(pool.iter().map(|&id| (id, ins.clone())).collect())
+    }
+    fn receive_profiles(
+        &mut self,
+        _round: Round,
+        replies: Vec<ProfileReply>,
+        failures: Vec<fluxmoe_fed::Failure>,
+    ) -> Result<()> {
+        assert!(failures.is_empty());
+        self.reports.extend(replies.into_iter().map(|r| r.report));
+        Ok(())
+    }
+    fn configure_train(
+        &mut self,
+        round: Round,
+        global: &Global,
+        pool: &[ParticipantId],
+        rng: &mut StdRng,
+    ) -> Result<Vec<(ParticipantId, TrainIns)>> {
+        self.inner.configure_train(round, global, pool, rng)
+    }
+    fn aggregate_train(
+        &mut self,
+        round: Round,
+        global: &Global,
+        replies: Vec<TrainReply>,
+        failures: Vec<fluxmoe_fed::Failure>,
+    ) -> Result<TrainOutcome> {
+        self.inner.aggregate_train(round, global, replies, failures)
+    }
+    fn state(&self) -> Result<serde_json::Value> {
+        self.inner.state()
+    }
+    fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
+        self.inner.load_state(state)
+    }
+}
+
+#[test]
+fn profiling_is_on_the_critical_path_unless_stale_and_stale_reads_the_previous_model() {
+    let run = |stale: bool| {
+        let mut s = Profiling {
+            inner: strategy(2, ServerOptimizerConfig::fedavg()),
+            stale,
+            reports: Vec::new(),
+        };
+        let mut t = transport(0.0, &[2.0, 5.0]);
+        let mut clock = VirtualClock::new();
+        let mut coord = Coordinator::new(run_cfg(2, 5, None, 11.0), global()).unwrap();
+        let h = coord
+            .run_rounds(&mut s, &mut t, &mut clock, None, 10, &mut |_| {})
+            .unwrap();
+        (h.records, s.reports)
+    };
+    // Fresh: 5 s of profiling precede the 8 s of the slower participant; aggregation 4 s.
+    let (fresh, fresh_reports) = run(false);
+    for r in &fresh {
+        assert_eq!(r.times[1].profile_s, 5.0);
+        assert_eq!(r.times[1].profile_hidden_s, 0.0);
+        assert_eq!(r.train_s, 13.0);
+        assert_eq!(r.round_s, 17.0);
+    }
+    // Stale, round 1: only the 2 s download hide profiling (no aggregation before).
+    // Round 2: the previous aggregation (4 s) + download (2 s) hide 5 s entirely.
+    let (stale, stale_reports) = run(true);
+    assert_eq!(stale[0].times[1].profile_hidden_s, 2.0);
+    assert_eq!(stale[0].train_s, 11.0);
+    assert_eq!(stale[1].times[1].profile_hidden_s, 5.0);
+    assert_eq!(stale[1].train_s, 8.0);
+    assert_eq!(stale[1].round_s, 12.0);
+    // Round 1 both profile the initial model; in round 2 fresh sees the round-1 model,
+    // stale the initial one again.
+    let w0 = 10.0;
+    assert_eq!(fresh_reports[0]["w_sum"], w0);
+    assert_eq!(stale_reports[2]["w_sum"], w0);
+    assert_ne!(fresh_reports[2]["w_sum"], w0);
 }
