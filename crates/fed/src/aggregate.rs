@@ -235,6 +235,7 @@ mod tests {
             weights: BTreeMap::from([("*".to_string(), n)]),
             metrics: BTreeMap::new(),
             cost: WorkCost::default(),
+            report: serde_json::Value::Null,
         }
     }
 

@@ -242,6 +242,7 @@ mod tests {
             weights: BTreeMap::from([("*".to_string(), 1.0)]),
             metrics: BTreeMap::new(),
             cost: WorkCost::default(),
+            report: serde_json::Value::Null,
         }
     }
 

@@ -308,6 +308,7 @@ mod tests {
                     up_bytes: 10,
                     ..WorkCost::default()
                 },
+                report: serde_json::Value::Null,
             })
         }
     }

@@ -79,6 +79,8 @@ pub struct TrainReply {
     pub metrics: BTreeMap<String, f64>,
     /// The work this reply cost the participant, charged on the virtual clock.
     pub cost: WorkCost,
+    /// Strategy-defined structured report (e.g. per-expert utilities); `Null` if none.
+    pub report: serde_json::Value,
 }
 
 impl TrainReply {
@@ -147,6 +149,7 @@ mod tests {
             weights: BTreeMap::from([("a".to_string(), 3.0), ("*".to_string(), 5.0)]),
             metrics: BTreeMap::new(),
             cost: WorkCost::default(),
+            report: serde_json::Value::Null,
         };
         assert_eq!(reply.weight_of("a"), Some(3.0));
         assert_eq!(reply.weight_of("b"), Some(5.0));

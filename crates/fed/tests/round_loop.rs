@@ -62,6 +62,7 @@ impl Participant for Toy {
                 down_bytes: 200,
                 ..WorkCost::default()
             },
+            report: serde_json::Value::Null,
         })
     }
 }
@@ -255,6 +256,7 @@ fn time_to_accuracy_is_the_first_round_reaching_the_target_and_can_stop_the_run(
                     flops: 3.0,
                     ..WorkCost::default()
                 },
+                report: serde_json::Value::Null,
             })
         }
     }
