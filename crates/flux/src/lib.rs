@@ -3,8 +3,12 @@
 //! choice it marks [ours] is an option here with the default it states.
 
 pub mod budget;
+pub mod customise;
 pub mod error;
+pub mod local;
 pub mod merge;
+pub mod profile;
 pub mod roles;
+pub mod strategy;
 
 pub use error::{Error, Result};

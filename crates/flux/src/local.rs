@@ -1,0 +1,237 @@
+//! Local work of a FLUX participant after customisation (METHOD.md steps 4 and 6):
+//! training the tuning experts while recording per-sample gradient norms (for the
+//! utility of Eq. 3), and zeroth-order probes of the exploration experts.
+//!
+//! Per step, each sample of the step's batch is a separate forward/backward pass; the
+//! step's gradient is `Σ_k (n_k / N) g_k` (n_k target tokens of sample k, N in total),
+//! which equals the gradient of the batch's token-mean loss, and `||g_k^e||²` is kept
+//! per tuning expert e.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Tensor, Var};
+use fluxmoe_model::layers::moe::ExpertSlots;
+use fluxmoe_model::layers::{Linear, SwiGlu};
+use fluxmoe_model::train::{AdamW, Batch};
+use fluxmoe_model::MoeModel;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rand_distr_free::standard_normal;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::profile::{fake_quantize, Precision};
+use crate::roles::ExpertId;
+
+/// How exploration experts refresh their utility.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Exploration {
+    /// Frozen; two forward passes per probe (METHOD.md's ĝ).
+    #[default]
+    ZerothOrder,
+    /// Trained like tuning experts (ablation).
+    Backprop,
+}
+
+/// One training sample: a batch of one row, and its number of target tokens.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub batch: Batch,
+    pub targets: usize,
+}
+
+/// What [`train_steps`] did.
+#[derive(Clone, Debug, Default)]
+pub struct TrainOutcome {
+    /// Mean over steps of the token-mean loss.
+    pub loss: f64,
+    /// Per tuned expert, `||g_k^e||²` of every sample k trained on.
+    pub sq_grad_norms: BTreeMap<ExpertId, Vec<f64>>,
+    /// Tokens passed forward and backward.
+    pub tokens: usize,
+}
+
+/// Train `model` (whose trainable `Var`s are in `opt`) on `steps`, each a list of
+/// samples, with global-norm clipping at `max_grad_norm`. `expert_vars` lists the
+/// variables of each tuned expert, for the per-sample norms. With `requantize`, every
+/// trainable weight is quantized and dequantized after each update (FMQ).
+pub fn train_steps(
+    model: &MoeModel,
+    opt: &mut AdamW,
+    steps: &[Vec<Sample>],
+    expert_vars: &BTreeMap<ExpertId, Vec<Var>>,
+    max_grad_norm: f64,
+    requantize: Option<Precision>,
+) -> Result<TrainOutcome> {
+    let mut out = TrainOutcome::default();
+    for samples in steps {
+        let total: usize = samples.iter().map(|s| s.targets).sum();
+        if total == 0 {
+            return Err(Error::Input("a training step has no target tokens".into()));
+        }
+        let mut accumulated: Option<candle_core::backprop::GradStore> = None;
+        let mut step_loss = 0.0f64;
+        for sample in samples {
+            let b = &sample.batch;
+            let loss = model.loss(
+                &b.input_ids,
+                b.attention_mask.as_ref(),
+                b.loss_mask.as_ref(),
+            )?;
+            let value = f64::from(loss.to_scalar::<f32>()?);
+            if !value.is_finite() {
+                return Err(Error::Input(format!("non-finite training loss {value}")));
+            }
+            out.tokens += b.input_ids.elem_count();
+            let share = sample.targets as f64 / total as f64;
+            step_loss += share * value;
+            let grads = loss.backward()?;
+            for (id, vars) in expert_vars {
+                let mut sq = 0.0f64;
+                for v in vars {
+                    if let Some(g) = grads.get(v.as_tensor()) {
+                        sq += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
+                    }
+                }
+                out.sq_grad_norms.entry(*id).or_default().push(sq);
+            }
+            accumulated = Some(match accumulated {
+                None => {
+                    let mut acc = grads;
+                    for (_, v) in opt.vars() {
+                        if let Some(g) = acc.remove(v.as_tensor()) {
+                            acc.insert(v.as_tensor(), (g * share)?);
+                        }
+                    }
+                    acc
+                }
+                Some(mut acc) => {
+                    for (_, v) in opt.vars() {
+                        let Some(g) = grads.get(v.as_tensor()) else {
+                            continue;
+                        };
+                        let sum = match acc.remove(v.as_tensor()) {
+                            Some(a) => (a + (g * share)?)?,
+                            None => (g * share)?,
+                        };
+                        acc.insert(v.as_tensor(), sum);
+                    }
+                    acc
+                }
+            });
+        }
+        let mut grads = accumulated.ok_or_else(|| Error::Input("an empty training step".into()))?;
+        opt.clip_grad_norm(&mut grads, max_grad_norm)?;
+        opt.step(&grads)?;
+        if let Some(p) = requantize {
+            // FMQ: the stored weights are quantized again after every update.
+            for (_, v) in opt.vars() {
+                v.set(&fake_quantize(v.as_tensor(), p)?)?;
+            }
+        }
+        out.loss += step_loss / steps.len() as f64;
+    }
+    Ok(out)
+}
+
+/// Per-row token-mean losses of `batch` under `model`.
+pub fn row_losses(model: &MoeModel, batch: &Batch) -> Result<Vec<f64>> {
+    let (hidden, _) =
+        model.forward_hidden(&batch.input_ids, batch.attention_mask.as_ref(), false)?;
+    let (logp, rows) =
+        model.target_logprobs(&hidden, &batch.input_ids, batch.loss_mask.as_ref())?;
+    let logp: Vec<f32> = logp.to_vec1()?;
+    let n_rows = batch.input_ids.dim(0)?;
+    let (mut sum, mut count) = (vec![0.0f64; n_rows], vec![0usize; n_rows]);
+    for (lp, r) in logp.iter().zip(rows) {
+        sum[r] -= f64::from(*lp);
+        count[r] += 1;
+    }
+    Ok(sum
+        .iter()
+        .zip(&count)
+        .filter(|(_, &c)| c > 0)
+        .map(|(s, &c)| s / c as f64)
+        .collect())
+}
+
+/// `model` with expert `id` replaced (for this forward only) by `weights`.
+fn with_expert(model: &MoeModel, id: ExpertId, weights: [Tensor; 3]) -> Result<MoeModel> {
+    let mut m = model.clone();
+    let block = m.moe_block_mut(id.layer)?;
+    let n = block.experts.len();
+    let mut slots = block.slots.clone().unwrap_or(ExpertSlots {
+        slot_of: (0..n).collect(),
+        merged: Vec::new(),
+    });
+    let [gate, up, down] = weights;
+    slots.merged.push(SwiGlu {
+        gate: Linear::new(gate, None),
+        up: Linear::new(up, None),
+        down: Linear::new(down, None),
+    });
+    slots.slot_of[id.expert] = n + slots.merged.len() - 1;
+    block.set_slots(slots)?;
+    Ok(m)
+}
+
+/// Zeroth-order probe of each explorer on `batch` (METHOD.md step 4): with z ~ N(0, I)
+/// drawn per expert from `seed`, per sample k the estimate of `||g_k^e||²` is
+/// `((L_k(W + σz) − L_k(W)) / σ)² · ||z||² / d`: the squared norm of
+/// ĝ = ((L(W+σz) − L(W))/σ)·z divided by the expert's dimension d, because
+/// E||ĝ||² ≈ d·||g||² while E[(zᵀg)²] = ||g||² [ours: this scaling keeps explorers'
+/// utilities comparable with the tuning experts' backprop norms].
+pub fn zo_probe(
+    model: &MoeModel,
+    explorers: &[(ExpertId, [Tensor; 3])],
+    batch: &Batch,
+    sigma: f64,
+    seed: u64,
+) -> Result<BTreeMap<ExpertId, Vec<f64>>> {
+    if !(sigma.is_finite() && sigma > 0.0) {
+        return Err(Error::config(
+            "zo_sigma",
+            format!("must be > 0, got {sigma}"),
+        ));
+    }
+    let base = row_losses(model, batch)?;
+    let mut out = BTreeMap::new();
+    for (id, weights) in explorers {
+        let mut rng = StdRng::seed_from_u64(
+            seed ^ ((id.layer as u64) << 32 | id.expert as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        let (mut z_sq, mut d) = (0.0f64, 0usize);
+        let mut perturbed = Vec::with_capacity(3);
+        for w in weights {
+            let n = w.elem_count();
+            let z: Vec<f32> = (0..n).map(|_| standard_normal(&mut rng) as f32).collect();
+            z_sq += z.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
+            d += n;
+            let z = Tensor::from_vec(z, w.dims(), w.device())?.to_dtype(DType::F32)?;
+            perturbed.push((w + (z * sigma)?)?);
+        }
+        let perturbed: [Tensor; 3] = perturbed
+            .try_into()
+            .map_err(|_| Error::Input("an expert has three matrices".into()))?;
+        let plus = row_losses(&with_expert(model, *id, perturbed)?, batch)?;
+        let sq: Vec<f64> = plus
+            .iter()
+            .zip(&base)
+            .map(|(p, b)| ((p - b) / sigma).powi(2) * z_sq / d as f64)
+            .collect();
+        out.insert(*id, sq);
+    }
+    Ok(out)
+}
+
+/// Standard normal draws without an extra crate (Box–Muller on the seeded generator).
+mod rand_distr_free {
+    use rand::Rng;
+
+    pub fn standard_normal(rng: &mut impl Rng) -> f64 {
+        let u1: f64 = rng.gen_range(f64::EPSILON..1.0);
+        let u2: f64 = rng.gen();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+}
