@@ -114,17 +114,25 @@ impl Default for TrainSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MethodSection {
-    /// `fedavg-full` (FLUX and the baselines plug in through the same strategy interface).
+    /// `fedavg-full`, `flux`, or a baseline: `fmd` (offloading), `fmq` (INT4
+    /// quantized), `fmes` (expert selection).
     pub name: String,
+    /// `[method.options]`: FLUX's options (METHOD.md [ours] choices); the baselines
+    /// read `tuning_factor` and, FMES, `profile_tokens`.
+    pub options: fluxmoe_flux::strategy::FluxOptions,
 }
 
 impl Default for MethodSection {
     fn default() -> Self {
         MethodSection {
             name: "fedavg-full".into(),
+            options: Default::default(),
         }
     }
 }
+
+/// Methods `[method] name` accepts.
+pub const METHODS: [&str; 5] = ["fedavg-full", "flux", "fmd", "fmq", "fmes"];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -135,6 +143,9 @@ pub struct FleetSection {
     pub dropout: f64,
     /// Virtual seconds a round waits for replies.
     pub deadline_s: Option<f64>,
+    /// Share of each device's memory available to fine-tuning (the rest is taken by
+    /// other work); scales every profile's `memory_bytes`.
+    pub memory_fraction: f64,
 }
 
 impl Default for FleetSection {
@@ -148,6 +159,7 @@ impl Default for FleetSection {
             ],
             dropout: 0.0,
             deadline_s: None,
+            memory_fraction: 1.0,
         }
     }
 }
@@ -243,13 +255,25 @@ impl RunFile {
         if !(self.train.lr.is_finite() && self.train.lr > 0.0) {
             return bad("train.lr", format!("must be > 0, got {}", self.train.lr));
         }
-        if self.method.name != "fedavg-full" {
+        if !METHODS.contains(&self.method.name.as_str()) {
             return bad(
                 "method.name",
                 format!(
-                    "`{}` is not available yet (available: fedavg-full)",
-                    self.method.name
+                    "unknown method `{}` (available: {})",
+                    self.method.name,
+                    METHODS.join(", ")
                 ),
+            );
+        }
+        self.method
+            .options
+            .validate()
+            .map_err(|e| Error::Config(format!("`method.options`: {e}")))?;
+        let f = self.fleet.memory_fraction;
+        if !(f > 0.0 && f <= 1.0) {
+            return bad(
+                "fleet.memory_fraction",
+                format!("must be in (0, 1], got {f}"),
             );
         }
         if self.fleet.profiles.is_empty() {
@@ -276,10 +300,22 @@ mod tests {
         let bad = QUICKSTART.replace("per_round = 2", "per_round = 99");
         let err = RunFile::from_toml(&bad, "x.toml").unwrap_err().to_string();
         assert!(err.contains("rounds.per_round"), "{err}");
-        let bad = QUICKSTART.replace("name = \"fedavg-full\"", "name = \"flux\"");
+        let bad = QUICKSTART.replace("name = \"fedavg-full\"", "name = \"fluxx\"");
         assert!(RunFile::from_toml(&bad, "x.toml")
             .unwrap_err()
             .to_string()
-            .contains("not available yet"));
+            .contains("unknown method `fluxx`"));
+        let flux = QUICKSTART.replace(
+            "name = \"fedavg-full\"",
+            "name = \"flux\"\n[method.options]\npca_dim = 8\nalpha = \"freq\"",
+        );
+        let f = RunFile::from_toml(&flux, "x.toml").unwrap();
+        assert_eq!(f.method.options.pca_dim, 8);
+        let bad = flux.replace("pca_dim = 8", "pca_dims = 8");
+        let err = RunFile::from_toml(&bad, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("unknown field `pca_dims`"), "{err}");
+        let bad = flux.replace("pca_dim = 8", "eps0 = 2.0");
+        let err = RunFile::from_toml(&bad, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("eps0"), "{err}");
     }
 }

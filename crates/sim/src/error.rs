@@ -11,6 +11,8 @@ pub enum Error {
     #[error(transparent)]
     Fed(#[from] fluxmoe_fed::Error),
     #[error(transparent)]
+    Method(#[from] fluxmoe_flux::Error),
+    #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error("{}: {source}", path.display())]
     Io {

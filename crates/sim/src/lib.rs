@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod error;
+mod expert_participant;
 pub mod participant;
 pub mod run;
 pub mod scorer;

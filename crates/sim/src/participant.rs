@@ -15,8 +15,9 @@ use candle_core::Device;
 use fluxmoe_data::batch::{collate, Encoded};
 use fluxmoe_fed::cost::tensors_bytes;
 use fluxmoe_fed::seed::derive_seed;
-use fluxmoe_fed::wire::DEFAULT_WEIGHT_KEY;
+use fluxmoe_fed::wire::{ProfileIns, ProfileReply, DEFAULT_WEIGHT_KEY};
 use fluxmoe_fed::{Global, Participant, ParticipantId, TrainIns, TrainReply, WorkCost};
+use fluxmoe_flux::strategy::Plan;
 use fluxmoe_model::train::{train_step, AdamW, AdamWConfig, Batch};
 use fluxmoe_model::{ModelConfig, MoeModel, ParamStore};
 use rand::{Rng, SeedableRng};
@@ -37,6 +38,8 @@ pub struct ModelParticipant {
     pub config: ModelConfig,
     pub shard: Vec<Encoded>,
     pub training: LocalTraining,
+    /// Profiling error measured in this participant's latest profile (for metrics).
+    pub last_profile_error: std::cell::Cell<Option<f64>>,
 }
 
 impl ModelParticipant {
@@ -48,6 +51,9 @@ impl ModelParticipant {
     }
 
     fn run(&self, ins: &TrainIns, global: &Global) -> crate::Result<TrainReply> {
+        if let Some(plan) = Plan::from_ins(ins)? {
+            return self.run_plan(ins, &plan, global);
+        }
         let t = &self.training;
         let trainable: BTreeSet<&str> = ins.trainable.iter().map(String::as_str).collect();
         let mut params =
@@ -94,6 +100,7 @@ impl ModelParticipant {
             weights: BTreeMap::from([(DEFAULT_WEIGHT_KEY.to_string(), targets.max(1) as f64)]),
             metrics: BTreeMap::from([("train_loss".to_string(), loss_sum / t.local_steps as f64)]),
             cost,
+            report: serde_json::Value::Null,
         })
     }
 }
@@ -104,5 +111,18 @@ impl Participant for ModelParticipant {
             return Err(self.fail("has no training examples"));
         }
         self.run(ins, global).map_err(|e| self.fail(e))
+    }
+
+    fn profile(&mut self, ins: &ProfileIns, model: &Global) -> fluxmoe_fed::Result<ProfileReply> {
+        if self.shard.is_empty() {
+            return Err(self.fail("has no training examples"));
+        }
+        let reply = self.profile_model(ins, model).map_err(|e| self.fail(e))?;
+        let error = reply
+            .report
+            .get("error")
+            .and_then(serde_json::Value::as_f64);
+        self.last_profile_error.set(error);
+        Ok(reply)
     }
 }

@@ -33,6 +33,10 @@ use fluxmoe_model::train::AdamWConfig;
 use fluxmoe_model::{checkpoint, load_model, LoadedModel, ParamStore};
 use serde::Serialize;
 
+use fluxmoe_flux::budget::MemoryInputs;
+use fluxmoe_flux::roles::ExpertId;
+use fluxmoe_flux::strategy::{ExpertModel, ExpertStrategy, Method};
+
 use crate::config::RunFile;
 use crate::participant::{LocalTraining, ModelParticipant};
 use crate::scorer::ModelEvaluator;
@@ -143,11 +147,15 @@ pub fn run(
         dropout: file.fleet.dropout,
         seed: file.seed,
     })?;
-    for ((id, profile), shard) in fleet.assign(&ids)?.into_iter().zip(shards) {
+    let mut memory = BTreeMap::new();
+    for ((id, mut profile), shard) in fleet.assign(&ids)?.into_iter().zip(shards) {
+        profile.memory_bytes = (profile.memory_bytes as f64 * file.fleet.memory_fraction) as u64;
+        memory.insert(id, profile.memory_bytes);
         let participant = ModelParticipant {
             id,
             config: cfg.clone(),
             shard,
+            last_profile_error: Default::default(),
             training: LocalTraining {
                 local_steps: file.rounds.local_steps,
                 batch_size: file.rounds.batch_size,
@@ -164,16 +172,33 @@ pub fn run(
         };
         transport.add(id, Box::new(participant), profile)?;
     }
-    let mut strategy = FedAvgFull::new(FedAvgFullConfig {
-        per_round: file.rounds.per_round,
-        trainable: Some(trainable),
-        min_replies: 1,
-        aggregate: AggregateConfig {
-            max_delta_norm: None,
-        },
-        server_optimizer: ServerOptimizerConfig::fedavg(),
-        params: BTreeMap::new(),
-    })?;
+    let aggregate = AggregateConfig {
+        max_delta_norm: None,
+    };
+    let mut strategy: Box<dyn Strategy> = match file.method.name.as_str() {
+        "fedavg-full" => Box::new(FedAvgFull::new(FedAvgFullConfig {
+            per_round: file.rounds.per_round,
+            trainable: Some(trainable),
+            min_replies: 1,
+            aggregate,
+            server_optimizer: ServerOptimizerConfig::fedavg(),
+            params: BTreeMap::new(),
+        })?),
+        name => {
+            let method: Method = serde_json::from_value(serde_json::Value::String(name.into()))
+                .map_err(|e| Error::Config(format!("`method.name`: {e}")))?;
+            let model = expert_model(&lm, &stats, file)?;
+            Box::new(ExpertStrategy::new(
+                method,
+                file.method.options.clone(),
+                file.rounds.per_round,
+                model,
+                &memory,
+                aggregate,
+                BTreeMap::new(),
+            )?)
+        }
+    };
     let mut evaluator = ModelEvaluator {
         config: cfg.clone(),
         tokenizer: tokenizer.clone(),
@@ -212,7 +237,7 @@ pub fn run(
         let done = state.next_round.0.saturating_sub(1);
         keep_metrics_up_to(&out.join(METRICS_FILE), done)?;
         let initial = read_initial(out)?;
-        let c = Coordinator::resume(run_cfg, global, &state, &mut strategy, &mut clock)?;
+        let c = Coordinator::resume(run_cfg, global, &state, strategy.as_mut(), &mut clock)?;
         (c, initial)
     } else {
         let global: Global = lm
@@ -235,7 +260,7 @@ pub fn run(
     while !coordinator.finished() {
         let start = Instant::now();
         let history = coordinator.run_rounds(
-            &mut strategy,
+            strategy.as_mut(),
             &mut transport,
             &mut clock,
             Some(&mut evaluator),
@@ -251,7 +276,7 @@ pub fn run(
             on_round(&rec);
             let every = file.rounds.checkpoint_every;
             if every > 0 && rec.round.0 % every == 0 {
-                let state = coordinator.state(&strategy as &dyn Strategy, &clock)?;
+                let state = coordinator.state(strategy.as_ref(), &clock)?;
                 save_checkpoint(&ckpt_dir, &state, coordinator.global())?;
             }
         }
@@ -337,6 +362,54 @@ fn scheme(file: &RunFile) -> Result<PartitionScheme> {
 
 /// The tensors participants tune: `experts`, `all` (floating-point tensors) or
 /// comma-separated name globs.
+/// What the expert strategies plan with: every routed expert, its tensor names and
+/// the memory model's inputs (f32 weights; activations estimated from batch and
+/// sequence length: ~20 saved hidden-sized values per token and layer, plus logits).
+fn expert_model(lm: &LoadedModel, stats: &ModelStats, file: &RunFile) -> Result<ExpertModel> {
+    let cfg = &lm.checkpoint.config;
+    let mut experts = Vec::new();
+    let mut keys = BTreeMap::new();
+    let (mut expert_params, mut top_k) = (0usize, 1usize);
+    for (l, f) in cfg.layers.iter().enumerate() {
+        if let Ffn::Moe(m) = f {
+            top_k = top_k.max(m.top_k);
+            for e in 0..m.n_experts {
+                let id = ExpertId {
+                    layer: l,
+                    expert: e,
+                };
+                let names =
+                    [Proj::Gate, Proj::Up, Proj::Down].map(|p| expert_key(cfg.arch, l, e, p));
+                expert_params = names
+                    .iter()
+                    .filter_map(|n| lm.checkpoint.params.tensor(n))
+                    .map(|t| t.elem_count())
+                    .sum();
+                experts.push(id);
+                keys.insert(id, names);
+            }
+        }
+    }
+    let moe_layers = stats.layers.iter().filter(|l| l.routed.is_some()).count();
+    let per_layer = experts.len() / moe_layers.max(1);
+    let tokens = (file.rounds.batch_size * file.task.max_len) as u64;
+    let activation_bytes =
+        4 * tokens * (20 * cfg.hidden_size * cfg.num_layers() + cfg.vocab_size) as u64;
+    Ok(ExpertModel {
+        experts,
+        keys,
+        memory: MemoryInputs {
+            frozen_non_expert_bytes: 4 * (stats.total_params - stats.expert_params) as u64,
+            activation_bytes,
+            overhead_bytes: (file.method.options.overhead_mib * (1u64 << 20) as f64) as u64,
+            expert_bytes: 4 * expert_params as u64,
+            moe_layers,
+            experts_per_layer: per_layer,
+        },
+        top_k,
+    })
+}
+
 fn trainable_names(lm: &LoadedModel, spec: &str) -> Result<Vec<String>> {
     let cfg = &lm.checkpoint.config;
     let params = &lm.checkpoint.params;

@@ -213,3 +213,116 @@ fn bad_configs_are_errors_naming_the_key() {
         .to_string();
     assert!(err.contains("never-ran"), "{err}");
 }
+
+/// The fixture run with `method`, on one device kind whose memory holds the fixed part,
+/// two tuning experts and two merged slots (the experts are 48 KiB each).
+fn method_config(root: &Path, out: &str, method: &str, rounds: u32) -> RunFile {
+    let mut cfg = config(root, out, rounds);
+    cfg.method.name = method.into();
+    cfg.method.options.overhead_mib = 0.0;
+    cfg.method.options.pca_dim = 4;
+    cfg.fleet.profiles = vec!["rtx3060".into()];
+    let rtx3060 = fluxmoe_fed::DeviceProfile::preset("rtx3060")
+        .unwrap()
+        .memory_bytes as f64;
+    cfg.fleet.memory_fraction = 1_000_000.0 / rtx3060;
+    cfg
+}
+
+#[test]
+fn flux_profiles_merges_tunes_a_subset_and_is_deterministic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let model = model_dir(root);
+    run(
+        &method_config(root, "f1", "flux", 3),
+        &model,
+        false,
+        &mut |_| {},
+    )
+    .unwrap();
+    let recs = records(root, "f1");
+    assert_eq!(recs.len(), 3);
+    let mut merged = 0.0;
+    for r in &recs {
+        let m = &r["train_metrics"];
+        let err = m["profile_error"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&err), "profile error {err}");
+        let tuned = m["tuned_experts"].as_f64().unwrap();
+        assert!((1.0..8.0).contains(&tuned), "tuned {tuned} of 8 experts");
+        merged += m["merged_experts"].as_f64().unwrap();
+        for t in r["times"].as_array().unwrap() {
+            assert!(t["profile_s"].as_f64().unwrap() > 0.0, "profiling charged");
+        }
+    }
+    assert!(merged > 0.0, "the tight budget forces merging");
+    // Utilities from the replies are kept per participant in the checkpoint.
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("f1/checkpoint/state.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(!state["strategy_state"]["tables"]
+        .as_object()
+        .unwrap()
+        .is_empty());
+    // Only experts change.
+    let ck = fluxmoe_model::checkpoint::load_dir(&root.join("f1/final"), &candle_core::Device::Cpu)
+        .unwrap();
+    let orig = fluxmoe_model::checkpoint::load_dir(&fixture("mixtral"), &candle_core::Device::Cpu)
+        .unwrap();
+    let mut changed = 0;
+    for (name, t) in orig.params.tensors() {
+        let same = ck
+            .params
+            .tensor(name)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            == t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(same || name.contains(".experts."), "{name} changed");
+        changed += usize::from(!same);
+    }
+    assert!(changed > 0);
+    run(
+        &method_config(root, "f2", "flux", 3),
+        &model,
+        false,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(final_bytes(root, "f1"), final_bytes(root, "f2"));
+    assert_eq!(records(root, "f1"), records(root, "f2"));
+}
+
+#[test]
+fn baselines_run_on_the_same_runtime_with_their_costs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let model = model_dir(root);
+    for method in ["fmd", "fmq", "fmes"] {
+        let s = run(
+            &method_config(root, method, method, 2),
+            &model,
+            false,
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(s.method, method);
+        let recs = records(root, method);
+        let pcie: f64 = recs
+            .iter()
+            .flat_map(|r| r["times"].as_array().unwrap().clone())
+            .map(|t| t["phases"]["pcie"].as_f64().unwrap())
+            .sum();
+        // Only offloading moves data over PCIe.
+        assert_eq!(pcie > 0.0, method == "fmd", "{method}: pcie {pcie}");
+        let tuned = recs[0]["train_metrics"]["tuned_experts"].as_f64().unwrap();
+        if method == "fmes" {
+            assert!(tuned < 8.0, "fmes keeps a subset, tuned {tuned}");
+        } else {
+            assert_eq!(tuned, 8.0, "{method} tunes every expert");
+        }
+    }
+}
