@@ -64,7 +64,7 @@ fn nothing_to_merge_is_bit_identical_and_merging_is_deterministic() {
     let (ck, tensors) = load();
     let model = MoeModel::new(&ck.config, &ck.params).unwrap();
     let b = batch();
-    let prof = profile(&model, &[b.clone()]).unwrap();
+    let prof = profile(&model, std::slice::from_ref(&b)).unwrap();
     let reference = model.forward(&b.input_ids, None, false).unwrap().logits;
     let opts = MergeOptions {
         pca_dim: 4,
