@@ -44,6 +44,10 @@ pub struct LayerTrace {
     /// Attention probability each token receives, averaged over heads and over the
     /// valid query positions that see it `[B, T]` (0 for padding).
     pub attention_score: Tensor,
+    /// What the MoE block read: the post-attention-norm hidden states `[B·T, hidden]`.
+    pub moe_input: Tensor,
+    /// What the MoE block returned (routed + shared experts) `[B·T, hidden]`.
+    pub moe_output: Tensor,
 }
 
 /// The three weight matrices of an expert built by merging others (PyTorch layout).
@@ -361,6 +365,8 @@ impl MoeModel {
                             layer: l,
                             routing,
                             attention_score,
+                            moe_input: normed.clone(),
+                            moe_output: y.clone(),
                         });
                     }
                     y

@@ -178,3 +178,20 @@ fn bad_customisations_are_errors_naming_the_layer() {
     let err = msg(model.set_kept_experts(99, &keep).unwrap_err());
     assert!(err.contains("layer 99"), "{err}");
 }
+
+#[test]
+fn traces_hold_each_moe_blocks_input_and_output() {
+    let ck = load("mixtral");
+    let ids = golden_ids("mixtral");
+    let mut model = MoeModel::new(&ck.config, &ck.params).unwrap();
+    let out = model.forward(&ids, None, true).unwrap();
+    for trace in &out.traces {
+        let block = model.moe_block_mut(trace.layer).unwrap();
+        let (y, _) = block.forward(&trace.moe_input).unwrap();
+        assert_eq!(max_abs_diff(&y, &trace.moe_output), 0.0);
+        assert_eq!(
+            trace.moe_input.dims(),
+            [ids.elem_count(), ck.config.hidden_size]
+        );
+    }
+}
