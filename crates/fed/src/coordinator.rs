@@ -174,7 +174,20 @@ impl Coordinator {
             strategy_state: strategy.state()?,
             target_hit: self.target_hit,
             last_aggregate_s: self.last_aggregate_s,
+            previous_file: None,
         })
+    }
+
+    /// Restore the previous global saved with a checkpoint (see
+    /// [`crate::state::load_previous`]), so stale profiling resumes bit for bit.
+    pub fn with_previous(mut self, previous: Option<Global>) -> Self {
+        self.previous = previous;
+        self
+    }
+
+    /// The global before the last aggregation, if this run has one.
+    pub fn previous(&self) -> Option<&Global> {
+        self.previous.as_ref()
     }
 
     pub fn global(&self) -> &Global {

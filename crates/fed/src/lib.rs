@@ -46,7 +46,7 @@ pub use fedavg_full::{FedAvgFull, FedAvgFullConfig};
 pub use history::{History, ParticipantTime, RoundRecord, TargetHit};
 pub use ids::{ParticipantId, Round};
 pub use server_opt::{ServerOptimizer, ServerOptimizerConfig, ServerOptimizerState};
-pub use state::{load_checkpoint, save_checkpoint, CoordinatorState};
+pub use state::{load_checkpoint, load_previous, save_checkpoint, CoordinatorState};
 pub use strategy::{Strategy, TrainOutcome};
 pub use transport::{
     Exchange, LocalTransport, LocalTransportConfig, Participant, ProfileExchange, Transport,

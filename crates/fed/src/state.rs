@@ -39,6 +39,10 @@ pub struct CoordinatorState {
     /// Aggregation seconds of the last completed round (what stale profiling overlaps).
     #[serde(default)]
     pub last_aggregate_s: f64,
+    /// File holding the tensors in which the previous global (before the last
+    /// aggregation) differs from this one, if saved (stale profiling reads it).
+    #[serde(default)]
+    pub previous_file: Option<String>,
 }
 
 impl CoordinatorState {
@@ -55,28 +59,76 @@ impl CoordinatorState {
 /// missing), each to a temporary name first and then renamed into place. The state
 /// names its tensors file through its round, so a crash at any point leaves the
 /// previous checkpoint (or the new one) whole; older tensors files are removed last.
-pub fn save_checkpoint(dir: &Path, state: &CoordinatorState, global: &Global) -> Result<()> {
+///
+/// With `previous`, the tensors in which it differs from `global` (by identity: the
+/// round loop shares untouched tensors) go to `previous-r<next round>.safetensors`,
+/// named in the state, so a resumed run can profile the previous model again.
+pub fn save_checkpoint(
+    dir: &Path,
+    state: &CoordinatorState,
+    global: &Global,
+    previous: Option<&Global>,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let global_name = global_file(state.next_round);
-    let tensors: HashMap<&str, candle_core::Tensor> = global
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.clone()))
-        .collect();
-    let tmp = dir.join(format!("{global_name}.tmp"));
-    candle_core::safetensors::save(&tensors, &tmp)?;
-    rename(&tmp, &dir.join(&global_name))?;
+    write_tensors(dir, &global_name, global.iter())?;
+    let mut state = state.clone();
+    state.previous_file = None;
+    if let Some(prev) = previous {
+        let name = format!("previous-r{}.safetensors", state.next_round.0);
+        let changed = prev
+            .iter()
+            .filter(|(k, v)| global.get(*k).is_none_or(|g| g.id() != v.id()));
+        write_tensors(dir, &name, changed)?;
+        state.previous_file = Some(name);
+    }
     let state_tmp = dir.join(format!("{STATE_FILE}.tmp"));
     std::fs::write(&state_tmp, state.to_json()?).map_err(|e| Error::io(&state_tmp, e))?;
     rename(&state_tmp, &dir.join(STATE_FILE))?;
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("global-r") && name != global_name {
+            let stale = (name.starts_with("global-r") && name != global_name)
+                || (name.starts_with("previous-r")
+                    && Some(name.as_str()) != state.previous_file.as_deref());
+            if stale {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
     }
     Ok(())
+}
+
+fn write_tensors<'a>(
+    dir: &Path,
+    name: &str,
+    tensors: impl Iterator<Item = (&'a String, &'a candle_core::Tensor)>,
+) -> Result<()> {
+    let tensors: HashMap<&str, candle_core::Tensor> =
+        tensors.map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let tmp = dir.join(format!("{name}.tmp"));
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    rename(&tmp, &dir.join(name))
+}
+
+/// The previous global saved with a checkpoint (see [`save_checkpoint`]), rebuilt from
+/// `global` and the saved differences; `None` if the checkpoint has none.
+pub fn load_previous(
+    dir: &Path,
+    state: &CoordinatorState,
+    global: &Global,
+    device: &Device,
+) -> Result<Option<Global>> {
+    let Some(name) = &state.previous_file else {
+        return Ok(None);
+    };
+    let mut prev = global.clone();
+    let changed = candle_core::safetensors::load(dir.join(name), device)
+        .map_err(|e| Error::State(format!("{}: {e}", dir.join(name).display())))?;
+    for (k, v) in changed {
+        prev.insert(k, v);
+    }
+    Ok(Some(prev))
 }
 
 fn rename(from: &Path, to: &Path) -> Result<()> {
@@ -116,6 +168,7 @@ mod tests {
             strategy_state: serde_json::Value::Null,
             target_hit: None,
             last_aggregate_s: 0.0,
+            previous_file: None,
         }
     }
 
@@ -126,8 +179,8 @@ mod tests {
     #[test]
     fn an_interrupted_save_leaves_the_previous_checkpoint_whole() {
         let dir = tempfile::tempdir().unwrap();
-        save_checkpoint(dir.path(), &state(3), &global(3.0)).unwrap();
-        save_checkpoint(dir.path(), &state(4), &global(4.0)).unwrap();
+        save_checkpoint(dir.path(), &state(3), &global(3.0), None).unwrap();
+        save_checkpoint(dir.path(), &state(4), &global(4.0), None).unwrap();
         // Only the latest tensors file is kept.
         assert!(!dir.path().join(global_file(Round(3))).exists());
         // A crash after the new tensors were written but before the state was: the

@@ -75,9 +75,15 @@ pub trait Transport {
 pub trait Participant {
     fn train(&mut self, ins: &TrainIns, global: &Global) -> Result<TrainReply>;
 
-    /// Profile `model` on local data (strategies with a profiling phase). The default
-    /// refuses.
-    fn profile(&mut self, ins: &ProfileIns, _model: &Global) -> Result<ProfileReply> {
+    /// Profile `model` on local data (strategies with a profiling phase); `current` is
+    /// this round's global (the same as `model` unless the request is stale), for
+    /// measuring profiling error. The default refuses.
+    fn profile(
+        &mut self,
+        ins: &ProfileIns,
+        _model: &Global,
+        _current: &Global,
+    ) -> Result<ProfileReply> {
         Err(Error::State(format!(
             "round {}: this participant cannot profile",
             ins.round
@@ -176,16 +182,19 @@ impl Transport for LocalTransport {
                 return Err(Error::UnknownParticipant(id));
             };
             let model = if ins.stale { previous } else { current };
-            let result = member.participant.profile(&ins, model).and_then(|reply| {
-                if reply.participant != id {
-                    return Err(Error::State(format!(
-                        "profile claims to come from participant {}",
-                        reply.participant
-                    )));
-                }
-                let seconds = reply.cost.seconds(&member.profile)?.total;
-                Ok((reply, seconds))
-            });
+            let result = member
+                .participant
+                .profile(&ins, model, current)
+                .and_then(|reply| {
+                    if reply.participant != id {
+                        return Err(Error::State(format!(
+                            "profile claims to come from participant {}",
+                            reply.participant
+                        )));
+                    }
+                    let seconds = reply.cost.seconds(&member.profile)?.total;
+                    Ok((reply, seconds))
+                });
             match result {
                 Ok((reply, seconds)) => {
                     out.seconds.insert(id, seconds);

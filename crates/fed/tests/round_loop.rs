@@ -23,7 +23,7 @@ struct Toy {
 
 impl Participant for Toy {
     /// 5 quantized FLOP; reports the sum of the `w` it was given.
-    fn profile(&mut self, ins: &ProfileIns, model: &Global) -> Result<ProfileReply> {
+    fn profile(&mut self, ins: &ProfileIns, model: &Global, _: &Global) -> Result<ProfileReply> {
         let sum = model["w"].sum_all()?.to_scalar::<f32>()?;
         Ok(ProfileReply {
             participant: self.id,
@@ -370,7 +370,7 @@ fn resume_from_a_checkpoint_matches_the_uninterrupted_run_bit_for_bit() {
         assert_eq!(h.records, straight_records[..2]);
         let state = coord.state(&s, &clock).unwrap();
         assert_eq!(state.next_round, Round(3));
-        save_checkpoint(dir.path(), &state, coord.global()).unwrap();
+        save_checkpoint(dir.path(), &state, coord.global(), coord.previous()).unwrap();
     }
     // Fresh objects, as in a new process.
     let (state, g) = load_checkpoint(dir.path(), &Device::Cpu).unwrap();

@@ -216,8 +216,12 @@ pub const PROFILE_ERROR_KEY: &str = "report_profile_error";
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProfileReport {
     pub profile: Profile,
-    /// Error vs the full-precision profile of the same model and data, if measured.
+    /// Error vs the full-precision profile of the current global on the same data
+    /// (quantization and staleness together), if measured.
     pub error: Option<f64>,
+    /// Error vs the full-precision profile of the model that was profiled
+    /// (quantization alone), if measured.
+    pub quant_error: Option<f64>,
 }
 
 /// Static facts the strategy plans with.

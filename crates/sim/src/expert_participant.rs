@@ -45,7 +45,12 @@ fn targets(e: &Encoded) -> usize {
 
 impl ModelParticipant {
     /// Profile `model` (quantized as asked) on up to `profile_tokens` tokens of the shard.
-    pub(crate) fn profile_model(&self, ins: &ProfileIns, model: &Global) -> Result<ProfileReply> {
+    pub(crate) fn profile_model(
+        &self,
+        ins: &ProfileIns,
+        model: &Global,
+        current: &Global,
+    ) -> Result<ProfileReply> {
         let t = &self.training;
         let cap = match ins.params.get(PROFILE_TOKENS_KEY) {
             Some(Scalar::Int(n)) if *n > 0 => *n as usize,
@@ -92,14 +97,22 @@ impl ModelParticipant {
         let quantized = quantized_copy(model, precision)?;
         let prof = run(&quantized)?;
         drop(quantized);
-        let error = if want_error && precision != Precision::Full {
-            Some(prof.error_vs(&run(model)?)?)
+        let (error, quant_error) = if want_error {
+            let reference = run(current)?;
+            let error = prof.error_vs(&reference)?;
+            let quant_error = if ins.stale {
+                prof.error_vs(&run(model)?)?
+            } else {
+                error
+            };
+            (Some(error), Some(quant_error))
         } else {
-            None
+            (None, None)
         };
         let report = ProfileReport {
             profile: prof,
             error,
+            quant_error,
         };
         Ok(ProfileReply {
             participant: self.id,
@@ -308,8 +321,9 @@ impl ModelParticipant {
             ("explorers".to_string(), plan.roles.exploration.len() as f64),
             ("merged_experts".to_string(), customised.merged as f64),
         ]);
-        if let Some(err) = self.last_profile_error.get() {
-            metrics.insert("profile_error".to_string(), err);
+        if let Some((total, quant)) = self.last_profile_error.get() {
+            metrics.insert("profile_error".to_string(), total);
+            metrics.insert("profile_quant_error".to_string(), quant);
         }
         let report = PlanReport { utilities };
         Ok(TrainReply {

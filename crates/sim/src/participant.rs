@@ -38,8 +38,9 @@ pub struct ModelParticipant {
     pub config: ModelConfig,
     pub shard: Vec<Encoded>,
     pub training: LocalTraining,
-    /// Profiling error measured in this participant's latest profile (for metrics).
-    pub last_profile_error: std::cell::Cell<Option<f64>>,
+    /// Profiling errors (total, quantization only) of this participant's latest
+    /// profile, for its round metrics.
+    pub last_profile_error: std::cell::Cell<Option<(f64, f64)>>,
 }
 
 impl ModelParticipant {
@@ -113,16 +114,21 @@ impl Participant for ModelParticipant {
         self.run(ins, global).map_err(|e| self.fail(e))
     }
 
-    fn profile(&mut self, ins: &ProfileIns, model: &Global) -> fluxmoe_fed::Result<ProfileReply> {
+    fn profile(
+        &mut self,
+        ins: &ProfileIns,
+        model: &Global,
+        current: &Global,
+    ) -> fluxmoe_fed::Result<ProfileReply> {
         if self.shard.is_empty() {
             return Err(self.fail("has no training examples"));
         }
-        let reply = self.profile_model(ins, model).map_err(|e| self.fail(e))?;
-        let error = reply
-            .report
-            .get("error")
-            .and_then(serde_json::Value::as_f64);
-        self.last_profile_error.set(error);
+        let reply = self
+            .profile_model(ins, model, current)
+            .map_err(|e| self.fail(e))?;
+        let get = |k: &str| reply.report.get(k).and_then(serde_json::Value::as_f64);
+        self.last_profile_error
+            .set(get("error").zip(get("quant_error")));
         Ok(reply)
     }
 }

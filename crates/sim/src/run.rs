@@ -19,10 +19,10 @@ use fluxmoe_data::{
     partition, DirichletConfig, EvalConfig, LoadOptions, PartitionScheme, PromptFormat, Template,
 };
 use fluxmoe_fed::{
-    load_checkpoint, save_checkpoint, AggregateConfig, Clock, Coordinator, DeviceProfile,
-    FedAvgFull, FedAvgFullConfig, FleetConfig, Global, LocalTransport, LocalTransportConfig,
-    ParticipantId, RoundRecord, RunConfig, ServerOptimizerConfig, Strategy, TargetConfig,
-    VirtualClock,
+    load_checkpoint, load_previous, save_checkpoint, AggregateConfig, Clock, Coordinator,
+    DeviceProfile, FedAvgFull, FedAvgFullConfig, FleetConfig, Global, LocalTransport,
+    LocalTransportConfig, ParticipantId, RoundRecord, RunConfig, ServerOptimizerConfig, Strategy,
+    TargetConfig, VirtualClock,
 };
 use fluxmoe_model::config::Ffn;
 use fluxmoe_model::keys::{expert_key, Proj};
@@ -234,10 +234,12 @@ pub fn run(
     let ckpt_dir = out.join(CHECKPOINT_DIR);
     let (mut coordinator, initial_metric) = if resume {
         let (state, global) = load_checkpoint(&ckpt_dir, &Device::Cpu)?;
+        let previous = load_previous(&ckpt_dir, &state, &global, &Device::Cpu)?;
         let done = state.next_round.0.saturating_sub(1);
         keep_metrics_up_to(&out.join(METRICS_FILE), done)?;
         let initial = read_initial(out)?;
-        let c = Coordinator::resume(run_cfg, global, &state, strategy.as_mut(), &mut clock)?;
+        let c = Coordinator::resume(run_cfg, global, &state, strategy.as_mut(), &mut clock)?
+            .with_previous(previous);
         (c, initial)
     } else {
         let global: Global = lm
@@ -277,7 +279,12 @@ pub fn run(
             let every = file.rounds.checkpoint_every;
             if every > 0 && rec.round.0 % every == 0 {
                 let state = coordinator.state(strategy.as_ref(), &clock)?;
-                save_checkpoint(&ckpt_dir, &state, coordinator.global())?;
+                save_checkpoint(
+                    &ckpt_dir,
+                    &state,
+                    coordinator.global(),
+                    coordinator.previous(),
+                )?;
             }
         }
     }

@@ -326,3 +326,35 @@ fn baselines_run_on_the_same_runtime_with_their_costs() {
         }
     }
 }
+
+#[test]
+fn flux_resume_with_stale_profiling_matches_an_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let model = model_dir(root);
+    run(
+        &method_config(root, "straight", "flux", 4),
+        &model,
+        false,
+        &mut |_| {},
+    )
+    .unwrap();
+    run(
+        &method_config(root, "resumed", "flux", 2),
+        &model,
+        false,
+        &mut |_| {},
+    )
+    .unwrap();
+    let state = std::fs::read_to_string(root.join("resumed/checkpoint/state.json")).unwrap();
+    assert!(state.contains("previous-r3.safetensors"), "{state}");
+    run(
+        &method_config(root, "resumed", "flux", 4),
+        &model,
+        true,
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(final_bytes(root, "straight"), final_bytes(root, "resumed"));
+    assert_eq!(records(root, "straight"), records(root, "resumed"));
+}
