@@ -3,6 +3,7 @@ mod eval_loss;
 mod generate;
 mod inspect;
 mod logits;
+mod plan;
 mod upcycle;
 
 use std::path::PathBuf;

@@ -48,6 +48,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Each participant's memory budget under a run config (fixed part, experts it can
+    /// tune, merged slots), before running it.
+    Plan {
+        /// Run config (default: the built-in quickstart).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Logits and selected experts for token ids, written as safetensors
     /// (`logits` f32 [B,T,V], `topk_idx.L` i64 [B*T,k] per MoE layer L).
     Logits {
@@ -286,6 +296,7 @@ fn run(cli: Cli) -> Result<()> {
             quiet,
             json,
         }),
+        Some(Command::Plan { config, json }) => run::plan(config.as_deref(), json),
         Some(Command::Logits { model, ids, out }) => {
             logits::run(&load(&model)?.checkpoint, &ids, &out)
         }

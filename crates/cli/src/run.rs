@@ -20,6 +20,22 @@ pub struct RunArgs {
     pub json: bool,
 }
 
+/// `fluxmoe plan`: the budget table of a run config.
+pub fn plan(config: Option<&Path>, json: bool) -> Result<()> {
+    let file = match config {
+        Some(path) => RunFile::load(path)?,
+        None => RunFile::quickstart()?,
+    };
+    let model_path = resolve_model(&file.model.path)?;
+    let report = fluxmoe_sim::plan::plan(&file, &model_path)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
+}
+
 pub fn run(args: &RunArgs) -> Result<()> {
     let file = match &args.config {
         Some(path) => RunFile::load(path)?,

@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 mod expert_participant;
 pub mod participant;
+pub mod plan;
 pub mod run;
 pub mod scorer;
 

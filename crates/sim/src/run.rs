@@ -133,23 +133,13 @@ pub fn run(
     let trainable = trainable_names(&lm, &file.train.trainable)?;
     let stats = ModelStats::of(&cfg, &lm.checkpoint.params);
     let ids: Vec<ParticipantId> = (0..shards.len() as u32).map(ParticipantId).collect();
-    let profiles = file
-        .fleet
-        .profiles
-        .iter()
-        .map(|p| DeviceProfile::preset(p))
-        .collect::<fluxmoe_fed::Result<Vec<_>>>()?;
-    let fleet = FleetConfig {
-        profiles,
-        assignment: fluxmoe_fed::Assignment::RoundRobin,
-    };
+    let devices = fleet(file, &ids)?;
     let mut transport = LocalTransport::new(LocalTransportConfig {
         dropout: file.fleet.dropout,
         seed: file.seed,
     })?;
     let mut memory = BTreeMap::new();
-    for ((id, mut profile), shard) in fleet.assign(&ids)?.into_iter().zip(shards) {
-        profile.memory_bytes = (profile.memory_bytes as f64 * file.fleet.memory_fraction) as u64;
+    for ((id, profile), shard) in devices.into_iter().zip(shards) {
         memory.insert(id, profile.memory_bytes);
         let participant = ModelParticipant {
             id,
@@ -369,10 +359,37 @@ fn scheme(file: &RunFile) -> Result<PartitionScheme> {
 
 /// The tensors participants tune: `experts`, `all` (floating-point tensors) or
 /// comma-separated name globs.
+/// Each participant's device profile: built-in profiles assigned round-robin, memory
+/// scaled by `fleet.memory_fraction`.
+pub(crate) fn fleet(
+    file: &RunFile,
+    ids: &[ParticipantId],
+) -> Result<Vec<(ParticipantId, DeviceProfile)>> {
+    let profiles = file
+        .fleet
+        .profiles
+        .iter()
+        .map(|p| DeviceProfile::preset(p))
+        .collect::<fluxmoe_fed::Result<Vec<_>>>()?;
+    let fleet = FleetConfig {
+        profiles,
+        assignment: fluxmoe_fed::Assignment::RoundRobin,
+    };
+    let mut out = fleet.assign(ids)?;
+    for (_, p) in &mut out {
+        p.memory_bytes = (p.memory_bytes as f64 * file.fleet.memory_fraction) as u64;
+    }
+    Ok(out)
+}
+
 /// What the expert strategies plan with: every routed expert, its tensor names and
 /// the memory model's inputs (f32 weights; activations estimated from batch and
 /// sequence length: ~20 saved hidden-sized values per token and layer, plus logits).
-fn expert_model(lm: &LoadedModel, stats: &ModelStats, file: &RunFile) -> Result<ExpertModel> {
+pub(crate) fn expert_model(
+    lm: &LoadedModel,
+    stats: &ModelStats,
+    file: &RunFile,
+) -> Result<ExpertModel> {
     let cfg = &lm.checkpoint.config;
     let mut experts = Vec::new();
     let mut keys = BTreeMap::new();

@@ -1,0 +1,114 @@
+//! `fluxmoe plan`: each participant's memory budget under a run config, before running
+//! it (METHOD.md step 3), so a user sees why a method tunes what it tunes.
+
+use candle_core::Device;
+use fluxmoe_fed::ParticipantId;
+use fluxmoe_flux::budget::{plan_budget, Budget, MemoryInputs};
+use fluxmoe_model::load_model;
+use fluxmoe_model::stats::ModelStats;
+use serde::Serialize;
+
+use crate::config::RunFile;
+use crate::run::{expert_model, fleet};
+use crate::{Error, Result};
+
+/// One participant's budget.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanRow {
+    pub participant: u32,
+    pub device: String,
+    /// `Err` text when the budget cannot hold one tuning expert.
+    pub budget: std::result::Result<Budget, String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanReport {
+    pub method: String,
+    pub memory: MemoryInputs,
+    pub total_experts: usize,
+    pub rows: Vec<PlanRow>,
+}
+
+/// Budgets of every participant of `file` with the model at `model_path`.
+pub fn plan(file: &RunFile, model_path: &std::path::Path) -> Result<PlanReport> {
+    let lm = load_model(model_path, &Device::Cpu)?;
+    let stats = ModelStats::of(&lm.checkpoint.config, &lm.checkpoint.params);
+    let model = expert_model(&lm, &stats, file)?;
+    if model.experts.is_empty() {
+        return Err(Error::Config(format!(
+            "`model.path`: {} has no routed experts to budget",
+            model_path.display()
+        )));
+    }
+    let ids: Vec<ParticipantId> = (0..file.partition.participants as u32)
+        .map(ParticipantId)
+        .collect();
+    let memory_model = file.method.options.memory_model();
+    let rows = fleet(file, &ids)?
+        .into_iter()
+        .map(|(id, device)| PlanRow {
+            participant: id.0,
+            budget: plan_budget(device.memory_bytes, &model.memory, &memory_model)
+                .map_err(|e| e.to_string()),
+            device: device.name,
+        })
+        .collect();
+    Ok(PlanReport {
+        method: file.method.name.clone(),
+        total_experts: model.experts.len(),
+        memory: model.memory,
+        rows,
+    })
+}
+
+impl PlanReport {
+    /// A plain-text table in MiB.
+    pub fn table(&self) -> String {
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        let m = &self.memory;
+        let mut out = format!(
+            "method {}: {} routed experts ({} MoE layers x {}), {:.2} MiB each; fixed = frozen non-expert {:.1} + activations {:.1} + overhead {:.1} MiB\n",
+            self.method,
+            self.total_experts,
+            m.moe_layers,
+            m.experts_per_layer,
+            mib(m.expert_bytes),
+            mib(m.frozen_non_expert_bytes),
+            mib(m.activation_bytes),
+            mib(m.overhead_bytes),
+        );
+        out.push_str(&format!(
+            "{:>11} {:>9} {:>11} {:>9} {:>6} {:>11} {:>6} {:>11} {:>9}\n",
+            "participant",
+            "device",
+            "memory MiB",
+            "fixed",
+            "B_tune",
+            "tuning MiB",
+            "B_non",
+            "merged MiB",
+            "free MiB"
+        ));
+        for r in &self.rows {
+            match &r.budget {
+                Ok(b) => out.push_str(&format!(
+                    "{:>11} {:>9} {:>11.1} {:>9.1} {:>6} {:>11.1} {:>6} {:>11.1} {:>9.1}\n",
+                    r.participant,
+                    r.device,
+                    mib(b.memory_bytes),
+                    mib(b.fixed_bytes),
+                    b.b_tune,
+                    mib(b.tuning_bytes),
+                    b.b_non,
+                    mib(b.merged_bytes),
+                    mib(b.free_bytes),
+                )),
+                Err(e) => out.push_str(&format!(
+                    "{:>11} {:>9}  does not fit: {e}\n",
+                    r.participant, r.device
+                )),
+            }
+        }
+        out
+    }
+}

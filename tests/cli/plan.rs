@@ -1,0 +1,67 @@
+//! `fluxmoe plan` prints each participant's memory budget and names budgets that
+//! cannot hold one tuning expert.
+
+use super::{fixture, fluxmoe, stderr, stdout};
+
+fn config(dir: &std::path::Path, memory_fraction: f64, profiles: &str) -> std::path::PathBuf {
+    let path = dir.join("plan.toml");
+    let text = format!(
+        r#"
+output = "{out}"
+[model]
+path = "{model}"
+[task]
+name = "math"
+max_len = 16
+[partition]
+participants = 3
+[rounds]
+rounds = 1
+per_round = 1
+batch_size = 2
+[method]
+name = "flux"
+[method.options]
+overhead_mib = 0.0
+[fleet]
+profiles = [{profiles}]
+memory_fraction = {memory_fraction}
+"#,
+        out = dir.join("out").display(),
+        model = fixture("mixtral").display(),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn plan_prints_budgets_and_names_a_budget_that_does_not_fit() {
+    let tmp = tempfile::tempdir().unwrap();
+    // ~1 MB on the 12 GiB card, ~0.8 MB on the 10 GiB one: the fixture's experts are
+    // 48 KiB each (tuning one costs 192 KiB) and its fixed part is about 0.5 MB.
+    let rtx3060 = 12.0 * 1024.0 * 1024.0 * 1024.0;
+    let cfg = config(tmp.path(), 1.0e6 / rtx3060, r#""rtx3060", "rtx3080""#);
+    let o = fluxmoe(&["plan", "--config", cfg.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["total_experts"], 8);
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0]["device"], "rtx3060");
+    assert_eq!(rows[1]["device"], "rtx3080");
+    let b = &rows[0]["budget"]["Ok"];
+    let (tune, non) = (b["b_tune"].as_u64().unwrap(), b["b_non"].as_u64().unwrap());
+    assert!((1..8).contains(&tune) && non >= 2, "{b}");
+    // Memory adds up: fixed + tuning + merged + free.
+    let sum: u64 = ["fixed_bytes", "tuning_bytes", "merged_bytes", "free_bytes"]
+        .iter()
+        .map(|k| b[k].as_u64().unwrap())
+        .sum();
+    assert_eq!(sum, b["memory_bytes"].as_u64().unwrap());
+    // A tiny share of memory cannot hold one tuning expert: the table says so.
+    let cfg = config(tmp.path(), 1.0e-5, r#""rtx3060""#);
+    let o = fluxmoe(&["plan", "--config", cfg.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = stdout(&o);
+    assert!(s.contains("does not fit") && s.contains("short by"), "{s}");
+}
