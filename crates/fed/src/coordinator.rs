@@ -267,6 +267,9 @@ impl Coordinator {
 
         let mut exchange = transport.send_and_receive(msgs, &self.global, self.cfg.deadline_s)?;
         for t in &mut exchange.times {
+            if let Some(&s) = profiled.measured.get(&t.participant) {
+                t.profile_measured_s = s;
+            }
             if let Some(&s) = profiled.seconds.get(&t.participant) {
                 t.profile_s = s;
                 if stale.get(&t.participant) == Some(&true) {

@@ -30,6 +30,15 @@ pub struct ParticipantTime {
     /// download (stale profiling), not on the round's critical path.
     #[serde(default)]
     pub profile_hidden_s: f64,
+    /// Measured wall seconds of its training call on this machine (simulation).
+    #[serde(default)]
+    pub measured_s: f64,
+    /// Measured wall seconds of its profiling call.
+    #[serde(default)]
+    pub profile_measured_s: f64,
+    /// Peak resident memory of the process while it trained (Linux), bytes.
+    #[serde(default)]
+    pub peak_rss_bytes: Option<u64>,
 }
 
 impl ParticipantTime {
@@ -70,6 +79,19 @@ pub struct RoundRecord {
 }
 
 impl RoundRecord {
+    /// The record with everything measured on this machine (wall seconds, peak
+    /// memory) cleared: what two runs of the same config and seed must agree on.
+    pub fn without_measurements(&self) -> RoundRecord {
+        let mut r = self.clone();
+        r.wall_seconds = None;
+        for t in &mut r.times {
+            t.measured_s = 0.0;
+            t.profile_measured_s = 0.0;
+            t.peak_rss_bytes = None;
+        }
+        r
+    }
+
     /// The record as one line of JSON (no trailing newline).
     pub fn to_json_line(&self) -> Result<String> {
         serde_json::to_string(self)

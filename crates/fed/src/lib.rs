@@ -28,6 +28,7 @@ pub mod error;
 pub mod fedavg_full;
 pub mod history;
 pub mod ids;
+pub mod measure;
 pub mod seed;
 pub mod server_opt;
 pub mod state;

@@ -45,6 +45,8 @@ pub struct ProfileExchange {
     pub failures: Vec<Failure>,
     /// Virtual seconds of each participant's profiling work.
     pub seconds: BTreeMap<ParticipantId, f64>,
+    /// Measured wall seconds of each profiling call.
+    pub measured: BTreeMap<ParticipantId, f64>,
 }
 
 pub trait Transport {
@@ -182,6 +184,7 @@ impl Transport for LocalTransport {
                 return Err(Error::UnknownParticipant(id));
             };
             let model = if ins.stale { previous } else { current };
+            let start = std::time::Instant::now();
             let result = member
                 .participant
                 .profile(&ins, model, current)
@@ -198,6 +201,7 @@ impl Transport for LocalTransport {
             match result {
                 Ok((reply, seconds)) => {
                     out.seconds.insert(id, seconds);
+                    out.measured.insert(id, start.elapsed().as_secs_f64());
                     out.replies.push(reply);
                 }
                 Err(e) => {
@@ -231,7 +235,12 @@ impl Transport for LocalTransport {
                 ));
                 continue;
             }
-            let reply = match member.participant.train(&ins, global) {
+            crate::measure::reset_peak_rss();
+            let start = std::time::Instant::now();
+            let trained = member.participant.train(&ins, global);
+            let measured_s = start.elapsed().as_secs_f64();
+            let peak_rss_bytes = crate::measure::peak_rss_bytes();
+            let reply = match trained {
                 Ok(reply) => reply,
                 Err(e) => {
                     tracing::warn!(participant = %id, error = %e, "participant failed");
@@ -267,6 +276,9 @@ impl Transport for LocalTransport {
                 down_bytes: reply.cost.down_bytes,
                 profile_s: 0.0,
                 profile_hidden_s: 0.0,
+                measured_s,
+                profile_measured_s: 0.0,
+                peak_rss_bytes,
             });
             match deadline_s {
                 Some(deadline) if phases.total > deadline => out.failures.push(Failure::new(

@@ -95,9 +95,8 @@ fn records(root: &Path, out: &str) -> Vec<serde_json::Value> {
         .unwrap()
         .lines()
         .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v.as_object_mut().unwrap().remove("wall_seconds");
-            v
+            let r: fluxmoe_fed::RoundRecord = serde_json::from_str(l).unwrap();
+            serde_json::to_value(r.without_measurements()).unwrap()
         })
         .collect()
 }
@@ -134,6 +133,14 @@ fn run_writes_metrics_summary_and_final_model_deterministically() {
             .unwrap()
             .is_finite());
         assert_eq!(r["eval"].is_null(), (i + 1) % 2 != 0, "eval every 2 rounds");
+    }
+    // Measured beside virtual: wall seconds and peak memory per participant.
+    let raw = std::fs::read_to_string(root.join("a/metrics.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(raw.lines().next().unwrap()).unwrap();
+    let t = &first["times"][0];
+    assert!(t["measured_s"].as_f64().unwrap() > 0.0, "{t}");
+    if cfg!(target_os = "linux") {
+        assert!(t["peak_rss_bytes"].as_u64().unwrap() > 1 << 20, "{t}");
     }
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(root.join("a/summary.json")).unwrap())
