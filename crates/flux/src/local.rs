@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Tensor, Var};
 use fluxmoe_model::layers::moe::ExpertSlots;
 use fluxmoe_model::layers::{Linear, SwiGlu};
-use fluxmoe_model::train::{AdamW, Batch};
+use fluxmoe_model::train::{AdamW, Batch, Proximal};
 use fluxmoe_model::MoeModel;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -55,7 +55,8 @@ pub struct TrainOutcome {
 /// Train `model` (whose trainable `Var`s are in `opt`) on `steps`, each a list of
 /// samples, with global-norm clipping at `max_grad_norm`. `expert_vars` lists the
 /// variables of each tuned expert, for the per-sample norms. With `requantize`, every
-/// trainable weight is quantized and dequantized after each update (FMQ).
+/// trainable weight is quantized and dequantized after each update (FMQ); with
+/// `proximal`, FedProx's pull towards the round's starting weights is added.
 pub fn train_steps(
     model: &MoeModel,
     opt: &mut AdamW,
@@ -63,6 +64,7 @@ pub fn train_steps(
     expert_vars: &BTreeMap<ExpertId, Vec<Var>>,
     max_grad_norm: f64,
     requantize: Option<Precision>,
+    proximal: Option<&Proximal<'_>>,
 ) -> Result<TrainOutcome> {
     let mut out = TrainOutcome::default();
     for samples in steps {
@@ -122,6 +124,9 @@ pub fn train_steps(
             });
         }
         let mut grads = accumulated.ok_or_else(|| Error::Input("an empty training step".into()))?;
+        if let Some(p) = proximal {
+            p.apply(opt, &mut grads)?;
+        }
         opt.clip_grad_norm(&mut grads, max_grad_norm)?;
         opt.step(&grads)?;
         if let Some(p) = requantize {

@@ -136,3 +136,51 @@ fn greedy_generation_with_the_cache_matches_argmax_of_full_forwards() {
     }
     assert_eq!(got, seq[3..].to_vec());
 }
+
+#[test]
+fn a_proximal_term_keeps_trained_weights_near_the_anchor() {
+    use fluxmoe_model::train::{train_step_prox, Proximal};
+    let distance = |mu: f64| {
+        let mut ck = checkpoint::load_dir(&fixture("mixtral"), &Device::Cpu).unwrap();
+        ck.params
+            .set_trainable(|n| glob_match("model.layers.*.experts.*", n))
+            .unwrap();
+        let anchor: std::collections::BTreeMap<String, candle_core::Tensor> = ck
+            .params
+            .trainable()
+            .into_iter()
+            .map(|(n, v)| (n, v.as_tensor().copy().unwrap()))
+            .collect();
+        let model = MoeModel::new(&ck.config, &ck.params).unwrap();
+        let mut opt = AdamW::new(ck.params.trainable(), AdamWConfig::default()).unwrap();
+        let batch = Batch {
+            input_ids: golden_ids("mixtral"),
+            attention_mask: None,
+            loss_mask: None,
+        };
+        let prox = Proximal {
+            mu,
+            anchor: &anchor,
+        };
+        for _ in 0..8 {
+            train_step_prox(&model, &mut opt, &batch, None, Some(&prox)).unwrap();
+        }
+        ck.params
+            .trainable()
+            .iter()
+            .map(|(n, v)| {
+                let d = (v.as_tensor() - &anchor[n]).unwrap();
+                d.sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            })
+            .sum::<f32>()
+            .sqrt()
+    };
+    let (free, pulled) = (distance(0.0), distance(1e4));
+    assert!(free > 0.0);
+    assert!(pulled < 0.8 * free, "mu 1e4: {pulled} vs mu 0: {free}");
+}

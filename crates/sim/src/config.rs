@@ -95,6 +95,8 @@ pub struct TrainSection {
     pub lr: f64,
     pub weight_decay: f64,
     pub max_grad_norm: f64,
+    /// FedProx's μ: local training adds `μ/2 · ||w − w_global||²` (0 = plain FedAvg).
+    pub fedprox_mu: f64,
     /// What participants tune: `experts` (every routed expert), `all`, or
     /// comma-separated name globs.
     pub trainable: String,
@@ -106,6 +108,7 @@ impl Default for TrainSection {
             lr: 1e-4,
             weight_decay: 0.0,
             max_grad_norm: 1.0,
+            fedprox_mu: 0.0,
             trainable: "experts".into(),
         }
     }
@@ -254,6 +257,10 @@ impl RunFile {
         }
         if !(self.train.lr.is_finite() && self.train.lr > 0.0) {
             return bad("train.lr", format!("must be > 0, got {}", self.train.lr));
+        }
+        let mu = self.train.fedprox_mu;
+        if !(mu.is_finite() && mu >= 0.0) {
+            return bad("train.fedprox_mu", format!("must be >= 0, got {mu}"));
         }
         if !METHODS.contains(&self.method.name.as_str()) {
             return bad(

@@ -20,7 +20,7 @@ use fluxmoe_flux::strategy::{
 };
 use fluxmoe_model::config::Ffn;
 use fluxmoe_model::keys::{expert_key, Proj};
-use fluxmoe_model::train::{AdamW, Batch};
+use fluxmoe_model::train::{AdamW, Batch, Proximal};
 use fluxmoe_model::{MoeModel, ParamStore};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -231,6 +231,10 @@ impl ModelParticipant {
             steps.push(samples);
             last_items = items;
         }
+        let prox = Proximal {
+            mu: t.fedprox_mu,
+            anchor: global,
+        };
         let outcome = train_steps(
             &model,
             &mut opt,
@@ -238,6 +242,7 @@ impl ModelParticipant {
             &expert_vars,
             t.max_grad_norm,
             plan.requantize,
+            Some(&prox),
         )?;
 
         // Utilities (FLUX): tuned experts from their per-sample gradients, explorers

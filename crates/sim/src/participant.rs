@@ -18,7 +18,7 @@ use fluxmoe_fed::seed::derive_seed;
 use fluxmoe_fed::wire::{ProfileIns, ProfileReply, DEFAULT_WEIGHT_KEY};
 use fluxmoe_fed::{Global, Participant, ParticipantId, TrainIns, TrainReply, WorkCost};
 use fluxmoe_flux::strategy::Plan;
-use fluxmoe_model::train::{train_step, AdamW, AdamWConfig, Batch};
+use fluxmoe_model::train::{train_step_prox, AdamW, AdamWConfig, Batch, Proximal};
 use fluxmoe_model::{ModelConfig, MoeModel, ParamStore};
 use rand::{Rng, SeedableRng};
 
@@ -27,6 +27,8 @@ pub struct LocalTraining {
     pub batch_size: usize,
     pub adamw: AdamWConfig,
     pub max_grad_norm: f64,
+    /// FedProx μ (0 = off).
+    pub fedprox_mu: f64,
     pub pad_id: u32,
     pub seed: u64,
     /// Parameters a token passes through (total minus unselected routed experts).
@@ -80,8 +82,13 @@ impl ModelParticipant {
                 attention_mask: Some(b.attention_mask),
                 loss_mask: Some(b.loss_mask),
             };
-            loss_sum +=
-                f64::from(train_step(&model, &mut opt, &batch, Some(t.max_grad_norm))?.loss);
+            let prox = Proximal {
+                mu: t.fedprox_mu,
+                anchor: global,
+            };
+            let stats =
+                train_step_prox(&model, &mut opt, &batch, Some(t.max_grad_norm), Some(&prox))?;
+            loss_sum += f64::from(stats.loss);
         }
         let mut deltas = BTreeMap::new();
         for (name, var) in params.trainable() {

@@ -155,6 +155,7 @@ pub fn run(
                     ..AdamWConfig::default()
                 },
                 max_grad_norm: file.train.max_grad_norm,
+                fedprox_mu: file.train.fedprox_mu,
                 pad_id,
                 seed: file.seed,
                 active_params: stats.active_params as f64,

@@ -365,3 +365,41 @@ fn flux_resume_with_stale_profiling_matches_an_uninterrupted_run() {
     assert_eq!(final_bytes(root, "straight"), final_bytes(root, "resumed"));
     assert_eq!(records(root, "straight"), records(root, "resumed"));
 }
+
+#[test]
+fn fedprox_keeps_the_global_model_closer_to_where_it_started() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let model = model_dir(root);
+    let orig = fluxmoe_model::checkpoint::load_dir(&fixture("mixtral"), &candle_core::Device::Cpu)
+        .unwrap();
+    let moved = |out: &str, mu: f64| {
+        let mut cfg = config(root, out, 2);
+        cfg.train.fedprox_mu = mu;
+        run(&cfg, &model, false, &mut |_| {}).unwrap();
+        let ck = fluxmoe_model::checkpoint::load_dir(
+            &root.join(out).join("final"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        orig.params
+            .tensors()
+            .map(|(n, t)| {
+                let d = (ck.params.tensor(n).unwrap() - t).unwrap();
+                d.sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            })
+            .sum::<f32>()
+    };
+    let (plain, prox) = (moved("plain", 0.0), moved("prox", 1e4));
+    assert!(plain > 0.0);
+    assert!(prox < 0.8 * plain, "fedprox {prox} vs fedavg {plain}");
+    let mut cfg = config(root, "bad", 1);
+    cfg.train.fedprox_mu = -1.0;
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(err.contains("train.fedprox_mu"), "{err}");
+}

@@ -19,4 +19,4 @@ pub use clip::clip_grad_norm;
 pub use optim::{AdamW, AdamWConfig, AdamWState, ParamState};
 pub use schedule::LrSchedule;
 pub mod step;
-pub use step::{train_step, Batch, StepStats};
+pub use step::{train_step, train_step_prox, Batch, Proximal, StepStats};
