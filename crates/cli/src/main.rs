@@ -48,6 +48,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a run's last checkpoint as an HF model folder (the layout and dtypes of
+    /// the model the run started from, tokenizer included).
+    Export {
+        /// The run's output folder (holds run.json and checkpoint/).
+        #[arg(long)]
+        run: PathBuf,
+        /// The model the run started from, if it moved since (default: from run.json).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Each participant's memory budget under a run config (fixed part, experts it can
     /// tune, merged slots), before running it.
     Plan {
@@ -296,6 +308,11 @@ fn run(cli: Cli) -> Result<()> {
             quiet,
             json,
         }),
+        Some(Command::Export { run, model, out }) => {
+            let round = fluxmoe_sim::export(&run, model.as_deref(), &out)?;
+            eprintln!("wrote {} (global model after round {round})", out.display());
+            Ok(())
+        }
         Some(Command::Plan { config, json }) => run::plan(config.as_deref(), json),
         Some(Command::Logits { model, ids, out }) => {
             logits::run(&load(&model)?.checkpoint, &ids, &out)

@@ -18,4 +18,4 @@ pub mod scorer;
 
 pub use config::RunFile;
 pub use error::{Error, Result};
-pub use run::{run, RunSummary};
+pub use run::{export, run, Provenance, RunSummary};

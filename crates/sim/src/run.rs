@@ -221,6 +221,16 @@ pub fn run(
 
     let out = &file.output;
     std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
+    if !resume {
+        let prov = Provenance {
+            config: file.clone(),
+            model_path: std::fs::canonicalize(model_path).unwrap_or(model_path.to_path_buf()),
+            commit: build_commit(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let text = serde_json::to_string_pretty(&prov).map_err(|e| Error::Config(e.to_string()))?;
+        checkpoint::write_atomic(&out.join(PROVENANCE_FILE), text.as_bytes())?;
+    }
     let mut clock = VirtualClock::new();
     let ckpt_dir = out.join(CHECKPOINT_DIR);
     let (mut coordinator, initial_metric) = if resume {
@@ -286,25 +296,7 @@ pub fn run(
         (Some(last), Some(m)) if last.eval.is_some() => m,
         _ => evaluator.score(coordinator.global())?,
     };
-    let final_dir = out.join(FINAL_DIR);
-    let params = ParamStore::from_tensors(
-        coordinator
-            .global()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone())),
-    )?;
-    checkpoint::save_dir(
-        &final_dir,
-        &lm.checkpoint.config_json,
-        &params,
-        &lm.checkpoint.layout,
-    )?;
-    save_tokenizer_files(
-        &final_dir,
-        &tokenizer,
-        &lm.eos_ids,
-        lm.chat_template.as_deref(),
-    )?;
+    save_hf_model(&out.join(FINAL_DIR), coordinator.global(), &lm)?;
     let summary = RunSummary {
         method: file.method.name.clone(),
         task: file.task.name.clone(),
@@ -322,6 +314,85 @@ pub fn run(
     let text = serde_json::to_string_pretty(&summary).map_err(|e| Error::Config(e.to_string()))?;
     checkpoint::write_atomic(&out.join(SUMMARY_FILE), text.as_bytes())?;
     Ok(summary)
+}
+
+/// `global` as an HF checkpoint folder in the key layout and dtypes `lm` was loaded
+/// with, plus its tokenizer files.
+fn save_hf_model(dir: &Path, global: &Global, lm: &LoadedModel) -> Result<()> {
+    let params = ParamStore::from_tensors(global.iter().map(|(k, v)| (k.clone(), v.clone())))?;
+    checkpoint::save_dir(
+        dir,
+        &lm.checkpoint.config_json,
+        &params,
+        &lm.checkpoint.layout,
+    )?;
+    if let Some(tokenizer) = &lm.tokenizer {
+        save_tokenizer_files(dir, tokenizer, &lm.eos_ids, lm.chat_template.as_deref())?;
+    }
+    Ok(())
+}
+
+/// What produced a run: the resolved config, the model, the code (`run.json`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Provenance {
+    pub config: RunFile,
+    pub model_path: PathBuf,
+    /// `git describe`-style commit of the source tree the binary was built from
+    /// (`-dirty` with uncommitted changes), when built from a git checkout.
+    pub commit: Option<String>,
+    pub version: String,
+}
+
+pub const PROVENANCE_FILE: &str = "run.json";
+
+/// The commit the binary was built from (see `build.rs`).
+pub fn build_commit() -> Option<String> {
+    option_env!("FLUXMOE_GIT_COMMIT")
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+}
+
+/// Read a run folder's `run.json`.
+pub fn read_provenance(run_dir: &Path) -> Result<Provenance> {
+    let path = run_dir.join(PROVENANCE_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+}
+
+/// Write the global model of a run's last checkpoint as an HF folder at `out`, in the
+/// layout of the model the run started from (`model` overrides the path in
+/// `run.json`, e.g. when the model moved). Returns the round the checkpoint ends.
+pub fn export(run_dir: &Path, model: Option<&Path>, out: &Path) -> Result<u32> {
+    let prov = read_provenance(run_dir)?;
+    let model_path = model.map_or(prov.model_path.clone(), Path::to_path_buf);
+    let lm = load_model(&model_path, &Device::Cpu)?;
+    let (state, global) = load_checkpoint(&run_dir.join(CHECKPOINT_DIR), &Device::Cpu)?;
+    let expected: BTreeMap<&str, &[usize]> = lm
+        .checkpoint
+        .params
+        .tensors()
+        .map(|(n, t)| (n, t.dims()))
+        .collect();
+    for (name, t) in &global {
+        match expected.get(name.as_str()) {
+            Some(dims) if *dims == t.dims() => {}
+            Some(dims) => {
+                return Err(Error::Config(format!(
+                    "checkpoint tensor `{name}` is {:?}, the model {} has {dims:?}",
+                    t.dims(),
+                    model_path.display()
+                )))
+            }
+            None => {
+                return Err(Error::Config(format!(
+                    "checkpoint tensor `{name}` is not in the model {}",
+                    model_path.display()
+                )))
+            }
+        }
+    }
+    save_hf_model(out, &global, &lm)?;
+    Ok(state.next_round.0.saturating_sub(1))
 }
 
 fn metric_name(evaluator: &ModelEvaluator) -> String {

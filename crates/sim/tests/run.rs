@@ -168,6 +168,22 @@ fn run_writes_metrics_summary_and_final_model_deterministically() {
             == t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(same, !name.contains(".experts."), "{name}");
     }
+    // run.json names the config and model; export of the last checkpoint equals final/.
+    let prov: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("a/run.json")).unwrap()).unwrap();
+    assert_eq!(prov["config"]["seed"], 5);
+    assert!(prov["model_path"].as_str().unwrap().ends_with("model"));
+    let round = fluxmoe_sim::export(&root.join("a"), None, &root.join("exported")).unwrap();
+    assert_eq!(round, 3);
+    assert_eq!(
+        std::fs::read(root.join("exported/model.safetensors")).unwrap(),
+        final_bytes(root, "a")
+    );
+    assert!(root.join("exported/tokenizer.json").exists());
+    let err = fluxmoe_sim::export(&root.join("nope"), None, &root.join("x"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("run.json"), "{err}");
     // Same config and seed: identical weights and records.
     run(&config(root, "b", 3), &model, false, &mut |_| {}).unwrap();
     assert_eq!(final_bytes(root, "a"), final_bytes(root, "b"));
