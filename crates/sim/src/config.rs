@@ -140,8 +140,16 @@ pub const METHODS: [&str; 5] = ["fedavg-full", "flux", "fmd", "fmq", "fmes"];
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FleetSection {
-    /// Built-in profile names (rtx3060, rtx3080, rtx4070, rtx4090, cpu), assigned round-robin.
+    /// Profile names: built-in (rtx3060, rtx3080, rtx4070, rtx4090, cpu) or from
+    /// `[[fleet.custom]]`; assigned round-robin, or by `weights`.
     pub profiles: Vec<String>,
+    /// One weight per entry of `profiles`: each participant draws its profile with
+    /// probability ∝ weight (seeded by the run seed). Unset: round-robin.
+    pub weights: Option<Vec<f64>>,
+    /// Extra device profiles (`name`, `memory_bytes`, `train_flops`,
+    /// `quant_forward_flops`, `pcie_bytes_per_s`, `uplink_bytes_per_s`,
+    /// `downlink_bytes_per_s`), usable by name in `profiles`.
+    pub custom: Vec<fluxmoe_fed::DeviceProfile>,
     /// Probability that a sampled participant drops out of a round.
     pub dropout: f64,
     /// Virtual seconds a round waits for replies.
@@ -160,6 +168,8 @@ impl Default for FleetSection {
                 "rtx4070".into(),
                 "rtx4090".into(),
             ],
+            weights: None,
+            custom: Vec::new(),
             dropout: 0.0,
             deadline_s: None,
             memory_fraction: 1.0,

@@ -441,11 +441,32 @@ pub(crate) fn fleet(
         .fleet
         .profiles
         .iter()
-        .map(|p| DeviceProfile::preset(p))
-        .collect::<fluxmoe_fed::Result<Vec<_>>>()?;
+        .map(
+            |name| match file.fleet.custom.iter().find(|c| &c.name == name) {
+                Some(custom) => {
+                    custom
+                        .validate()
+                        .map_err(|e| Error::Config(format!("`fleet.custom`: {e}")))?;
+                    Ok(custom.clone())
+                }
+                None => DeviceProfile::preset(name).map_err(|e| {
+                    Error::Config(format!(
+                        "`fleet.profiles`: {e} (or one of [[fleet.custom]])"
+                    ))
+                }),
+            },
+        )
+        .collect::<Result<Vec<_>>>()?;
+    let assignment = match &file.fleet.weights {
+        None => fluxmoe_fed::Assignment::RoundRobin,
+        Some(weights) => fluxmoe_fed::Assignment::Weighted {
+            weights: weights.clone(),
+            seed: file.seed,
+        },
+    };
     let fleet = FleetConfig {
         profiles,
-        assignment: fluxmoe_fed::Assignment::RoundRobin,
+        assignment,
     };
     let mut out = fleet.assign(ids)?;
     for (_, p) in &mut out {

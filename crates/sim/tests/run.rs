@@ -419,3 +419,32 @@ fn fedprox_keeps_the_global_model_closer_to_where_it_started() {
     let err = cfg.validate().unwrap_err().to_string();
     assert!(err.contains("train.fedprox_mu"), "{err}");
 }
+
+#[test]
+fn custom_and_weighted_fleets_assign_profiles() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let model = model_dir(root);
+    let mut cfg = config(root, "fleet", 1);
+    cfg.fleet.custom = vec![fluxmoe_fed::DeviceProfile {
+        name: "laptop".into(),
+        ..fluxmoe_fed::DeviceProfile::cpu()
+    }];
+    cfg.fleet.profiles = vec!["laptop".into(), "rtx4090".into()];
+    cfg.fleet.weights = Some(vec![1.0, 0.0]);
+    run(&cfg, &model, false, &mut |_| {}).unwrap();
+    for r in records(root, "fleet") {
+        for t in r["times"].as_array().unwrap() {
+            assert_eq!(t["device"], "laptop", "weight 0 never drawn");
+        }
+    }
+    cfg.fleet.profiles = vec!["desktop".into()];
+    cfg.fleet.weights = None;
+    let err = run(&cfg, &model, false, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("fleet.profiles") && err.contains("desktop"),
+        "{err}"
+    );
+}
