@@ -3,32 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{fixture, fluxmoe, stderr, stdout};
+use super::{fixture, fluxmoe, stderr, stdout, write_char_tokenizer};
 
 fn sample_corpora() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/data/tests/data/corpora")
-}
-
-/// Printable ASCII and `\n` as single-character tokens (ids 1..=96), `<unk>` = 0:
-/// fits the fixture's 128-token vocabulary.
-fn write_char_tokenizer(path: &Path) {
-    let mut vocab = serde_json::Map::new();
-    vocab.insert("<unk>".into(), 0.into());
-    vocab.insert("\n".into(), 1.into());
-    for (idx, byte) in (0x20u8..0x7f).enumerate() {
-        vocab.insert((byte as char).to_string(), (idx + 2).into());
-    }
-    let json = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": null,
-        "pre_tokenizer": {
-            "type": "Split", "pattern": { "Regex": "(?s)." },
-            "behavior": "Isolated", "invert": false
-        },
-        "post_processor": null, "decoder": null,
-        "model": { "type": "WordLevel", "vocab": vocab, "unk_token": "<unk>" }
-    });
-    std::fs::write(path, json.to_string()).unwrap();
 }
 
 fn eval_loss(tokenizer: &Path, extra: &[&str]) -> std::process::Output {

@@ -1,4 +1,5 @@
 mod bad_input;
+mod bench_merge;
 mod eval_loss;
 mod generate;
 mod inspect;
@@ -6,7 +7,7 @@ mod logits;
 mod plan;
 mod upcycle;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub fn fluxmoe(args: &[&str]) -> Output {
@@ -28,4 +29,26 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Printable ASCII and `\n` as single-character tokens (ids 1..=96), `<unk>` = 0:
+/// fits the fixture's 128-token vocabulary.
+pub fn write_char_tokenizer(path: &Path) {
+    let mut vocab = serde_json::Map::new();
+    vocab.insert("<unk>".into(), 0.into());
+    vocab.insert("\n".into(), 1.into());
+    for (idx, byte) in (0x20u8..0x7f).enumerate() {
+        vocab.insert((byte as char).to_string(), (idx + 2).into());
+    }
+    let json = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": {
+            "type": "Split", "pattern": { "Regex": "(?s)." },
+            "behavior": "Isolated", "invert": false
+        },
+        "post_processor": null, "decoder": null,
+        "model": { "type": "WordLevel", "vocab": vocab, "unk_token": "<unk>" }
+    });
+    std::fs::write(path, json.to_string()).unwrap();
 }

@@ -1,6 +1,8 @@
 //! `fluxmoe bench train-step`: tokens/s of forward + backward + AdamW over the
 //! trainable experts, and peak memory (RSS), median over several timed runs after
-//! one warm-up step.
+//! one warm-up step. `fluxmoe bench flux-merge` lives in [`flux_merge`].
+
+pub mod flux_merge;
 
 use std::time::Instant;
 

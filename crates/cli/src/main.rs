@@ -221,6 +221,40 @@ enum BenchKind {
         #[arg(long)]
         train: Option<String>,
     },
+    /// Merging evidence (METHOD.md): output error of layer-aware vs uniform vs
+    /// one-per-layer slots and of α = f·ā vs α = f, against the unmerged model.
+    FluxMerge {
+        #[arg(long)]
+        model: PathBuf,
+        /// A task spec, as for `eval` (its training examples are measured).
+        #[arg(long)]
+        task: String,
+        /// Tokens of training examples to profile and measure on.
+        #[arg(long, default_value_t = 2048)]
+        tokens: usize,
+        /// Tuning experts: the highest activation shares (default: a quarter of all).
+        #[arg(long)]
+        tuned: Option<usize>,
+        /// Merged slots over all layers (default: two per MoE layer).
+        #[arg(long)]
+        b_non: Option<usize>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Examples per forward batch.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Longest example kept, in tokens.
+        #[arg(long, default_value_t = 256)]
+        max_len: usize,
+        /// Print JSON instead of the markdown table.
+        #[arg(long)]
+        json: bool,
+        /// A tokenizer.json to use instead of the model's own.
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+        #[arg(long)]
+        math_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -460,6 +494,37 @@ fn run(cli: Cli) -> Result<()> {
                 seq,
                 runs,
                 train,
+            },
+        ),
+        Some(Command::Bench {
+            which:
+                BenchKind::FluxMerge {
+                    model,
+                    task,
+                    tokens,
+                    tuned,
+                    b_non,
+                    seed,
+                    batch,
+                    max_len,
+                    json,
+                    tokenizer,
+                    math_dir,
+                },
+        }) => bench::flux_merge::run(
+            &load(&model)?,
+            &model,
+            &bench::flux_merge::FluxMergeArgs {
+                task,
+                tokens,
+                tuned,
+                b_non,
+                seed,
+                batch,
+                max_len,
+                json,
+                tokenizer,
+                dirs: eval::data_dirs(math_dir),
             },
         ),
         Some(Command::Assets {

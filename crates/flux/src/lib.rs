@@ -5,6 +5,7 @@
 pub mod budget;
 pub mod customise;
 pub mod error;
+pub mod evidence;
 pub mod local;
 pub mod merge;
 pub mod profile;
