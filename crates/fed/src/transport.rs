@@ -98,10 +98,18 @@ pub struct LocalTransportConfig {
     /// Probability in [0, 1) that a sampled participant drops out of a round.
     pub dropout: f64,
     pub seed: u64,
+    /// Participants trained at once on threads (1 = one after another). Results are
+    /// the same for any value; memory grows with it.
+    #[serde(default = "one_worker")]
+    pub workers: usize,
+}
+
+fn one_worker() -> usize {
+    1
 }
 
 struct Member {
-    participant: Box<dyn Participant>,
+    participant: Box<dyn Participant + Send>,
     profile: DeviceProfile,
 }
 
@@ -128,7 +136,7 @@ impl LocalTransport {
     pub fn add(
         &mut self,
         id: ParticipantId,
-        participant: Box<dyn Participant>,
+        participant: Box<dyn Participant + Send>,
         profile: DeviceProfile,
     ) -> Result<()> {
         profile.validate()?;
@@ -222,10 +230,9 @@ impl Transport for LocalTransport {
     ) -> Result<Exchange> {
         self.check_recipients(&mut msgs)?;
         let mut out = Exchange::default();
+        // Dropouts first: they do no work.
+        let mut jobs: BTreeMap<ParticipantId, TrainIns> = BTreeMap::new();
         for (id, ins) in msgs {
-            let Some(member) = self.members.get_mut(&id) else {
-                return Err(Error::UnknownParticipant(id));
-            };
             let u: f64 = round_rng(self.cfg.seed, ins.round, dropout_stream(id)).gen();
             if u < self.cfg.dropout {
                 out.failures.push(Failure::new(
@@ -233,13 +240,79 @@ impl Transport for LocalTransport {
                     FailureKind::Dropout,
                     "dropped out (simulated)",
                 ));
-                continue;
+            } else {
+                jobs.insert(id, ins);
             }
-            crate::measure::reset_peak_rss();
+        }
+        let workers = self.cfg.workers.max(1);
+        let mut members: Vec<(ParticipantId, &mut Member)> = self
+            .members
+            .iter_mut()
+            .filter(|(id, _)| jobs.contains_key(id))
+            .map(|(id, m)| (*id, m))
+            .collect();
+        let train = |id: ParticipantId, member: &mut Member, measure_peak: bool| {
+            if measure_peak {
+                crate::measure::reset_peak_rss();
+            }
             let start = std::time::Instant::now();
-            let trained = member.participant.train(&ins, global);
+            let trained = member.participant.train(&jobs[&id], global);
             let measured_s = start.elapsed().as_secs_f64();
-            let peak_rss_bytes = crate::measure::peak_rss_bytes();
+            let peak = if measure_peak {
+                crate::measure::peak_rss_bytes()
+            } else {
+                None
+            };
+            (id, trained, measured_s, peak)
+        };
+        let mut results = if workers == 1 {
+            members
+                .iter_mut()
+                .map(|(id, m)| train(*id, m, true))
+                .collect::<Vec<_>>()
+        } else {
+            // Participant i goes to worker i mod workers; each worker trains its share in
+            // id order. Peak memory is per process, so it is not attributed here.
+            let mut shares: Vec<Vec<(ParticipantId, &mut Member)>> =
+                (0..workers).map(|_| Vec::new()).collect();
+            for (i, pair) in members.drain(..).enumerate() {
+                shares[i % workers].push(pair);
+            }
+            let train = &train;
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = shares
+                    .into_iter()
+                    .map(|share| {
+                        let ids: Vec<ParticipantId> = share.iter().map(|(id, _)| *id).collect();
+                        let handle = scope.spawn(move || {
+                            share
+                                .into_iter()
+                                .map(|(id, m)| train(id, m, false))
+                                .collect::<Vec<_>>()
+                        });
+                        (ids, handle)
+                    })
+                    .collect();
+                let mut done = Vec::new();
+                for (ids, handle) in handles {
+                    match handle.join() {
+                        Ok(results) => done.extend(results),
+                        // A panicking participant fails its worker's share, not the round.
+                        Err(_) => done.extend(ids.into_iter().map(|id| {
+                            let e = Error::Participant {
+                                participant: id,
+                                msg: "its worker thread panicked".into(),
+                            };
+                            (id, Err(e), 0.0, None)
+                        })),
+                    }
+                }
+                done
+            })
+        };
+        results.sort_by_key(|r| r.0);
+        for (id, trained, measured_s, peak_rss_bytes) in results {
+            let profile = &self.members[&id].profile;
             let reply = match trained {
                 Ok(reply) => reply,
                 Err(e) => {
@@ -260,7 +333,7 @@ impl Transport for LocalTransport {
                 ));
                 continue;
             }
-            let phases = match reply.cost.seconds(&member.profile) {
+            let phases = match reply.cost.seconds(profile) {
                 Ok(phases) => phases,
                 Err(e) => {
                     out.failures
@@ -270,7 +343,7 @@ impl Transport for LocalTransport {
             };
             out.times.push(ParticipantTime {
                 participant: id,
-                device: member.profile.name.clone(),
+                device: profile.name.clone(),
                 phases,
                 up_bytes: reply.cost.up_bytes,
                 down_bytes: reply.cost.down_bytes,
@@ -292,6 +365,7 @@ impl Transport for LocalTransport {
                 _ => out.replies.push(reply),
             }
         }
+        out.failures.sort_by_key(|f| f.participant);
         Ok(out)
     }
 }
@@ -347,7 +421,12 @@ mod tests {
     }
 
     fn transport(dropout: f64, specs: &[(u32, f64, bool)]) -> LocalTransport {
-        let mut t = LocalTransport::new(LocalTransportConfig { dropout, seed: 3 }).unwrap();
+        let mut t = LocalTransport::new(LocalTransportConfig {
+            dropout,
+            seed: 3,
+            workers: 1,
+        })
+        .unwrap();
         for &(id, flops, fail) in specs {
             let p = Fixed {
                 id: ParticipantId(id),
@@ -443,7 +522,8 @@ mod tests {
         assert!(matches!(err, Error::DuplicateParticipant(ParticipantId(1))));
         assert!(LocalTransport::new(LocalTransportConfig {
             dropout: 1.0,
-            seed: 0
+            seed: 0,
+            workers: 1,
         })
         .is_err());
         assert_eq!(t.pool(), vec![ParticipantId(1)]);

@@ -109,7 +109,12 @@ fn strategy(per_round: usize, optimizer: ServerOptimizerConfig) -> FedAvgFull {
 }
 
 fn transport(dropout: f64, flops: &[f64]) -> LocalTransport {
-    let mut t = LocalTransport::new(LocalTransportConfig { dropout, seed: 11 }).unwrap();
+    let mut t = LocalTransport::new(LocalTransportConfig {
+        dropout,
+        seed: 11,
+        workers: 1,
+    })
+    .unwrap();
     for (i, &f) in flops.iter().enumerate() {
         let id = ParticipantId(i as u32);
         t.add(
@@ -263,6 +268,7 @@ fn time_to_accuracy_is_the_first_round_reaching_the_target_and_can_stop_the_run(
     let mut t = LocalTransport::new(LocalTransportConfig {
         dropout: 0.0,
         seed: 0,
+        workers: 1,
     })
     .unwrap();
     t.add(

@@ -87,6 +87,10 @@ pub struct RoundsSection {
     /// Save a resumable checkpoint every this many rounds (0: never).
     #[serde(default = "one")]
     pub checkpoint_every: u32,
+    /// Participants trained at once in this process (threads); results are identical
+    /// for any value, memory grows with it.
+    #[serde(default = "one_usize")]
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -220,6 +224,9 @@ fn default_batch_size() -> usize {
 fn one() -> u32 {
     1
 }
+fn one_usize() -> usize {
+    1
+}
 
 /// The built-in quickstart run, also shipped as `examples/quickstart.toml`.
 pub const QUICKSTART: &str = include_str!("../../../examples/quickstart.toml");
@@ -267,6 +274,9 @@ impl RunFile {
         }
         if !(self.train.lr.is_finite() && self.train.lr > 0.0) {
             return bad("train.lr", format!("must be > 0, got {}", self.train.lr));
+        }
+        if self.rounds.workers == 0 {
+            return bad("rounds.workers", "must be >= 1".into());
         }
         let mu = self.train.fedprox_mu;
         if !(mu.is_finite() && mu >= 0.0) {

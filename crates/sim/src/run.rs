@@ -137,6 +137,7 @@ pub fn run(
     let mut transport = LocalTransport::new(LocalTransportConfig {
         dropout: file.fleet.dropout,
         seed: file.seed,
+        workers: file.rounds.workers,
     })?;
     let mut memory = BTreeMap::new();
     for ((id, profile), shard) in devices.into_iter().zip(shards) {

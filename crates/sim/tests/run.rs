@@ -184,8 +184,10 @@ fn run_writes_metrics_summary_and_final_model_deterministically() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("run.json"), "{err}");
-    // Same config and seed: identical weights and records.
-    run(&config(root, "b", 3), &model, false, &mut |_| {}).unwrap();
+    // Same config and seed: identical weights and records, with a worker pool too.
+    let mut pooled = config(root, "b", 3);
+    pooled.rounds.workers = 2;
+    run(&pooled, &model, false, &mut |_| {}).unwrap();
     assert_eq!(final_bytes(root, "a"), final_bytes(root, "b"));
     assert_eq!(records(root, "a"), records(root, "b"));
 }
