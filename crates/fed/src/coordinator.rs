@@ -342,6 +342,7 @@ impl Coordinator {
             eval,
             virtual_time_end: clock.now(),
             wall_seconds: None,
+            strategy: strategy.round_report(),
         };
         tracing::info!(
             %round,

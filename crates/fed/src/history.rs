@@ -76,6 +76,9 @@ pub struct RoundRecord {
     pub virtual_time_end: f64,
     /// Measured seconds, filled in by the caller.
     pub wall_seconds: Option<f64>,
+    /// The strategy's [`crate::Strategy::round_report`] (absent when `Null`).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub strategy: serde_json::Value,
 }
 
 impl RoundRecord {

@@ -78,6 +78,12 @@ pub trait Strategy {
         failures: Vec<Failure>,
     ) -> Result<TrainOutcome>;
 
+    /// What the strategy decided this round, for the round's record (e.g. expert roles
+    /// per participant); `Null` (the default) records nothing.
+    fn round_report(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
     /// Everything needed to continue the run later.
     fn state(&self) -> Result<serde_json::Value>;
 

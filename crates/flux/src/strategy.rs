@@ -200,6 +200,26 @@ impl Plan {
     }
 }
 
+/// One participant's roles in a round, as recorded (see [`RoundReport`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoundRoles {
+    pub tuning: Vec<ExpertId>,
+    pub exploration: Vec<ExpertId>,
+    /// Experts routing may not choose (FMES).
+    pub dropped: Vec<ExpertId>,
+    /// Merged slots available (FLUX); the other experts are merged into them.
+    pub b_non: usize,
+}
+
+/// What [`ExpertStrategy`] records per round: roles per participant and the mean
+/// activation share f of each expert over this round's profiles (per MoE layer).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoundReport {
+    pub roles: BTreeMap<u32, RoundRoles>,
+    /// `(layer, f per expert)`, averaged over the participants that profiled.
+    pub activation: Vec<(usize, Vec<f64>)>,
+}
+
 /// What a participant reports back besides its deltas.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PlanReport {
@@ -255,6 +275,7 @@ pub struct ExpertStrategy {
     memory: BTreeMap<ParticipantId, u64>,
     tables: BTreeMap<ParticipantId, UtilityTable>,
     // This round only.
+    plans: BTreeMap<ParticipantId, RoundRoles>,
     sampled: Vec<ParticipantId>,
     profiles: BTreeMap<ParticipantId, Profile>,
     assigned: BTreeMap<ParticipantId, BTreeSet<String>>,
@@ -307,6 +328,7 @@ impl ExpertStrategy {
             params,
             memory: memory.clone(),
             tables: BTreeMap::new(),
+            plans: BTreeMap::new(),
             sampled: Vec::new(),
             profiles: BTreeMap::new(),
             assigned: BTreeMap::new(),
@@ -563,6 +585,7 @@ impl Strategy for ExpertStrategy {
         rng: &mut StdRng,
     ) -> fluxmoe_fed::Result<Vec<(ParticipantId, TrainIns)>> {
         self.assigned.clear();
+        self.plans.clear();
         let mut out = Vec::new();
         for id in self.sampled.clone() {
             if self.needs_profile() && !self.profiles.contains_key(&id) {
@@ -575,6 +598,26 @@ impl Strategy for ExpertStrategy {
             }
             let names = self.expert_names(&trainable);
             self.assigned.insert(id, names.iter().cloned().collect());
+            let dropped = if plan.kept.is_empty() {
+                Vec::new()
+            } else {
+                let kept: BTreeSet<ExpertId> = plan.kept.iter().copied().collect();
+                self.model
+                    .experts
+                    .iter()
+                    .filter(|e| !kept.contains(e))
+                    .copied()
+                    .collect()
+            };
+            self.plans.insert(
+                id,
+                RoundRoles {
+                    tuning: plan.roles.tuning.clone(),
+                    exploration: plan.roles.exploration.clone(),
+                    dropped,
+                    b_non: plan.b_non,
+                },
+            );
             let mut params = self.params.clone();
             let json = serde_json::to_string(&plan)
                 .map_err(|e| fluxmoe_fed::Error::json("expert plan", e))?;
@@ -647,6 +690,27 @@ impl Strategy for ExpertStrategy {
             rejected,
             cost,
         })
+    }
+
+    fn round_report(&self) -> serde_json::Value {
+        let mut sums: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
+        for p in self.profiles.values() {
+            for (l, f) in p.layers.iter().zip(p.frequencies()) {
+                let acc = sums.entry(l.layer).or_insert_with(|| vec![0.0; f.len()]);
+                for (a, v) in acc.iter_mut().zip(f) {
+                    *a += v;
+                }
+            }
+        }
+        let n = self.profiles.len().max(1) as f64;
+        let report = RoundReport {
+            roles: self.plans.iter().map(|(id, r)| (id.0, r.clone())).collect(),
+            activation: sums
+                .into_iter()
+                .map(|(l, f)| (l, f.into_iter().map(|v| v / n).collect()))
+                .collect(),
+        };
+        serde_json::to_value(report).unwrap_or(serde_json::Value::Null)
     }
 
     fn state(&self) -> fluxmoe_fed::Result<serde_json::Value> {

@@ -281,6 +281,27 @@ fn flux_profiles_merges_tunes_a_subset_and_is_deterministic() {
         }
     }
     assert!(merged > 0.0, "the tight budget forces merging");
+    // Each record holds the roles per participant and the round's activation shares.
+    let report = &recs[0]["strategy"];
+    let roles = report["roles"].as_object().unwrap();
+    assert_eq!(roles.len(), 2, "{report}");
+    for r in roles.values() {
+        assert!(!r["tuning"].as_array().unwrap().is_empty());
+    }
+    for (_, f) in report["activation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x[0].clone(), x[1].clone()))
+    {
+        let sum: f64 = f
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .sum();
+        assert!((sum - 1.0).abs() < 1e-9, "{f}");
+    }
     // Utilities from the replies are kept per participant in the checkpoint.
     let state: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(root.join("f1/checkpoint/state.json")).unwrap(),
