@@ -48,7 +48,7 @@ pub const CHECKPOINT_DIR: &str = "checkpoint";
 pub const FINAL_DIR: &str = "final";
 
 /// What a finished run reports.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct RunSummary {
     pub method: String,
     pub task: String,
@@ -569,7 +569,8 @@ fn io(path: &Path, e: std::io::Error) -> Error {
     }
 }
 
-fn read_records(path: &Path) -> Result<Vec<RoundRecord>> {
+/// The round records of a run's `metrics.jsonl`.
+pub fn read_records(path: &Path) -> Result<Vec<RoundRecord>> {
     let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
@@ -595,7 +596,8 @@ fn keep_metrics_up_to(path: &Path, last_round: u32) -> Result<()> {
     checkpoint::write_atomic(path, text.as_bytes()).map_err(Error::from)
 }
 
-fn read_initial(out: &Path) -> Result<f64> {
+/// The metric of the model before any round (`initial.json`).
+pub fn read_initial(out: &Path) -> Result<f64> {
     let path = out.join("initial.json");
     let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
     let v: serde_json::Value = serde_json::from_str(&text)
