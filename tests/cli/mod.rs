@@ -1,5 +1,6 @@
 mod bad_input;
 mod bench_merge;
+mod bench_tta;
 mod eval_loss;
 mod generate;
 mod inspect;
@@ -15,6 +16,16 @@ pub fn fluxmoe(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("running fluxmoe")
+}
+
+/// Run the binary with extra environment variables.
+pub fn fluxmoe_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fluxmoe"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("running fluxmoe")
 }
 
 pub fn fixture(arch: &str) -> PathBuf {

@@ -6,5 +6,7 @@
 
 pub mod error;
 pub mod results;
+pub mod runner;
+pub mod suite;
 
 pub use error::{Error, Result};

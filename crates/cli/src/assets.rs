@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 pub mod corpora;
+pub mod tiny;
 
 pub struct GgufAsset {
     pub name: &'static str,

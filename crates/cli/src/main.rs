@@ -206,6 +206,27 @@ enum UpcycleMethod {
 
 #[derive(Subcommand)]
 enum BenchKind {
+    /// Time-to-accuracy suite: every method on every task with the same model, fleet,
+    /// partition and seeds; writes results, tables, plots and report.html.
+    Tta {
+        /// A suite name from suites/ (smoke, standard, ablations) or a suite file path.
+        #[arg(long)]
+        suite: String,
+        /// Only these methods (or method-variant keys), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        methods: Option<Vec<String>>,
+        /// Only these tasks, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        tasks: Option<Vec<String>>,
+        /// Seeds 0..N instead of the suite's.
+        #[arg(long)]
+        seeds: Option<usize>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Keep finished runs and continue interrupted ones.
+        #[arg(long)]
+        resume: bool,
+    },
     /// Tokens/s of forward + backward + AdamW over the trainable experts, and peak RSS.
     TrainStep {
         #[arg(long)]
@@ -478,6 +499,24 @@ fn run(cli: Cli) -> Result<()> {
                 show,
             )
         }
+        Some(Command::Bench {
+            which:
+                BenchKind::Tta {
+                    suite,
+                    methods,
+                    tasks,
+                    seeds,
+                    out,
+                    resume,
+                },
+        }) => run::bench_tta(&run::TtaArgs {
+            suite,
+            methods,
+            tasks,
+            seeds,
+            out,
+            resume,
+        }),
         Some(Command::Bench {
             which:
                 BenchKind::TrainStep {

@@ -20,6 +20,94 @@ pub struct RunArgs {
     pub json: bool,
 }
 
+pub struct TtaArgs {
+    pub suite: String,
+    pub methods: Option<Vec<String>>,
+    pub tasks: Option<Vec<String>>,
+    pub seeds: Option<usize>,
+    pub out: PathBuf,
+    pub resume: bool,
+}
+
+/// The suite file of `name`: a path, or `suites/<name>.toml` of this source tree.
+fn suite_path(name: &str) -> Result<PathBuf> {
+    let as_path = PathBuf::from(name);
+    if as_path.exists() {
+        return Ok(as_path);
+    }
+    let builtin = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("suites")
+        .join(format!("{name}.toml"));
+    if builtin.exists() {
+        return Ok(builtin);
+    }
+    anyhow::bail!(
+        "suite `{name}`: neither a file nor one of {}",
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("suites")
+            .display()
+    )
+}
+
+/// `fluxmoe bench tta`: run a suite's matrix and write its report.
+pub fn bench_tta(args: &TtaArgs) -> Result<()> {
+    let path = suite_path(&args.suite)?;
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
+    let suite = fluxmoe_bench::suite::Suite::parse(&text, &path.display().to_string())?;
+    let needs_wordnet = suite.tasks.iter().any(|t| t.name.starts_with("wordnet"));
+    if needs_wordnet {
+        assets::ensure_wordnet()?;
+    }
+    let resolve = |spec: &str| -> fluxmoe_bench::Result<PathBuf> {
+        resolve_model(spec).map_err(|e| fluxmoe_bench::Error::Suite(format!("{e:#}")))
+    };
+    let mut on_run = |i: usize,
+                      n: usize,
+                      spec: &fluxmoe_bench::suite::RunSpec,
+                      done: Option<&fluxmoe_bench::results::RunResult>| {
+        let key = if spec.variant.is_empty() {
+            spec.method.clone()
+        } else {
+            format!("{}-{}", spec.method, spec.variant)
+        };
+        match done {
+            None => eprintln!(
+                "[{}/{n}] {key} on {} seed {}",
+                i + 1,
+                spec.task.name,
+                spec.seed
+            ),
+            Some(r) => eprintln!(
+                "[{}/{n}] {key}: final {} {:.4}, TTA {}, virtual {:.1} s, measured {:.1} s",
+                i + 1,
+                r.metric,
+                r.final_metric,
+                r.tta_virtual_s
+                    .map_or("not reached".into(), |t| format!("{t:.1} s")),
+                r.virtual_s,
+                r.measured_s
+            ),
+        }
+    };
+    let results = fluxmoe_bench::runner::run_suite(
+        &suite,
+        &text,
+        fluxmoe_bench::runner::RunOptions {
+            out: &args.out,
+            methods: args.methods.as_deref(),
+            tasks: args.tasks.as_deref(),
+            seeds: args.seeds,
+            resume: args.resume,
+            resolve_model: &resolve,
+            on_run: &mut on_run,
+        },
+    )?;
+    let json = serde_json::to_string_pretty(&results)?;
+    std::fs::write(args.out.join("results.json"), json)?;
+    eprintln!("wrote {}", args.out.join("results.json").display());
+    Ok(())
+}
+
 /// `fluxmoe plan`: the budget table of a run config.
 pub fn plan(config: Option<&Path>, json: bool) -> Result<()> {
     let file = match config {
@@ -120,6 +208,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
 /// anything else is a path.
 fn resolve_model(spec: &str) -> Result<PathBuf> {
     match spec {
+        "builtin:tiny-moe" => {
+            let dir = assets::cache_dir()?.join("tiny-moe");
+            if !dir.join("config.json").exists() {
+                std::fs::create_dir_all(dir.parent().unwrap_or(Path::new(".")))?;
+                assets::tiny::build(&dir)?;
+            }
+            Ok(dir)
+        }
         "builtin:smollm2-moe" => {
             let dir = assets::cache_dir()?.join("smollm2-moe-4x-top2");
             if !dir.join("config.json").exists() {
@@ -129,7 +225,7 @@ fn resolve_model(spec: &str) -> Result<PathBuf> {
         }
         other if other.starts_with("builtin:") => {
             anyhow::bail!(
-                "`model.path`: unknown built-in model `{other}` (available: builtin:smollm2-moe)"
+                "`model.path`: unknown built-in model `{other}` (available: builtin:smollm2-moe, builtin:tiny-moe)"
             )
         }
         path => Ok(PathBuf::from(path)),

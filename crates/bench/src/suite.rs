@@ -1,0 +1,336 @@
+//! Suite files (`suites/<name>.toml`, versioned in the repository): the base run config
+//! every run shares, the methods (and ablation variants), the tasks with their target
+//! metric, and the seeds.
+//!
+//! ```toml
+//! name = "smoke"
+//! description = "what it shows"
+//! methods = ["fedavg-full", "flux", "fmd", "fmq", "fmes"]
+//! seeds = [0]
+//!
+//! [[tasks]]
+//! name = "math"
+//! target = 0.05            # the metric value that counts as reached
+//!
+//! [[variants]]             # optional: a method with [method.options] overrides
+//! name = "int8"
+//! method = "flux"
+//! options = { profile_precision = "int8" }
+//!
+//! [base]                   # a run config without `output`; `task.name`,
+//! seed = 0                 # `method.name` and `seed` are set per run
+//! [base.model]
+//! path = "builtin:tiny-moe"
+//! ...
+//! ```
+//!
+//! Every run's config is the base with those keys set, parsed as a `RunFile`, so an
+//! unknown key anywhere is an error naming it.
+
+use std::path::{Path, PathBuf};
+
+use fluxmoe_sim::RunFile;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{io, Error, Result};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskEntry {
+    pub name: String,
+    /// Target metric value (higher is better); `None`: no time-to-accuracy.
+    pub target: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Variant {
+    pub name: String,
+    pub method: String,
+    /// `[method.options]` overrides.
+    #[serde(default)]
+    pub options: toml::Table,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Suite {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub variants: Vec<Variant>,
+    pub tasks: Vec<TaskEntry>,
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    pub base: toml::Table,
+}
+
+fn default_seeds() -> Vec<u64> {
+    vec![0]
+}
+
+/// One cell of the matrix.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunSpec {
+    pub method: String,
+    pub variant: String,
+    pub task: TaskEntry,
+    pub seed: u64,
+    pub config: RunFile,
+    /// Relative folder of this run under the suite's output.
+    pub dir: PathBuf,
+}
+
+/// Folder-safe form of a name (`jsonl-em:/a/b.jsonl` → `jsonl-em_a_b.jsonl`).
+pub fn slug(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let s = s.trim_matches('_').replace("__", "_");
+    if s.is_empty() {
+        "_".into()
+    } else {
+        s
+    }
+}
+
+impl Suite {
+    pub fn parse(text: &str, origin: &str) -> Result<Suite> {
+        let suite: Suite =
+            toml::from_str(text).map_err(|e| Error::Suite(format!("{origin}: {e}")))?;
+        if suite.tasks.is_empty() {
+            return Err(Error::Suite(format!("{origin}: `tasks` is empty")));
+        }
+        if suite.methods.is_empty() && suite.variants.is_empty() {
+            return Err(Error::Suite(format!(
+                "{origin}: name at least one of `methods` or `variants`"
+            )));
+        }
+        if suite.seeds.is_empty() {
+            return Err(Error::Suite(format!("{origin}: `seeds` is empty")));
+        }
+        if suite.base.contains_key("output") {
+            return Err(Error::Suite(format!(
+                "{origin}: `base.output` is set per run; remove it"
+            )));
+        }
+        // Build every run once, so a bad key fails before anything runs.
+        suite.runs(Path::new("."))?;
+        Ok(suite)
+    }
+
+    pub fn load(path: &Path) -> Result<Suite> {
+        let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// `(method, variant label, [method.options] overrides)` of every column.
+    fn columns(&self) -> Vec<(String, String, toml::Table)> {
+        let mut cols: Vec<_> = self
+            .methods
+            .iter()
+            .map(|m| (m.clone(), String::new(), toml::Table::new()))
+            .collect();
+        cols.extend(
+            self.variants
+                .iter()
+                .map(|v| (v.method.clone(), v.name.clone(), v.options.clone())),
+        );
+        cols
+    }
+
+    /// Every run of the matrix, outputs under `out/runs/<task>/<method[-variant]>/seed<k>`,
+    /// keeping only the `methods`/`tasks` filters when given.
+    pub fn runs(&self, out: &Path) -> Result<Vec<RunSpec>> {
+        self.runs_filtered(out, None, None)
+    }
+
+    pub fn runs_filtered(
+        &self,
+        out: &Path,
+        methods: Option<&[String]>,
+        tasks: Option<&[String]>,
+    ) -> Result<Vec<RunSpec>> {
+        let mut specs = Vec::new();
+        for task in &self.tasks {
+            if tasks.is_some_and(|t| !t.contains(&task.name)) {
+                continue;
+            }
+            for (method, variant, options) in self.columns() {
+                let key = if variant.is_empty() {
+                    method.clone()
+                } else {
+                    format!("{method}-{variant}")
+                };
+                if methods.is_some_and(|m| !m.contains(&method) && !m.contains(&key)) {
+                    continue;
+                }
+                for &seed in &self.seeds {
+                    let dir = PathBuf::from("runs")
+                        .join(slug(&task.name))
+                        .join(slug(&key))
+                        .join(format!("seed{seed}"));
+                    let config = self.config(&method, &options, task, seed, &out.join(&dir))?;
+                    specs.push(RunSpec {
+                        method: method.clone(),
+                        variant: variant.clone(),
+                        task: task.clone(),
+                        seed,
+                        config,
+                        dir,
+                    });
+                }
+            }
+        }
+        Ok(specs)
+    }
+
+    fn config(
+        &self,
+        method: &str,
+        options: &toml::Table,
+        task: &TaskEntry,
+        seed: u64,
+        output: &Path,
+    ) -> Result<RunFile> {
+        let mut t = self.base.clone();
+        t.insert("seed".into(), toml::Value::Integer(seed as i64));
+        t.insert(
+            "output".into(),
+            toml::Value::String(output.display().to_string()),
+        );
+        let section = |t: &mut toml::Table, name: &str| -> Result<toml::Table> {
+            match t.remove(name) {
+                None => Ok(toml::Table::new()),
+                Some(toml::Value::Table(s)) => Ok(s),
+                Some(_) => Err(Error::Suite(format!("`base.{name}` must be a table"))),
+            }
+        };
+        let mut task_t = section(&mut t, "task")?;
+        task_t.insert("name".into(), toml::Value::String(task.name.clone()));
+        t.insert("task".into(), toml::Value::Table(task_t));
+        let mut method_t = section(&mut t, "method")?;
+        method_t.insert("name".into(), toml::Value::String(method.to_string()));
+        if !options.is_empty() {
+            let mut opts = match method_t.remove("options") {
+                Some(toml::Value::Table(o)) => o,
+                _ => toml::Table::new(),
+            };
+            for (k, v) in options {
+                opts.insert(k.clone(), v.clone());
+            }
+            method_t.insert("options".into(), toml::Value::Table(opts));
+        }
+        t.insert("method".into(), toml::Value::Table(method_t));
+        if let Some(target) = task.target {
+            let mut target_t = section(&mut t, "target")?;
+            target_t.insert("value".into(), toml::Value::Float(target));
+            t.insert("target".into(), toml::Value::Table(target_t));
+        }
+        let text = toml::to_string(&t).map_err(|e| Error::Suite(e.to_string()))?;
+        RunFile::from_toml(
+            &text,
+            &format!("suite `{}` run {method} on {}", self.name, task.name),
+        )
+        .map_err(|e| Error::Suite(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUITE: &str = r#"
+name = "t"
+methods = ["fedavg-full", "flux"]
+seeds = [1, 2]
+[[tasks]]
+name = "jsonl-em:/data/x.jsonl"
+target = 0.5
+[[tasks]]
+name = "math"
+[[variants]]
+name = "int8"
+method = "flux"
+options = { profile_precision = "int8" }
+[base]
+[base.model]
+path = "m"
+[base.task]
+max_len = 32
+[base.partition]
+participants = 4
+[base.rounds]
+rounds = 2
+per_round = 2
+[base.method.options]
+pca_dim = 8
+"#;
+
+    #[test]
+    fn the_matrix_sets_task_method_seed_target_and_variant_options() {
+        let s = Suite::parse(SUITE, "t.toml").unwrap();
+        let runs = s.runs(Path::new("/out")).unwrap();
+        assert_eq!(runs.len(), 2 * 3 * 2);
+        let r = runs
+            .iter()
+            .find(|r| r.variant == "int8" && r.seed == 2 && r.task.name == "math")
+            .unwrap();
+        assert_eq!(r.config.method.name, "flux");
+        assert_eq!(r.config.seed, 2);
+        assert_eq!(r.config.method.options.pca_dim, 8, "base options kept");
+        assert_eq!(
+            r.config.method.options.profile_precision,
+            fluxmoe_flux::profile::Precision::Int8
+        );
+        assert!(r.config.target.is_none(), "math has no target");
+        assert_eq!(r.dir, PathBuf::from("runs/math/flux-int8/seed2"));
+        let j = &runs[0];
+        assert_eq!(j.config.target.as_ref().unwrap().value, 0.5);
+        assert_eq!(
+            j.dir,
+            PathBuf::from("runs/jsonl-em_data_x.jsonl/fedavg-full/seed1")
+        );
+        assert_eq!(j.config.output, PathBuf::from("/out").join(&j.dir));
+        let only = s
+            .runs_filtered(
+                Path::new("/o"),
+                Some(&["flux-int8".into()]),
+                Some(&["math".into()]),
+            )
+            .unwrap();
+        assert_eq!(only.len(), 2);
+    }
+
+    #[test]
+    fn bad_suites_are_errors_naming_the_problem() {
+        let bad = SUITE.replace("pca_dim = 8", "pca_dimm = 8");
+        let err = Suite::parse(&bad, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("pca_dimm"), "{err}");
+        let bad = SUITE.replace("seeds = [1, 2]", "seeds = []");
+        assert!(Suite::parse(&bad, "t.toml")
+            .unwrap_err()
+            .to_string()
+            .contains("seeds"));
+        let bad = SUITE.replace("name = \"t\"", "name = \"t\"\nrepeats = 3");
+        assert!(Suite::parse(&bad, "t.toml")
+            .unwrap_err()
+            .to_string()
+            .contains("repeats"));
+        let bad = SUITE.replace("\"flux\"]", "\"fluxx\"]");
+        assert!(Suite::parse(&bad, "t.toml")
+            .unwrap_err()
+            .to_string()
+            .contains("fluxx"));
+    }
+}

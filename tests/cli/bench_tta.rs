@@ -1,0 +1,72 @@
+//! `fluxmoe bench tta --suite smoke`: the whole benchmark pipeline on the tiny built-in
+//! model, every method on two real tasks; `--resume` reuses finished runs.
+
+use super::{fluxmoe_env, stderr};
+
+#[test]
+fn smoke_suite_runs_every_method_and_resumes_without_rerunning() {
+    if !std::path::Path::new(fluxmoe_data::tasks::wordnet::DEFAULT_DIR).exists() {
+        eprintln!("skipped: WordNet is not installed (apt-get install wordnet-base)");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let out = tmp.path().join("smoke");
+    let args = [
+        "bench",
+        "tta",
+        "--suite",
+        "smoke",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let o = fluxmoe_env(&args, &[("FLUXMOE_CACHE", cache.to_str().unwrap())]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let runs = results["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 10, "5 methods x 2 tasks");
+    for method in ["fedavg-full", "flux", "fmd", "fmq", "fmes"] {
+        let r: Vec<_> = runs.iter().filter(|r| r["method"] == method).collect();
+        assert_eq!(r.len(), 2, "{method}");
+        for run in r {
+            assert_eq!(
+                run["curve"].as_array().unwrap().len(),
+                4,
+                "initial + 3 rounds"
+            );
+            assert!(run["virtual_s"].as_f64().unwrap() > 0.0);
+        }
+    }
+    // FLUX records roles and activations; its profiling shows in the phase breakdown.
+    let flux = runs.iter().find(|r| r["method"] == "flux").unwrap();
+    assert!(!flux["roles"].as_array().unwrap().is_empty());
+    assert!(!flux["activation"].as_array().unwrap().is_empty());
+    let fmd = runs.iter().find(|r| r["method"] == "fmd").unwrap();
+    assert!(
+        fmd["phases"]["pcie"].as_f64().unwrap() > 0.0,
+        "offloading moves bytes"
+    );
+
+    // Resume: nothing is rerun, so no run's metrics file is rewritten.
+    let metrics = out.join("runs/math/flux/seed0/metrics.jsonl");
+    let before = std::fs::metadata(&metrics).unwrap().modified().unwrap();
+    let mut resumed = args.to_vec();
+    resumed.push("--resume");
+    let o = fluxmoe_env(&resumed, &[("FLUXMOE_CACHE", cache.to_str().unwrap())]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::metadata(&metrics).unwrap().modified().unwrap(),
+        before
+    );
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(again["runs"], results["runs"]);
+}
+
+#[test]
+fn an_unknown_suite_is_an_error_naming_it() {
+    let o = super::fluxmoe(&["bench", "tta", "--suite", "nope", "--out", "/tmp/x-nope"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("suite `nope`"), "{}", stderr(&o));
+}
