@@ -334,3 +334,25 @@ pca_dim = 8
             .contains("fluxx"));
     }
 }
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+
+    /// Every suite in the repository's `suites/` parses and builds its whole matrix.
+    #[test]
+    fn every_shipped_suite_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../suites");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let suite = Suite::load(&path).unwrap();
+                assert!(!suite.runs(Path::new("/o")).unwrap().is_empty());
+                names.push(suite.name);
+            }
+        }
+        names.sort();
+        assert_eq!(names, ["ablations", "smoke", "standard"]);
+    }
+}
