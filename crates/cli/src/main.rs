@@ -64,8 +64,11 @@ enum Command {
     /// tune, merged slots), before running it.
     Plan {
         /// Run config (default: the built-in quickstart).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "suite")]
         config: Option<PathBuf>,
+        /// Or a benchmark suite (name or file): its base config with the `flux` method.
+        #[arg(long)]
+        suite: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -368,7 +371,11 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("wrote {} (global model after round {round})", out.display());
             Ok(())
         }
-        Some(Command::Plan { config, json }) => run::plan(config.as_deref(), json),
+        Some(Command::Plan {
+            config,
+            suite,
+            json,
+        }) => run::plan(config.as_deref(), suite.as_deref(), json),
         Some(Command::Logits { model, ids, out }) => {
             logits::run(&load(&model)?.checkpoint, &ids, &out)
         }

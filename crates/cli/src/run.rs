@@ -109,10 +109,22 @@ pub fn bench_tta(args: &TtaArgs) -> Result<()> {
 }
 
 /// `fluxmoe plan`: the budget table of a run config.
-pub fn plan(config: Option<&Path>, json: bool) -> Result<()> {
-    let file = match config {
-        Some(path) => RunFile::load(path)?,
-        None => RunFile::quickstart()?,
+pub fn plan(config: Option<&Path>, suite: Option<&str>, json: bool) -> Result<()> {
+    let file = match (config, suite) {
+        (Some(path), _) => RunFile::load(path)?,
+        (None, Some(name)) => {
+            let path = suite_path(name)?;
+            let suite = fluxmoe_bench::suite::Suite::load(&path)?;
+            let mut flux = suite.clone();
+            flux.methods = vec!["flux".into()];
+            flux.variants.clear();
+            let runs = flux.runs(Path::new("."))?;
+            runs.into_iter()
+                .next()
+                .map(|r| r.config)
+                .context("the suite has no runs")?
+        }
+        (None, None) => RunFile::quickstart()?,
     };
     let model_path = resolve_model(&file.model.path)?;
     let report = fluxmoe_sim::plan::plan(&file, &model_path)?;
