@@ -79,6 +79,8 @@ pub struct FluxOptions {
     pub selection: Selection,
     pub exploration: Exploration,
     pub zo_sigma: f64,
+    /// Train only on the local samples routed to a tuning expert (METHOD.md step 6).
+    pub data_selection: bool,
     pub tuning_factor: f64,
     /// Runtime overhead held on every device (framework, kernels, allocator), MiB.
     pub overhead_mib: f64,
@@ -105,6 +107,7 @@ impl Default for FluxOptions {
             selection: Selection::EpsilonGreedy,
             exploration: Exploration::ZerothOrder,
             zo_sigma: 1e-3,
+            data_selection: false,
             tuning_factor: MemoryModel::default().tuning_factor,
             overhead_mib: 256.0,
         }
@@ -180,6 +183,9 @@ pub struct Plan {
     pub merge: MergeOptions,
     pub exploration: Exploration,
     pub zo_sigma: f64,
+    /// Train only on samples routed to a tuned expert.
+    #[serde(default)]
+    pub data_selection: bool,
     pub seed: u64,
 }
 
@@ -388,6 +394,7 @@ impl ExpertStrategy {
             merge: self.opts.merge(),
             exploration: self.opts.exploration,
             zo_sigma: self.opts.zo_sigma,
+            data_selection: self.method == Method::Flux && self.opts.data_selection,
             seed,
         };
         match self.method {

@@ -213,11 +213,57 @@ impl ModelParticipant {
         let mut opt = AdamW::new(params.trainable(), t.adamw)?;
         let stream = u64::from(self.id.0) << 16;
         let mut rng = rand::rngs::StdRng::seed_from_u64(derive_seed(t.seed, ins.round, stream));
+        // Data selection (FLUX option): train only on samples with a token routed to
+        // a tuned expert, found by one forward pass of the customised model.
+        let mut pool: Vec<usize> = (0..self.shard.len()).collect();
+        let mut selection_tokens = 0usize;
+        if plan.data_selection && !tuned.is_empty() {
+            let wanted: BTreeSet<ExpertId> = tuned.iter().copied().collect();
+            let mut kept = Vec::new();
+            for chunk in pool.chunks(t.batch_size.max(1)) {
+                let items: Vec<Encoded> = chunk.iter().map(|&i| self.shard[i].clone()).collect();
+                let b = to_batch(&items, t.pad_id)?;
+                selection_tokens += b.input_ids.elem_count();
+                let (_, traces) =
+                    model.forward_hidden(&b.input_ids, b.attention_mask.as_ref(), true)?;
+                let mask: Vec<Vec<u32>> = b
+                    .attention_mask
+                    .as_ref()
+                    .map(|m| m.to_vec2())
+                    .transpose()?
+                    .unwrap_or_default();
+                let width = mask.first().map_or(0, Vec::len);
+                let mut hit = vec![false; chunk.len()];
+                for trace in &traces {
+                    let idx: Vec<Vec<u32>> = trace.routing.topk_idx.to_vec2()?;
+                    for (row, h) in hit.iter_mut().enumerate() {
+                        for pos in 0..width {
+                            if mask[row][pos] != 0
+                                && idx[row * width + pos].iter().any(|&e| {
+                                    wanted.contains(&ExpertId {
+                                        layer: trace.layer,
+                                        expert: e as usize,
+                                    })
+                                })
+                            {
+                                *h = true;
+                            }
+                        }
+                    }
+                }
+                kept.extend(chunk.iter().zip(hit).filter(|(_, h)| *h).map(|(&i, _)| i));
+            }
+            if kept.is_empty() {
+                tracing::warn!(participant = %self.id, "no sample reaches a tuned expert; training on all");
+            } else {
+                pool = kept;
+            }
+        }
         let mut steps = Vec::with_capacity(t.local_steps);
         let mut last_items = Vec::new();
         for _ in 0..t.local_steps {
-            let items: Vec<Encoded> = (0..t.batch_size.min(self.shard.len()))
-                .map(|_| self.shard[rng.gen_range(0..self.shard.len())].clone())
+            let items: Vec<Encoded> = (0..t.batch_size.min(pool.len()))
+                .map(|_| self.shard[pool[rng.gen_range(0..pool.len())]].clone())
                 .collect();
             let samples = items
                 .iter()
@@ -312,7 +358,7 @@ impl ModelParticipant {
         };
         let cost = WorkCost {
             flops: 6.0 * t.active_params * outcome.tokens as f64
-                + 2.0 * t.active_params * zo_tokens as f64
+                + 2.0 * t.active_params * (zo_tokens + selection_tokens) as f64
                 + customised.flops
                 + requant_flops,
             quant_flops: 0.0,
@@ -325,6 +371,7 @@ impl ModelParticipant {
             ("tuned_experts".to_string(), plan.roles.tuning.len() as f64),
             ("explorers".to_string(), plan.roles.exploration.len() as f64),
             ("merged_experts".to_string(), customised.merged as f64),
+            ("train_pool".to_string(), pool.len() as f64),
         ]);
         if let Some((total, quant)) = self.last_profile_error.get() {
             metrics.insert("profile_error".to_string(), total);
