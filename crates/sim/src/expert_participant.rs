@@ -356,6 +356,11 @@ impl ModelParticipant {
         } else {
             0.0
         };
+        // FMQ stores and ships its experts quantized: bytes at the quantized width.
+        let scale = |bytes: u64| match plan.requantize {
+            Some(p) => (bytes as f64 * p.bits() / 32.0).ceil() as u64,
+            None => bytes,
+        };
         let cost = WorkCost {
             flops: 6.0 * t.active_params * outcome.tokens as f64
                 + 2.0 * t.active_params * (zo_tokens + selection_tokens) as f64
@@ -363,8 +368,8 @@ impl ModelParticipant {
                 + requant_flops,
             quant_flops: 0.0,
             pcie_bytes: plan.pcie_bytes_per_step * steps_n,
-            up_bytes: tensors_bytes(deltas.values()),
-            down_bytes: tensors_bytes(used),
+            up_bytes: scale(tensors_bytes(deltas.values())),
+            down_bytes: scale(tensors_bytes(used)),
         };
         let mut metrics = BTreeMap::from([
             ("train_loss".to_string(), outcome.loss),
