@@ -5,6 +5,7 @@
 //! self-contained `report.html`.
 
 pub mod error;
+pub mod report;
 pub mod results;
 
 pub use error::{Error, Result};
