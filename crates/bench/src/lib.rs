@@ -9,3 +9,4 @@ pub mod report;
 pub mod results;
 
 pub use error::{Error, Result};
+pub use report::{write_report, ReportFiles};
