@@ -5,8 +5,10 @@
 //! self-contained `report.html`.
 
 pub mod error;
+pub mod report;
 pub mod results;
 pub mod runner;
 pub mod suite;
 
 pub use error::{Error, Result};
+pub use report::{write_report, ReportFiles};
