@@ -48,6 +48,31 @@ fn smoke_suite_runs_every_method_and_resumes_without_rerunning() {
         "offloading moves bytes"
     );
 
+    // The report: tables, CSV, plots as SVG and PNG, one self-contained page.
+    for f in [
+        "results.csv",
+        "tables.md",
+        "report.html",
+        "phases.svg",
+        "phases.png",
+    ] {
+        let len = std::fs::metadata(out.join(f)).map(|m| m.len()).unwrap_or(0);
+        assert!(len > 100, "{f}: {len} bytes");
+    }
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 11, "header + 10 runs");
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(
+        html.contains("<svg") && !html.contains("src=\"http"),
+        "inline, offline"
+    );
+    let pngs: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "png"))
+        .collect();
+    assert!(pngs.len() >= 5, "curves, phases, heatmaps, roles: {pngs:?}");
+
     // Resume: nothing is rerun, so no run's metrics file is rewritten.
     let metrics = out.join("runs/math/flux/seed0/metrics.jsonl");
     let before = std::fs::metadata(&metrics).unwrap().modified().unwrap();

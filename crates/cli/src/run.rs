@@ -102,9 +102,16 @@ pub fn bench_tta(args: &TtaArgs) -> Result<()> {
             on_run: &mut on_run,
         },
     )?;
-    let json = serde_json::to_string_pretty(&results)?;
-    std::fs::write(args.out.join("results.json"), json)?;
-    eprintln!("wrote {}", args.out.join("results.json").display());
+    let files = fluxmoe_bench::write_report(&results, &args.out)?;
+    print!(
+        "{}",
+        std::fs::read_to_string(&files.tables_md).unwrap_or_default()
+    );
+    eprintln!(
+        "wrote {} ({} files; results.csv, results.json, tables.md, plots)",
+        files.report_html.display(),
+        files.all().len()
+    );
     Ok(())
 }
 
