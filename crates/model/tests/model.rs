@@ -244,6 +244,7 @@ fn ffn_inputs_are_the_post_attention_norm_output_the_router_reads() {
                 .params
                 .tensor(&router_keys(ck.config.arch, router, trace.layer)[0])
                 .unwrap();
+            assert_eq!(max_abs_diff(&trace.moe_input, &inputs[trace.layer]), 0.0);
             let want = inputs[trace.layer].matmul(&gate.t().unwrap()).unwrap();
             assert!(max_abs_diff(&trace.routing.router_logits, &want) < 1e-5);
         }
