@@ -1,16 +1,21 @@
 //! Turning a dense Llama model into a Mixtral-format MoE.
 //!
-//! [`sparse`] (**sparse upcycling**): every expert is a copy of the dense FFN and the
-//! router is small and random, so the MoE starts as the dense model.
+//! Two recipes share the output format:
+//! - [`sparse`] (**sparse upcycling**): every expert is a copy of the dense FFN and the
+//!   router is small and random, so the MoE starts as the dense model.
+//! - [`btx`] (**Branch-Train-MiX**): expert `e` is the dense FFN fine-tuned on domain
+//!   `e`, and the router starts from the domains' mean FFN inputs, then trains alone.
 //!
-//! Recipes keep every non-FFN tensor of the dense model (embeddings, attention, norms,
+//! Both keep every non-FFN tensor of the dense model (embeddings, attention, norms,
 //! head) as it is, write layer `l`'s expert `e` and router under transformers'
 //! `MixtralForCausalLM` key names, and describe the result with a Mixtral
 //! `config.json`, so HF tools load it as is. The `fluxmoe_upcycle` entry of that
 //! config records the recipe and its settings.
 
+pub mod btx;
 pub mod sparse;
 
+pub use btx::{btx_upcycle, BtxOutput, BtxReport, BtxSpec, DomainData, DomainReport};
 pub use sparse::{sparse_upcycle, SparseUpcycle};
 
 use candle_core::Tensor;
