@@ -65,3 +65,57 @@ fn upcycled_fixture_gives_the_dense_logits_through_the_binary() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("dense llama"), "{}", stderr(&o));
 }
+
+#[test]
+fn btx_refuses_a_domain_list_that_does_not_match_the_experts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("moe");
+    let dense = fixture("llama");
+    let upcycle = |extra: &[&str]| {
+        let mut args = vec![
+            "upcycle",
+            "--from",
+            dense.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        fluxmoe(&args)
+    };
+    let o = upcycle(&["--method", "btx", "--experts", "4", "--domains", "sotu,kjv"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains("--domains lists 2 corpora (sotu,kjv) but --experts is 4"),
+        "{err}"
+    );
+    let o = upcycle(&[
+        "--method",
+        "btx",
+        "--experts",
+        "2",
+        "--domains",
+        "sotu,bible",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("unknown corpus `bible`"),
+        "{}",
+        stderr(&o)
+    );
+    let o = upcycle(&["--method", "btx", "--experts", "2", "--domains", "kjv,kjv"]);
+    assert!(
+        stderr(&o).contains("`kjv` is listed twice"),
+        "{}",
+        stderr(&o)
+    );
+    let o = upcycle(&["--method", "btx", "--experts", "2"]);
+    assert!(stderr(&o).contains("needs --domains"), "{}", stderr(&o));
+    let o = upcycle(&["--method", "sparse", "--domains", "kjv,sotu"]);
+    assert!(
+        stderr(&o).contains("only applies to --method btx"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists(), "nothing is written on bad input");
+}

@@ -15,7 +15,7 @@ mod upcycle;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Parser, Subcommand};
 use fluxmoe_model::sampling::SamplingConfig;
@@ -123,11 +123,42 @@ enum Command {
         experts: usize,
         #[arg(long, default_value_t = 2)]
         top_k: usize,
-        /// Standard deviation of the random router initialisation.
+        /// sparse: standard deviation of the random router initialisation.
         #[arg(long, default_value_t = 0.02)]
         router_std: f64,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// btx: one training corpus per expert, comma-separated, in expert order
+        /// (sotu, moby, kjv, fortunes, wordnet, math).
+        #[arg(long)]
+        domains: Option<String>,
+        /// btx: AdamW steps of each expert on its domain.
+        #[arg(long, default_value_t = 100)]
+        steps: usize,
+        /// btx: AdamW steps of the routers alone on a round-robin mix of the domains.
+        #[arg(long, default_value_t = 50)]
+        router_steps: usize,
+        /// btx: tokens per training window.
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        /// btx: windows per batch.
+        #[arg(long, default_value_t = 4)]
+        batch: usize,
+        /// btx: learning rate of the expert training.
+        #[arg(long, default_value_t = 1e-4)]
+        lr: f64,
+        /// btx: learning rate of the router training (default: --lr).
+        #[arg(long)]
+        router_lr: Option<f64>,
+        /// btx: windows per domain whose dense FFN inputs initialise the router.
+        #[arg(long, default_value_t = 8)]
+        probe_windows: usize,
+        /// btx: root-mean-square of the initial router logits.
+        #[arg(long, default_value_t = 1.0)]
+        router_logit_rms: f64,
+        /// btx: the corpora folder (default: <cache>/corpora).
+        #[arg(long)]
+        corpora_dir: Option<PathBuf>,
         #[arg(long)]
         out: PathBuf,
     },
@@ -205,6 +236,9 @@ enum NormArg {
 enum UpcycleMethod {
     /// Every expert a copy of the dense FFN; equals the dense model at initialisation.
     Sparse,
+    /// Branch-Train-MiX: expert e is the dense FFN fine-tuned on domain e, the router
+    /// starts from the domains' mean FFN inputs and then trains alone.
+    Btx,
 }
 
 #[derive(Subcommand)]
@@ -408,21 +442,59 @@ fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Upcycle {
             from,
-            method: UpcycleMethod::Sparse,
+            method,
             experts,
             top_k,
             router_std,
             seed,
+            domains,
+            steps,
+            router_steps,
+            seq,
+            batch,
+            lr,
+            router_lr,
+            probe_windows,
+            router_logit_rms,
+            corpora_dir,
             out,
-        }) => {
-            let spec = fluxmoe_model::upcycle::SparseUpcycle {
-                n_experts: experts,
-                top_k,
-                router_std,
-                seed,
-            };
-            upcycle::run(&load(&from)?, &spec, &out)
-        }
+        }) => match method {
+            UpcycleMethod::Sparse => {
+                if domains.is_some() {
+                    bail!("--domains only applies to --method btx");
+                }
+                let spec = fluxmoe_model::upcycle::SparseUpcycle {
+                    n_experts: experts,
+                    top_k,
+                    router_std,
+                    seed,
+                };
+                upcycle::run_sparse(&load(&from)?, &spec, &out)
+            }
+            UpcycleMethod::Btx => {
+                let domains = domains.context(
+                    "--method btx needs --domains, one corpus per expert (e.g. sotu,kjv,wordnet,math)",
+                )?;
+                // Checked before loading anything, so a typo costs nothing.
+                let domains = upcycle::parse_domains(&domains, experts)?;
+                let args = upcycle::BtxArgs {
+                    domains,
+                    n_experts: experts,
+                    top_k,
+                    steps,
+                    router_steps,
+                    seq,
+                    batch,
+                    lr,
+                    router_lr: router_lr.unwrap_or(lr),
+                    probe_windows,
+                    router_logit_rms,
+                    seed,
+                    corpora_dir,
+                };
+                upcycle::run_btx(&load(&from)?, &args, &out)
+            }
+        },
         Some(Command::Eval {
             model,
             task,

@@ -1,24 +1,188 @@
 //! `fluxmoe upcycle`: a dense Llama model (folder or GGUF) → a Mixtral-format MoE folder.
+//!
+//! `--method sparse` copies the dense FFN into every expert
+//! (`fluxmoe_model::upcycle::sparse`). `--method btx` (Branch-Train-MiX,
+//! `fluxmoe_model::upcycle::btx`) trains one expert per domain corpus: this module
+//! loads each corpus of `--domains` (fetching it on first use), keeps its training
+//! split (the documents `eval-loss` does not hold out), shuffles those documents with
+//! the seed, tokenises them in that order joined by blank lines until enough tokens
+//! are collected, and cuts them into non-overlapping windows of `--seq` ids; the model
+//! crate does the rest.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use fluxmoe_data::corpora::{self, token_stream, windows_of_ids, CorpusKind, HELD_OUT_EVERY};
+use fluxmoe_data::LoadOptions;
 use fluxmoe_model::source::save_tokenizer_files;
-use fluxmoe_model::upcycle::{sparse_upcycle, SparseUpcycle};
-use fluxmoe_model::{checkpoint, LoadedModel};
+use fluxmoe_model::upcycle::{btx_upcycle, sparse_upcycle, BtxSpec, DomainData, SparseUpcycle};
+use fluxmoe_model::{checkpoint, Checkpoint, LoadedModel};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
 
-pub fn run(dense: &LoadedModel, spec: &SparseUpcycle, out: &Path) -> Result<()> {
+use crate::assets;
+
+pub fn run_sparse(dense: &LoadedModel, spec: &SparseUpcycle, out: &Path) -> Result<()> {
     let moe = sparse_upcycle(&dense.checkpoint, spec)?;
-    checkpoint::save_dir(out, &moe.config_json, &moe.params, &moe.layout)
-        .with_context(|| format!("writing {}", out.display()))?;
-    if let Some(tok) = &dense.tokenizer {
-        save_tokenizer_files(out, tok, &dense.eos_ids, dense.chat_template.as_deref())?;
-    }
+    save(dense, &moe, out)?;
     eprintln!(
         "wrote {} ({} experts, top-{}, sparse upcycling)",
         out.display(),
         spec.n_experts,
         spec.top_k
     );
+    Ok(())
+}
+
+/// The `--method btx` options.
+pub struct BtxArgs {
+    /// One corpus per expert, in expert order.
+    pub domains: Vec<CorpusKind>,
+    pub n_experts: usize,
+    pub top_k: usize,
+    pub steps: usize,
+    pub router_steps: usize,
+    pub seq: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub router_lr: f64,
+    pub probe_windows: usize,
+    pub router_logit_rms: f64,
+    pub seed: u64,
+    /// The corpora root (default `<cache>/corpora`); missing corpora are fetched into it.
+    pub corpora_dir: Option<PathBuf>,
+}
+
+/// Parses `--domains`: comma-separated corpus names, each once, one per expert.
+pub fn parse_domains(spec: &str, n_experts: usize) -> Result<Vec<CorpusKind>> {
+    let mut kinds = Vec::new();
+    for name in spec.split(',').map(str::trim) {
+        let kind = CorpusKind::from_name(name).with_context(|| {
+            let known: Vec<&str> = CorpusKind::ALL.iter().map(|k| k.name()).collect();
+            format!(
+                "--domains: unknown corpus `{name}`, expected some of {}",
+                known.join(",")
+            )
+        })?;
+        if kinds.contains(&kind) {
+            bail!("--domains: `{name}` is listed twice; every expert needs its own domain");
+        }
+        kinds.push(kind);
+    }
+    if kinds.len() != n_experts {
+        bail!(
+            "--domains lists {} corpora ({spec}) but --experts is {n_experts}: btx trains one expert per domain",
+            kinds.len()
+        );
+    }
+    Ok(kinds)
+}
+
+pub fn run_btx(dense: &LoadedModel, args: &BtxArgs, out: &Path) -> Result<()> {
+    if args.seq < 2 {
+        bail!("--seq must be at least 2, got {}", args.seq);
+    }
+    if args.batch == 0 {
+        bail!("--batch must be at least 1, got 0");
+    }
+    let started = Instant::now();
+    let tokenizer = dense
+        .tokenizer
+        .as_ref()
+        .context("btx tokenises the domain corpora, but the model has no tokenizer")?;
+    let root = match &args.corpora_dir {
+        Some(dir) => dir.clone(),
+        None => assets::corpora::default_root()?,
+    };
+    // Enough windows that no window repeats within the expert or the router phase.
+    let n_windows = (args.steps * args.batch)
+        .max((args.router_steps * args.batch).div_ceil(args.n_experts))
+        .max(args.probe_windows)
+        .max(1);
+    let mut domains = Vec::with_capacity(args.domains.len());
+    for (idx, &kind) in args.domains.iter().enumerate() {
+        let dir = assets::corpora::ensure(kind, &root)?;
+        let loaded = corpora::load_dir(kind, &dir, LoadOptions::STRICT)?;
+        let mut docs = loaded.corpus.split(HELD_OUT_EVERY)?.train.documents;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed ^ ((idx as u64) << 32));
+        docs.shuffle(&mut rng);
+        let ids = token_stream(tokenizer, &docs, n_windows * args.seq)?;
+        let windows = windows_of_ids(&ids, args.seq, args.seq)?;
+        if windows.is_empty() {
+            bail!(
+                "corpus `{}`: its training split has {} tokens, fewer than one window of {}",
+                kind.name(),
+                ids.len(),
+                args.seq
+            );
+        }
+        if windows.len() < n_windows {
+            tracing::warn!(
+                "corpus `{}`: {} training windows, fewer than the {n_windows} the steps use; some repeat",
+                kind.name(),
+                windows.len()
+            );
+        }
+        tracing::info!(
+            "btx: expert {idx} trains on `{}`: {} windows of {} tokens",
+            kind.name(),
+            windows.len(),
+            args.seq
+        );
+        domains.push(DomainData {
+            name: kind.name().to_string(),
+            windows,
+        });
+    }
+    let spec = BtxSpec {
+        n_experts: args.n_experts,
+        top_k: args.top_k,
+        expert_steps: args.steps,
+        router_steps: args.router_steps,
+        batch_size: args.batch,
+        expert_lr: args.lr,
+        router_lr: args.router_lr,
+        max_grad_norm: 1.0,
+        probe_windows: args.probe_windows,
+        router_logit_rms: args.router_logit_rms,
+        seed: args.seed,
+    };
+    let res = btx_upcycle(&dense.checkpoint, &domains, &spec)?;
+    save(dense, &res.checkpoint, out)?;
+    println!(
+        "per domain, on its {} probe windows (training split): loss, and share of (token, layer) pairs routed first to its expert",
+        args.probe_windows
+    );
+    println!(
+        "{:<10} {:>11} {:>11} {:>12} {:>12}",
+        "domain", "dense loss", "expert loss", "own (init)", "own (final)"
+    );
+    for r in &res.report.domains {
+        println!(
+            "{:<10} {:>11.4} {:>11.4} {:>12.3} {:>12.3}",
+            r.name, r.dense_loss, r.expert_loss, r.own_expert_share_init, r.own_expert_share_final
+        );
+    }
+    if let Some((first, last)) = res.report.router_loss {
+        println!("router training loss {first:.4} -> {last:.4}");
+    }
+    eprintln!(
+        "wrote {} ({} experts, top-{}, Branch-Train-MiX) in {:.0} s",
+        out.display(),
+        args.n_experts,
+        args.top_k,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Writes the checkpoint and the dense model's tokenizer files.
+fn save(dense: &LoadedModel, moe: &Checkpoint, out: &Path) -> Result<()> {
+    checkpoint::save_dir(out, &moe.config_json, &moe.params, &moe.layout)
+        .with_context(|| format!("writing {}", out.display()))?;
+    if let Some(tok) = &dense.tokenizer {
+        save_tokenizer_files(out, tok, &dense.eos_ids, dense.chat_template.as_deref())?;
+    }
     Ok(())
 }

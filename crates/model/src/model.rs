@@ -218,7 +218,7 @@ impl MoeModel {
         record: bool,
         cache: Option<&mut ModelCache>,
     ) -> Result<ForwardOutput> {
-        let (hidden, traces) = self.run_hidden(input_ids, attention_mask, record, cache)?;
+        let (hidden, traces) = self.run_hidden(input_ids, attention_mask, record, cache, None)?;
         let logits = self.lm_head.forward(&hidden)?;
         Ok(ForwardOutput { logits, traces })
     }
@@ -230,7 +230,20 @@ impl MoeModel {
         attention_mask: Option<&Tensor>,
         record: bool,
     ) -> Result<(Tensor, Vec<LayerTrace>)> {
-        self.run_hidden(input_ids, attention_mask, record, None)
+        self.run_hidden(input_ids, attention_mask, record, None, None)
+    }
+
+    /// The input of every decoder layer's FFN, in layer order: the post-attention
+    /// RMSNorm output `[B * T, hidden]` (rows in `(batch, position)` order), which is
+    /// what a dense MLP or an MoE block and its router read.
+    pub fn ffn_inputs(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+    ) -> Result<Vec<Tensor>> {
+        let mut res = Vec::with_capacity(self.layers.len());
+        self.run_hidden(input_ids, attention_mask, false, None, Some(&mut res))?;
+        Ok(res)
     }
 
     /// `log p(input_ids[b, t+1] | ..t)` for every target position, i.e. every `(b, t+1)`
@@ -297,6 +310,7 @@ impl MoeModel {
         attention_mask: Option<&Tensor>,
         record: bool,
         mut cache: Option<&mut ModelCache>,
+        mut ffn_inputs: Option<&mut Vec<Tensor>>,
     ) -> Result<(Tensor, Vec<LayerTrace>)> {
         let (b, t) = input_ids.dims2().map_err(|_| {
             Error::Input(format!(
@@ -356,6 +370,9 @@ impl MoeModel {
                     .forward(&layer.input_norm.forward(&x)?, &inputs, layer_cache)?;
             let hres = (x + a)?;
             let normed = layer.post_norm.forward(&hres)?.reshape((b * t, ()))?;
+            if let Some(inputs) = ffn_inputs.as_deref_mut() {
+                inputs.push(normed.clone());
+            }
             let f = match &layer.ffn {
                 FfnLayer::Dense(mlp) => mlp.forward(&normed)?,
                 FfnLayer::Moe(moe) => {

@@ -206,3 +206,47 @@ fn loss_mask_restricts_the_mean_to_marked_targets() {
     let none = Tensor::zeros((1, 8), candle_core::DType::U32, &Device::Cpu).unwrap();
     assert!(causal_lm_loss(&logits, &x, Some(&none)).is_err());
 }
+
+#[test]
+fn ffn_inputs_are_the_post_attention_norm_output_the_router_reads() {
+    for arch in ["llama", "mixtral"] {
+        let ck = load(arch);
+        let model = MoeModel::new(&ck.config, &ck.params).unwrap();
+        let input = golden_ids(arch);
+        let (b, t) = input.dims2().unwrap();
+        let inputs = model.ffn_inputs(&input, None).unwrap();
+        assert_eq!(inputs.len(), ck.config.num_layers(), "{arch}");
+        for (l, x) in inputs.iter().enumerate() {
+            assert_eq!(x.dims(), [b * t, ck.config.hidden_size], "{arch} layer {l}");
+            // Undoing the norm's gain leaves rows of unit RMS (eps is 1e-5 or less).
+            let gain = ck
+                .params
+                .tensor(&format!("model.layers.{l}.post_attention_layernorm.weight"))
+                .unwrap();
+            let rms = x
+                .broadcast_div(gain)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .mean(D::Minus1)
+                .unwrap()
+                .sqrt()
+                .unwrap();
+            let ones = Tensor::ones(b * t, candle_core::DType::F32, &Device::Cpu).unwrap();
+            assert!(max_abs_diff(&rms, &ones) < 1e-3, "{arch} layer {l}");
+        }
+        // For an MoE, the router logits of the trace are the router applied to them.
+        let traces = model.forward(&input, None, true).unwrap().traces;
+        assert_eq!(traces.len(), ck.config.moe_layers().len(), "{arch}");
+        for trace in traces {
+            let router = ck.config.moe(trace.layer).unwrap().router;
+            let gate = ck
+                .params
+                .tensor(&router_keys(ck.config.arch, router, trace.layer)[0])
+                .unwrap();
+            assert_eq!(max_abs_diff(&trace.moe_input, &inputs[trace.layer]), 0.0);
+            let want = inputs[trace.layer].matmul(&gate.t().unwrap()).unwrap();
+            assert!(max_abs_diff(&trace.routing.router_logits, &want) < 1e-5);
+        }
+    }
+}
