@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Tensor, Var};
+use candle_core::{Tensor, Var};
 use fluxmoe_model::layers::moe::ExpertSlots;
 use fluxmoe_model::layers::{Linear, SwiGlu};
 use fluxmoe_model::train::{AdamW, Batch, Proximal};
@@ -213,7 +213,7 @@ pub fn zo_probe(
             let z: Vec<f32> = (0..n).map(|_| standard_normal(&mut rng) as f32).collect();
             z_sq += z.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
             d += n;
-            let z = Tensor::from_vec(z, w.dims(), w.device())?.to_dtype(DType::F32)?;
+            let z = Tensor::from_vec(z, w.dims(), w.device())?;
             perturbed.push((w + (z * sigma)?)?);
         }
         let perturbed: [Tensor; 3] = perturbed

@@ -32,6 +32,28 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// The config spelling (`int4`, `int8`, `full`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Int4 => "int4",
+            Precision::Int8 => "int8",
+            Precision::Full => "full",
+        }
+    }
+
+    /// Parse [`Precision::name`]'s spelling.
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "int4" => Ok(Precision::Int4),
+            "int8" => Ok(Precision::Int8),
+            "full" => Ok(Precision::Full),
+            other => Err(Error::config(
+                "profile_precision",
+                format!("unknown precision `{other}` (expected int4, int8 or full)"),
+            )),
+        }
+    }
+
     /// Bits per weight of the stored copy (for memory accounting).
     pub fn bits(self) -> f64 {
         match self {
@@ -248,6 +270,20 @@ mod tests {
         assert_eq!(ef, 0.0);
         assert!(e8 > 0.0 && e8 < 0.02, "int8 error {e8}");
         assert!(e4 > e8 && e4 < 0.15, "int4 error {e4}");
+    }
+
+    #[test]
+    fn precision_names_round_trip_and_unknown_ones_are_errors() {
+        for p in [Precision::Int4, Precision::Int8, Precision::Full] {
+            assert_eq!(Precision::from_name(p.name()).unwrap(), p);
+            let json = serde_json::to_value(p).unwrap();
+            assert_eq!(json, serde_json::Value::String(p.name().into()));
+        }
+        let err = Precision::from_name("int3").unwrap_err().to_string();
+        assert!(
+            err.contains("int3") && err.contains("profile_precision"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -285,7 +285,6 @@ pub struct ExpertStrategy {
     sampled: Vec<ParticipantId>,
     profiles: BTreeMap<ParticipantId, Profile>,
     assigned: BTreeMap<ParticipantId, BTreeSet<String>>,
-    profile_errors: Vec<f64>,
 }
 
 impl ExpertStrategy {
@@ -338,7 +337,6 @@ impl ExpertStrategy {
             sampled: Vec::new(),
             profiles: BTreeMap::new(),
             assigned: BTreeMap::new(),
-            profile_errors: Vec::new(),
         })
     }
 
@@ -346,6 +344,14 @@ impl ExpertStrategy {
     /// under FMD and FMQ).
     pub fn budgets(&self) -> &BTreeMap<ParticipantId, Budget> {
         &self.budgets
+    }
+
+    fn budget_of(&self, id: ParticipantId) -> Result<&Budget> {
+        self.budgets.get(&id).ok_or_else(|| {
+            Error::Budget(format!(
+                "participant {id} has no memory budget (its device memory was not given)"
+            ))
+        })
     }
 
     fn needs_profile(&self) -> bool {
@@ -399,7 +405,7 @@ impl ExpertStrategy {
         };
         match self.method {
             Method::Flux => {
-                let budget = &self.budgets[&id];
+                let budget = self.budget_of(id)?.clone();
                 let profile = profile
                     .ok_or_else(|| Error::Input(format!("participant {id} sent no profile")))?;
                 let table = match self.tables.get(&id) {
@@ -425,7 +431,7 @@ impl ExpertStrategy {
                 plan.profile = Some(profile);
             }
             Method::Fmes => {
-                let budget = &self.budgets[&id];
+                let budget = self.budget_of(id)?.clone();
                 let profile = profile
                     .ok_or_else(|| Error::Input(format!("participant {id} sent no profile")))?;
                 plan.kept = most_frequent_per_layer(&profile, budget.b_tune, self.model.top_k);
@@ -527,7 +533,6 @@ impl Strategy for ExpertStrategy {
     ) -> fluxmoe_fed::Result<Vec<(ParticipantId, ProfileIns)>> {
         self.sample(pool, rng).map_err(fed_err)?;
         self.profiles.clear();
-        self.profile_errors.clear();
         if !self.needs_profile() {
             return Ok(Vec::new());
         }
@@ -546,13 +551,7 @@ impl Strategy for ExpertStrategy {
                 ),
                 (
                     PROFILE_PRECISION_KEY.to_string(),
-                    Scalar::Str(
-                        serde_json::to_value(precision)
-                            .unwrap_or_default()
-                            .as_str()
-                            .unwrap_or("int4")
-                            .to_string(),
-                    ),
+                    Scalar::Str(precision.name().to_string()),
                 ),
                 (
                     PROFILE_ERROR_KEY.to_string(),
@@ -576,9 +575,6 @@ impl Strategy for ExpertStrategy {
             let report: ProfileReport = serde_json::from_value(reply.report).map_err(|e| {
                 fluxmoe_fed::Error::json(format!("profile of participant {}", reply.participant), e)
             })?;
-            if let Some(err) = report.error {
-                self.profile_errors.push(err);
-            }
             self.profiles.insert(reply.participant, report.profile);
         }
         Ok(())
@@ -744,13 +740,6 @@ impl Strategy for ExpertStrategy {
             .map(|(id, t)| (ParticipantId(id), t))
             .collect();
         Ok(())
-    }
-}
-
-impl ExpertStrategy {
-    /// Profiling errors reported this round (FLUX with `report_profile_error`).
-    pub fn profile_errors(&self) -> &[f64] {
-        &self.profile_errors
     }
 }
 

@@ -56,9 +56,8 @@ impl ModelParticipant {
             Some(Scalar::Int(n)) if *n > 0 => *n as usize,
             _ => usize::MAX,
         };
-        let precision: Precision = match ins.params.get(PROFILE_PRECISION_KEY) {
-            Some(Scalar::Str(s)) => serde_json::from_value(serde_json::Value::String(s.clone()))
-                .map_err(|e| Error::Config(format!("profile precision `{s}`: {e}")))?,
+        let precision = match ins.params.get(PROFILE_PRECISION_KEY) {
+            Some(Scalar::Str(s)) => Precision::from_name(s)?,
             _ => Precision::Int4,
         };
         let want_error = matches!(ins.params.get(PROFILE_ERROR_KEY), Some(Scalar::Bool(true)));
