@@ -17,7 +17,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tokenizers::Tokenizer;
 
-use crate::batch::{collate, encode, Batch, BatchConfig};
+use crate::batch::{collate, encode, Batch, BatchConfig, Encoded};
 use crate::error::{Error, Result};
 use crate::metrics::{exact_match, mean_ci, pick_choice, rouge_l, ChoiceScore, LengthNorm, MeanCi};
 use crate::prompt::{ChoiceDisplay, PromptFormat, Rendered, Template};
@@ -31,6 +31,12 @@ pub trait Scorer {
     /// For each row of `batch`, the sum of `log p(token | prefix)` over the positions
     /// whose loss mask is 1.
     fn logliks(&mut self, batch: &Batch) -> Result<Vec<f32>>;
+    /// [`Scorer::logliks`] of `items` (a multiple-choice example: one prompt, several
+    /// answers). A scorer may compute the shared prompt once; the default pads the
+    /// items into one batch.
+    fn choice_logliks(&mut self, items: &[Encoded], pad_id: u32) -> Result<Vec<f32>> {
+        self.logliks(&collate(items, pad_id, &Device::Cpu)?)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -129,8 +135,7 @@ pub fn evaluate(
                         encode(tokenizer, &r, &batch_cfg)
                     })
                     .collect::<Result<Vec<_>>>()?;
-                let batch = collate(&items, cfg.pad_id, &Device::Cpu)?;
-                let logliks = scorer.logliks(&batch)?;
+                let logliks = scorer.choice_logliks(&items, cfg.pad_id)?;
                 let scored: Vec<ChoiceScore> = items
                     .iter()
                     .zip(&logliks)

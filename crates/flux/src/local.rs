@@ -144,8 +144,12 @@ pub fn train_steps(
 pub fn row_losses(model: &MoeModel, batch: &Batch) -> Result<Vec<f64>> {
     let (hidden, _) =
         model.forward_hidden(&batch.input_ids, batch.attention_mask.as_ref(), false)?;
-    let (logp, rows) =
-        model.target_logprobs(&hidden, &batch.input_ids, batch.loss_mask.as_ref())?;
+    losses_of_hidden(model, batch, &hidden)
+}
+
+/// Per-row token-mean losses of `batch` from final hidden states `hidden`.
+fn losses_of_hidden(model: &MoeModel, batch: &Batch, hidden: &Tensor) -> Result<Vec<f64>> {
+    let (logp, rows) = model.target_logprobs(hidden, &batch.input_ids, batch.loss_mask.as_ref())?;
     let logp: Vec<f32> = logp.to_vec1()?;
     let n_rows = batch.input_ids.dim(0)?;
     let (mut sum, mut count) = (vec![0.0f64; n_rows], vec![0usize; n_rows]);
@@ -200,7 +204,11 @@ pub fn zo_probe(
             format!("must be > 0, got {sigma}"),
         ));
     }
-    let base = row_losses(model, batch)?;
+    // One unperturbed forward keeps the residual stream entering every layer; a probe
+    // of an expert in layer l changes nothing before l, so it resumes there.
+    let (hidden, inputs) =
+        model.forward_hidden_layer_inputs(&batch.input_ids, batch.attention_mask.as_ref())?;
+    let base = losses_of_hidden(model, batch, &hidden)?;
     let mut out = BTreeMap::new();
     for (id, weights) in explorers {
         let mut rng = StdRng::seed_from_u64(
@@ -219,7 +227,16 @@ pub fn zo_probe(
         let perturbed: [Tensor; 3] = perturbed
             .try_into()
             .map_err(|_| Error::Input("an expert has three matrices".into()))?;
-        let plus = row_losses(&with_expert(model, *id, perturbed)?, batch)?;
+        let x = inputs.get(id.layer).ok_or_else(|| {
+            Error::Input(format!("expert {id:?}: layer {} is out of range", id.layer))
+        })?;
+        let hidden = with_expert(model, *id, perturbed)?.forward_hidden_from(
+            &batch.input_ids,
+            batch.attention_mask.as_ref(),
+            id.layer,
+            x,
+        )?;
+        let plus = losses_of_hidden(model, batch, &hidden)?;
         let sq: Vec<f64> = plus
             .iter()
             .zip(&base)

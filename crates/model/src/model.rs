@@ -79,6 +79,34 @@ impl ModelCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// This one-row cache repeated `n` times along the batch: one shared prompt, then
+    /// `n` different continuations (see [`MoeModel::forward_cached_masked`]).
+    pub fn expand_batch(&self, n: usize) -> Result<ModelCache> {
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let kv = match &layer.kv {
+                None => None,
+                Some((k, v)) => {
+                    let expand = |x: &Tensor| -> Result<Tensor> {
+                        let (b, h, s, d) = x.dims4()?;
+                        if b != 1 {
+                            return Err(Error::Input(format!(
+                                "only a one-row cache can be expanded, this one has {b} rows"
+                            )));
+                        }
+                        Ok(x.broadcast_as((n, h, s, d))?.contiguous()?)
+                    };
+                    Some((expand(k)?, expand(v)?))
+                }
+            };
+            layers.push(KvCache { kv });
+        }
+        Ok(ModelCache {
+            layers,
+            len: self.len,
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -211,6 +239,28 @@ impl MoeModel {
         Ok(self.run(input_ids, None, false, Some(cache))?.logits)
     }
 
+    /// [`MoeModel::forward_cached`] with an attention mask `[B, cached + T]` over every
+    /// key (cached ones first): continuations of different lengths, right-padded.
+    pub fn forward_cached_masked(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        cache: &mut ModelCache,
+    ) -> Result<Tensor> {
+        if cache.layers.is_empty() {
+            cache.layers = vec![KvCache::default(); self.layers.len()];
+        }
+        let (hidden, _) = self.run_hidden(
+            input_ids,
+            Some(attention_mask),
+            Hooks {
+                cache: Some(cache),
+                ..Hooks::default()
+            },
+        )?;
+        Ok(self.lm_head.forward(&hidden)?)
+    }
+
     fn run(
         &self,
         input_ids: &Tensor,
@@ -218,7 +268,15 @@ impl MoeModel {
         record: bool,
         cache: Option<&mut ModelCache>,
     ) -> Result<ForwardOutput> {
-        let (hidden, traces) = self.run_hidden(input_ids, attention_mask, record, cache, None)?;
+        let (hidden, traces) = self.run_hidden(
+            input_ids,
+            attention_mask,
+            Hooks {
+                record,
+                cache,
+                ..Hooks::default()
+            },
+        )?;
         let logits = self.lm_head.forward(&hidden)?;
         Ok(ForwardOutput { logits, traces })
     }
@@ -230,7 +288,64 @@ impl MoeModel {
         attention_mask: Option<&Tensor>,
         record: bool,
     ) -> Result<(Tensor, Vec<LayerTrace>)> {
-        self.run_hidden(input_ids, attention_mask, record, None, None)
+        self.run_hidden(
+            input_ids,
+            attention_mask,
+            Hooks {
+                record,
+                ..Hooks::default()
+            },
+        )
+    }
+
+    /// [`MoeModel::forward_hidden`] without traces, plus the residual stream entering
+    /// every decoder layer (`[B, T, hidden]` each, in layer order), so that a change
+    /// confined to layer `l` and later can be evaluated with
+    /// [`MoeModel::forward_hidden_from`] without recomputing layers `0..l`.
+    pub fn forward_hidden_layer_inputs(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let mut inputs = Vec::with_capacity(self.layers.len());
+        let (hidden, _) = self.run_hidden(
+            input_ids,
+            attention_mask,
+            Hooks {
+                layer_inputs: Some(&mut inputs),
+                ..Hooks::default()
+            },
+        )?;
+        Ok((hidden, inputs))
+    }
+
+    /// The final-norm hidden states when decoder layer `layer` receives `x` (`[B, T,
+    /// hidden]`, e.g. from [`MoeModel::forward_hidden_layer_inputs`] of a model that
+    /// agrees with this one on layers `0..layer`): layers `layer..` run, earlier ones do
+    /// not. `input_ids` and `attention_mask` are those `x` was computed from (they give
+    /// positions and the mask).
+    pub fn forward_hidden_from(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        layer: usize,
+        x: &Tensor,
+    ) -> Result<Tensor> {
+        if layer >= self.layers.len() {
+            return Err(Error::Input(format!(
+                "layer {layer} is out of range: the model has {} layers",
+                self.layers.len()
+            )));
+        }
+        let (hidden, _) = self.run_hidden(
+            input_ids,
+            attention_mask,
+            Hooks {
+                start: Some((layer, x)),
+                ..Hooks::default()
+            },
+        )?;
+        Ok(hidden)
     }
 
     /// The input of every decoder layer's FFN, in layer order: the post-attention
@@ -242,7 +357,14 @@ impl MoeModel {
         attention_mask: Option<&Tensor>,
     ) -> Result<Vec<Tensor>> {
         let mut res = Vec::with_capacity(self.layers.len());
-        self.run_hidden(input_ids, attention_mask, false, None, Some(&mut res))?;
+        self.run_hidden(
+            input_ids,
+            attention_mask,
+            Hooks {
+                ffn_inputs: Some(&mut res),
+                ..Hooks::default()
+            },
+        )?;
         Ok(res)
     }
 
@@ -308,10 +430,15 @@ impl MoeModel {
         &self,
         input_ids: &Tensor,
         attention_mask: Option<&Tensor>,
-        record: bool,
-        mut cache: Option<&mut ModelCache>,
-        mut ffn_inputs: Option<&mut Vec<Tensor>>,
+        hooks: Hooks<'_>,
     ) -> Result<(Tensor, Vec<LayerTrace>)> {
+        let Hooks {
+            record,
+            mut cache,
+            mut ffn_inputs,
+            mut layer_inputs,
+            start,
+        } = hooks;
         let (b, t) = input_ids.dims2().map_err(|_| {
             Error::Input(format!(
                 "input ids must be [batch, seq], got {:?}",
@@ -357,12 +484,29 @@ impl MoeModel {
             score_weights: score_weights.as_ref().map(|(q, c)| (q, c)),
         };
 
-        let mut x = self
-            .embed
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, ()))?;
+        let (first, mut x) = match start {
+            Some((l, x)) => {
+                if x.dims3()? != (b, t, self.cfg.hidden_size) {
+                    return Err(Error::Input(format!(
+                        "layer input must be [{b}, {t}, {}], got {:?}",
+                        self.cfg.hidden_size,
+                        x.dims()
+                    )));
+                }
+                (l, x.clone())
+            }
+            None => (
+                0,
+                self.embed
+                    .index_select(&ids.flatten_all()?, 0)?
+                    .reshape((b, t, ()))?,
+            ),
+        };
         let mut traces = Vec::new();
-        for (l, layer) in self.layers.iter().enumerate() {
+        for (l, layer) in self.layers.iter().enumerate().skip(first) {
+            if let Some(inputs) = layer_inputs.as_deref_mut() {
+                inputs.push(x.clone());
+            }
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[l]);
             let (a, scores) =
                 layer
@@ -396,6 +540,21 @@ impl MoeModel {
         }
         Ok((self.norm.forward(&x)?, traces))
     }
+}
+
+/// What [`MoeModel::run_hidden`] records or resumes from, besides the hidden states.
+#[derive(Default)]
+struct Hooks<'a> {
+    /// Collect a [`LayerTrace`] per MoE layer.
+    record: bool,
+    /// Incremental decoding state.
+    cache: Option<&'a mut ModelCache>,
+    /// Collect each layer's FFN input `[B * T, hidden]`.
+    ffn_inputs: Option<&'a mut Vec<Tensor>>,
+    /// Collect the residual stream entering each layer `[B, T, hidden]`.
+    layer_inputs: Option<&'a mut Vec<Tensor>>,
+    /// Start at this layer with this residual stream instead of the embeddings.
+    start: Option<(usize, &'a Tensor)>,
 }
 
 /// `[B, 1, T, S]`: 0 where query `i` (at position `offset + i`) may see key `j`

@@ -195,3 +195,60 @@ fn traces_hold_each_moe_blocks_input_and_output() {
         );
     }
 }
+
+#[test]
+fn resuming_at_a_layer_matches_a_full_forward() {
+    for arch in ARCHS {
+        let ck = load(arch);
+        let ids = golden_ids(arch);
+        let plain = MoeModel::new(&ck.config, &ck.params).unwrap();
+        let (hidden, inputs) = plain.forward_hidden_layer_inputs(&ids, None).unwrap();
+        let (reference, _) = plain.forward_hidden(&ids, None, false).unwrap();
+        assert_eq!(max_abs_diff(&hidden, &reference), 0.0, "{arch}");
+        assert_eq!(inputs.len(), ck.config.layers.len(), "{arch}");
+        for (l, x) in inputs.iter().enumerate() {
+            let resumed = plain.forward_hidden_from(&ids, None, l, x).unwrap();
+            assert_eq!(
+                max_abs_diff(&resumed, &reference),
+                0.0,
+                "{arch}: resuming at layer {l} changed the output"
+            );
+        }
+        // A model that differs only from layer l on, resumed from the unchanged
+        // model's input of layer l, equals its own full forward.
+        for (l, n, _) in moe_layers(&ck.config) {
+            let w = |e: usize, p: Proj| {
+                ck.params
+                    .tensor(&expert_key(ck.config.arch, l, e, p))
+                    .unwrap()
+                    .clone()
+            };
+            let mut slot_of: Vec<usize> = (0..n).collect();
+            slot_of[1] = n;
+            let mut changed = plain.clone();
+            changed
+                .set_merged_experts(
+                    l,
+                    slot_of,
+                    vec![MergedExpert {
+                        gate: w(0, Proj::Gate),
+                        up: w(0, Proj::Up),
+                        down: w(0, Proj::Down),
+                    }],
+                )
+                .unwrap();
+            let (full, _) = changed.forward_hidden(&ids, None, false).unwrap();
+            let resumed = changed
+                .forward_hidden_from(&ids, None, l, &inputs[l])
+                .unwrap();
+            assert_eq!(max_abs_diff(&resumed, &full), 0.0, "{arch} layer {l}");
+            assert!(max_abs_diff(&full, &reference) > 0.0, "{arch} layer {l}");
+        }
+        let n = ck.config.layers.len();
+        assert!(plain
+            .forward_hidden_from(&ids, None, n, &inputs[0])
+            .is_err());
+        let wrong = inputs[0].narrow(1, 0, 1).unwrap();
+        assert!(plain.forward_hidden_from(&ids, None, 0, &wrong).is_err());
+    }
+}
