@@ -263,6 +263,13 @@ impl Transport for LocalTransport {
             } else {
                 None
             };
+            tracing::debug!(
+                participant = %id,
+                measured_s,
+                peak_rss = ?peak,
+                rss_after = ?crate::measure::rss_bytes(),
+                "participant trained"
+            );
             (id, trained, measured_s, peak)
         };
         let mut results = if workers == 1 {

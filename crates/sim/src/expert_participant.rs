@@ -93,7 +93,7 @@ impl ModelParticipant {
             let m = MoeModel::new(&self.config, &params)?;
             Ok(profile(&m, &batches)?)
         };
-        let quantized = quantized_copy(model, precision)?;
+        let quantized = self.quantized.get(model, precision)?;
         let prof = run(&quantized)?;
         drop(quantized);
         let (error, quant_error) = if want_error {
@@ -192,21 +192,23 @@ impl ModelParticipant {
             }
         }
 
-        // Variables of each tuned expert, for per-sample gradient norms.
+        // Variables of each tuned expert, for FLUX's per-sample gradient norms.
         let vars: BTreeMap<String, Var> = params.trainable().into_iter().collect();
         let mut expert_vars: BTreeMap<ExpertId, Vec<Var>> = BTreeMap::new();
         let mut tuned = plan.roles.tuning.clone();
         if plan.exploration == Exploration::Backprop {
             tuned.extend(plan.roles.exploration.iter().copied());
         }
-        for &e in &tuned {
-            let vs: Vec<Var> = self
-                .expert_names(e)
-                .iter()
-                .filter_map(|n| vars.get(n).cloned())
-                .collect();
-            if !vs.is_empty() {
-                expert_vars.insert(e, vs);
+        if plan.method == Method::Flux {
+            for &e in &tuned {
+                let vs: Vec<Var> = self
+                    .expert_names(e)
+                    .iter()
+                    .filter_map(|n| vars.get(n).cloned())
+                    .collect();
+                if !vs.is_empty() {
+                    expert_vars.insert(e, vs);
+                }
             }
         }
         let mut opt = AdamW::new(params.trainable(), t.adamw)?;
@@ -264,15 +266,25 @@ impl ModelParticipant {
             let items: Vec<Encoded> = (0..t.batch_size.min(pool.len()))
                 .map(|_| self.shard[pool[rng.gen_range(0..pool.len())]].clone())
                 .collect();
-            let samples = items
-                .iter()
-                .map(|e| {
-                    Ok(Sample {
-                        batch: to_batch(std::slice::from_ref(e), t.pad_id)?,
-                        targets: targets(e),
+            // FLUX needs per-sample gradient norms (Eq. 3), so each sample is its own
+            // forward/backward; the baselines need only the step's gradient, which one
+            // batched pass gives (the same token-mean gradient, less time and memory).
+            let samples = if plan.method == Method::Flux {
+                items
+                    .iter()
+                    .map(|e| {
+                        Ok(Sample {
+                            batch: to_batch(std::slice::from_ref(e), t.pad_id)?,
+                            targets: targets(e),
+                        })
                     })
-                })
-                .collect::<Result<Vec<_>>>()?;
+                    .collect::<Result<Vec<_>>>()?
+            } else {
+                vec![Sample {
+                    batch: to_batch(&items, t.pad_id)?,
+                    targets: items.iter().map(targets).sum(),
+                }]
+            };
             steps.push(samples);
             last_items = items;
         }
@@ -322,7 +334,9 @@ impl ModelParticipant {
 
         let mut deltas = BTreeMap::new();
         for (name, var) in params.trainable() {
-            deltas.insert(name.clone(), (var.as_tensor() - &global[&name])?);
+            // Detached: a tensor computed from a Var keeps the Var (all trained
+            // weights) alive for backprop, which would double what replies hold.
+            deltas.insert(name.clone(), (var.as_tensor() - &global[&name])?.detach());
         }
         // Per-expert aggregation weight: tokens routed to the expert in the profile
         // (FLUX, FMES), else the target tokens trained on.

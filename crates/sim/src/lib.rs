@@ -15,6 +15,7 @@ pub mod participant;
 pub mod plan;
 pub mod run;
 pub mod scorer;
+pub mod shared_quantized;
 
 pub use config::RunFile;
 pub use error::{Error, Result};

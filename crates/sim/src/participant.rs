@@ -43,6 +43,8 @@ pub struct ModelParticipant {
     /// Profiling errors (total, quantization only) of this participant's latest
     /// profile, for its round metrics.
     pub last_profile_error: std::cell::Cell<Option<(f64, f64)>>,
+    /// The quantized model profiling runs on, shared by the simulated participants.
+    pub quantized: std::sync::Arc<crate::shared_quantized::SharedQuantized>,
 }
 
 impl ModelParticipant {
@@ -92,7 +94,9 @@ impl ModelParticipant {
         }
         let mut deltas = BTreeMap::new();
         for (name, var) in params.trainable() {
-            deltas.insert(name.clone(), (var.as_tensor() - &global[&name])?);
+            // Detached: a tensor computed from a Var keeps the Var (all trained
+            // weights) alive for backprop, which would double what replies hold.
+            deltas.insert(name.clone(), (var.as_tensor() - &global[&name])?.detach());
         }
         let tuned: Vec<_> = ins.trainable.iter().filter_map(|n| global.get(n)).collect();
         let cost = WorkCost {

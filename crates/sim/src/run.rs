@@ -140,6 +140,7 @@ pub fn run(
         workers: file.rounds.workers,
     })?;
     let mut memory = BTreeMap::new();
+    let quantized = std::sync::Arc::new(crate::shared_quantized::SharedQuantized::default());
     for ((id, profile), shard) in devices.into_iter().zip(shards) {
         memory.insert(id, profile.memory_bytes);
         let participant = ModelParticipant {
@@ -147,6 +148,7 @@ pub fn run(
             config: cfg.clone(),
             shard,
             last_profile_error: Default::default(),
+            quantized: std::sync::Arc::clone(&quantized),
             training: LocalTraining {
                 local_steps: file.rounds.local_steps,
                 batch_size: file.rounds.batch_size,
