@@ -118,3 +118,48 @@ fn run_config_with_an_unknown_key_names_it() {
     assert_fails_with(&["run", path.to_str().unwrap()], "unknown field `round`");
     assert_fails_with(&["run", "/nonexistent/run.toml"], "/nonexistent/run.toml");
 }
+
+#[test]
+fn unknown_builtin_model_lists_the_available_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().to_str().unwrap();
+    let out = super::fluxmoe_env(
+        &["assets", "build", "smollm9-moe"],
+        &[("FLUXMOE_CACHE", cache)],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = super::stderr(&out);
+    assert!(err.contains("builtin:smollm9-moe"), "{err}");
+    for known in [
+        "builtin:smollm2-moe",
+        "builtin:smollm2-btx",
+        "builtin:tiny-moe",
+    ] {
+        assert!(err.contains(known), "{known} missing from: {err}");
+    }
+}
+
+#[test]
+fn assets_build_makes_and_then_reuses_the_tiny_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().to_str().unwrap();
+    let first = super::fluxmoe_env(
+        &["assets", "build", "tiny-moe"],
+        &[("FLUXMOE_CACHE", cache)],
+    );
+    assert!(first.status.success(), "{}", super::stderr(&first));
+    let dir = super::stdout(&first).trim().to_string();
+    let config = std::path::Path::new(&dir).join("config.json");
+    assert!(config.exists(), "{dir}");
+    let written = std::fs::metadata(&config).unwrap().modified().unwrap();
+    let again = super::fluxmoe_env(
+        &["assets", "build", "tiny-moe"],
+        &[("FLUXMOE_CACHE", cache)],
+    );
+    assert!(again.status.success());
+    assert_eq!(super::stdout(&again).trim(), dir);
+    assert_eq!(
+        std::fs::metadata(&config).unwrap().modified().unwrap(),
+        written
+    );
+}

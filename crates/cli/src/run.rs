@@ -58,6 +58,13 @@ pub fn bench_tta(args: &TtaArgs) -> Result<()> {
     if needs_wordnet {
         assets::ensure_wordnet()?;
     }
+    let workers = suite
+        .runs_filtered(&args.out, args.methods.as_deref(), args.tasks.as_deref())?
+        .iter()
+        .map(|r| r.config.rounds.workers)
+        .max()
+        .unwrap_or(1);
+    split_threads(workers);
     let resolve = |spec: &str| -> fluxmoe_bench::Result<PathBuf> {
         resolve_model(spec).map_err(|e| fluxmoe_bench::Error::Suite(format!("{e:#}")))
     };
@@ -152,6 +159,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     if file.task.name.starts_with("wordnet") {
         assets::ensure_wordnet()?;
     }
+    split_threads(file.rounds.workers);
     if !args.quiet && !args.json {
         eprintln!(
             "run: {} on {} with {} participants ({} per round), {} rounds -> {}",
@@ -223,32 +231,103 @@ pub fn run(args: &RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// `builtin:smollm2-moe` → the cached sparse-upcycled SmolLM2 (built on first use);
-/// anything else is a path.
-fn resolve_model(spec: &str) -> Result<PathBuf> {
-    match spec {
-        "builtin:tiny-moe" => {
-            let dir = assets::cache_dir()?.join("tiny-moe");
-            if !dir.join("config.json").exists() {
-                std::fs::create_dir_all(dir.parent().unwrap_or(Path::new(".")))?;
-                assets::tiny::build(&dir)?;
-            }
-            Ok(dir)
-        }
-        "builtin:smollm2-moe" => {
-            let dir = assets::cache_dir()?.join("smollm2-moe-4x-top2");
-            if !dir.join("config.json").exists() {
-                build_smollm2_moe(&dir)?;
-            }
-            Ok(dir)
-        }
-        other if other.starts_with("builtin:") => {
+/// With `workers` participants training at once, give each worker an equal share of
+/// the cores (at least one) unless `RAYON_NUM_THREADS` is set: a participant's
+/// per-sample passes are small matrix products that gain little from a second thread,
+/// so two single-threaded workers do about twice the work of one two-threaded one
+/// (measured in docs/results/README.md). Results do not depend on it.
+fn split_threads(workers: usize) {
+    if workers <= 1 || std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = (cores / workers).max(1);
+    // Before any computation: candle reads it per operation.
+    std::env::set_var("RAYON_NUM_THREADS", per.to_string());
+    tracing::info!("{workers} workers: {per} compute thread(s) each (RAYON_NUM_THREADS)");
+}
+
+/// The built-in models: `builtin:NAME` resolves to a cached folder, built on first use.
+pub const BUILTIN_MODELS: [(&str, &str); 3] = [
+    (
+        "smollm2-moe",
+        "SmolLM2-135M-Instruct sparse-upcycled to 4 experts, top-2 (seconds to build; every expert a copy of the dense FFN)",
+    ),
+    (
+        "smollm2-btx",
+        "SmolLM2-135M-Instruct Branch-Train-MiX, 4 experts (sotu, kjv, wordnet, math), top-2 (about 45 minutes to build on 2 cores; experts really differ)",
+    ),
+    (
+        "tiny-moe",
+        "a randomly initialised 2-layer Mixtral (tests and smoke runs)",
+    ),
+];
+
+/// `builtin:NAME` → its cached folder (built on first use); anything else is a path.
+pub fn resolve_model(spec: &str) -> Result<PathBuf> {
+    match spec.strip_prefix("builtin:") {
+        Some(name) => build_builtin(name),
+        None => Ok(PathBuf::from(spec)),
+    }
+}
+
+/// The cached folder of built-in model `name`, built now if missing.
+pub fn build_builtin(name: &str) -> Result<PathBuf> {
+    let cache = assets::cache_dir()?;
+    let (dir, build): (PathBuf, fn(&Path) -> Result<()>) = match name {
+        "tiny-moe" => (cache.join("tiny-moe"), assets::tiny::build),
+        "smollm2-moe" => (cache.join("smollm2-moe-4x-top2"), build_smollm2_moe),
+        "smollm2-btx" => (cache.join("smollm2-btx-4x-top2"), build_smollm2_btx),
+        other => {
+            let known: Vec<String> = BUILTIN_MODELS
+                .iter()
+                .map(|(n, _)| format!("builtin:{n}"))
+                .collect();
             anyhow::bail!(
-                "`model.path`: unknown built-in model `{other}` (available: builtin:smollm2-moe, builtin:tiny-moe)"
+                "`model.path`: unknown built-in model `builtin:{other}` (available: {})",
+                known.join(", ")
             )
         }
-        path => Ok(PathBuf::from(path)),
+    };
+    if !dir.join("config.json").exists() {
+        std::fs::create_dir_all(&cache)?;
+        build(&dir)?;
     }
+    Ok(dir)
+}
+
+/// The BTX recipe measured in docs/upcycling.md: one expert per domain (State of the
+/// Union, King James Bible, WordNet glosses, mathematics), 50 expert steps and 25
+/// router steps of 4 × 128 tokens, learning rate 1e-4, seed 0.
+fn build_smollm2_btx(dir: &Path) -> Result<()> {
+    let gguf = assets::ensure(&assets::SMOLLM2)?;
+    eprintln!(
+        "building {} (Branch-Train-MiX: 4 experts on sotu, kjv, wordnet, math; top-2; about 45 minutes on 2 cores)",
+        dir.display()
+    );
+    let dense =
+        load_model(&gguf, &Device::Cpu).with_context(|| format!("loading {}", gguf.display()))?;
+    let args = crate::upcycle::BtxArgs {
+        domains: crate::upcycle::parse_domains("sotu,kjv,wordnet,math", 4)?,
+        n_experts: 4,
+        top_k: 2,
+        steps: 50,
+        router_steps: 25,
+        seq: 128,
+        batch: 4,
+        lr: 1e-4,
+        router_lr: 1e-4,
+        probe_windows: 8,
+        router_logit_rms: 1.0,
+        seed: 0,
+        corpora_dir: None,
+    };
+    let tmp = dir.with_extension("part");
+    let _ = std::fs::remove_dir_all(&tmp);
+    crate::upcycle::run_btx(&dense, &args, &tmp)?;
+    std::fs::rename(&tmp, dir)
+        .with_context(|| format!("moving the built model to {}", dir.display()))?;
+    Ok(())
 }
 
 fn build_smollm2_moe(dir: &Path) -> Result<()> {
