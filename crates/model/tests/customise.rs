@@ -22,6 +22,21 @@ fn moe_layers(cfg: &fluxmoe_model::ModelConfig) -> Vec<(usize, usize, usize)> {
         .collect()
 }
 
+/// A merged expert holding expert `e` of layer `l`'s own weights.
+fn copy_of_expert(ck: &fluxmoe_model::Checkpoint, l: usize, e: usize) -> MergedExpert {
+    let w = |p: Proj| {
+        ck.params
+            .tensor(&expert_key(ck.config.arch, l, e, p))
+            .unwrap()
+            .clone()
+    };
+    MergedExpert {
+        gate: w(Proj::Gate),
+        up: w(Proj::Up),
+        down: w(Proj::Down),
+    }
+}
+
 fn moe_archs() -> impl Iterator<Item = &'static str> {
     ARCHS.into_iter().filter(|a| *a != "llama")
 }
@@ -59,17 +74,7 @@ fn a_merged_copy_of_an_expert_replaces_it() {
         let mut custom = plain.clone();
         let mut other = plain.clone();
         for (l, n, _) in moe_layers(&ck.config) {
-            let w = |e: usize, p: Proj| {
-                ck.params
-                    .tensor(&expert_key(ck.config.arch, l, e, p))
-                    .unwrap()
-                    .clone()
-            };
-            let copy_of = |e: usize| MergedExpert {
-                gate: w(e, Proj::Gate),
-                up: w(e, Proj::Up),
-                down: w(e, Proj::Down),
-            };
+            let copy_of = |e: usize| copy_of_expert(&ck, l, e);
             // Expert 1's slot is a merged expert holding expert 1's own weights.
             let mut slot_of: Vec<usize> = (0..n).collect();
             slot_of[1] = n;
@@ -217,25 +222,11 @@ fn resuming_at_a_layer_matches_a_full_forward() {
         // A model that differs only from layer l on, resumed from the unchanged
         // model's input of layer l, equals its own full forward.
         for (l, n, _) in moe_layers(&ck.config) {
-            let w = |e: usize, p: Proj| {
-                ck.params
-                    .tensor(&expert_key(ck.config.arch, l, e, p))
-                    .unwrap()
-                    .clone()
-            };
             let mut slot_of: Vec<usize> = (0..n).collect();
             slot_of[1] = n;
             let mut changed = plain.clone();
             changed
-                .set_merged_experts(
-                    l,
-                    slot_of,
-                    vec![MergedExpert {
-                        gate: w(0, Proj::Gate),
-                        up: w(0, Proj::Up),
-                        down: w(0, Proj::Down),
-                    }],
-                )
+                .set_merged_experts(l, slot_of, vec![copy_of_expert(&ck, l, 0)])
                 .unwrap();
             let (full, _) = changed.forward_hidden(&ids, None, false).unwrap();
             let resumed = changed

@@ -80,30 +80,23 @@ mod tests {
         let b = global(0.0);
         let fresh = cache.get(&b, Precision::Int4).unwrap();
         assert!(!Arc::ptr_eq(&first, &fresh));
-        let (x, y) = (
-            first.values().next().unwrap(),
-            fresh.values().next().unwrap(),
-        );
-        let d: f32 = (x - y)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        assert_eq!(d, 0.0);
+        assert_eq!(max_abs_diff(&first, &fresh), 0.0);
         let int8 = cache.get(&b, Precision::Int8).unwrap();
         assert!(!Arc::ptr_eq(&fresh, &int8));
         let expected = quantized_copy(&b, Precision::Int8).unwrap();
-        let d: f32 = (int8.values().next().unwrap() - expected.values().next().unwrap())
+        assert_eq!(max_abs_diff(&int8, &expected), 0.0);
+    }
+
+    /// Largest absolute difference between the first tensors of two globals.
+    fn max_abs_diff(a: &Global, b: &Global) -> f32 {
+        let (x, y) = (a.values().next().unwrap(), b.values().next().unwrap());
+        (x - y)
             .unwrap()
             .abs()
             .unwrap()
             .max_all()
             .unwrap()
             .to_scalar()
-            .unwrap();
-        assert_eq!(d, 0.0);
+            .unwrap()
     }
 }
