@@ -48,6 +48,13 @@ fn smoke_suite_runs_every_method_and_resumes_without_rerunning() {
         "offloading moves bytes"
     );
 
+    // Finished runs keep their metrics but not their checkpoint and final model.
+    let run_dir = out.join("runs/math/flux/seed0");
+    assert!(run_dir.join("metrics.jsonl").exists());
+    assert!(run_dir.join("summary.json").exists());
+    assert!(!run_dir.join("checkpoint").exists());
+    assert!(!run_dir.join("final").exists());
+
     // The report: tables, CSV, plots as SVG and PNG, one self-contained page.
     for f in [
         "results.csv",

@@ -19,6 +19,10 @@ pub struct RunOptions<'a> {
     /// Replace the suite's seeds with `0..n`.
     pub seeds: Option<usize>,
     pub resume: bool,
+    /// Keep each finished run's `checkpoint/` and `final/` model (by default they are
+    /// removed once the run's metrics are written: at SmolLM2 size they are 1.5 GB
+    /// each, and a suite has dozens of runs).
+    pub keep_models: bool,
     /// Turns `model.path` (e.g. `builtin:…`) into a folder or file.
     pub resolve_model: &'a dyn Fn(&str) -> Result<PathBuf>,
     /// Called before each run with (index, total, spec) and after it with its result.
@@ -51,6 +55,17 @@ pub fn run_suite(suite: &Suite, suite_file: &str, opts: RunOptions<'_>) -> Resul
                 opts.resume && interrupted,
                 &mut |_| {},
             )?;
+        }
+        if !opts.keep_models {
+            for sub in [
+                fluxmoe_sim::run::CHECKPOINT_DIR,
+                fluxmoe_sim::run::FINAL_DIR,
+            ] {
+                let path = dir.join(sub);
+                if path.exists() {
+                    std::fs::remove_dir_all(&path).map_err(|e| io(&path, e))?;
+                }
+            }
         }
         let result = read_run(
             &dir,

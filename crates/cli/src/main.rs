@@ -263,6 +263,10 @@ enum BenchKind {
         /// Keep finished runs and continue interrupted ones.
         #[arg(long)]
         resume: bool,
+        /// Keep every run's checkpoint and final model (removed once the run's
+        /// metrics are written, by default: 1.5 GB each at SmolLM2 size).
+        #[arg(long)]
+        keep_models: bool,
     },
     /// Tokens/s of forward + backward + AdamW over the trainable experts, and peak RSS.
     TrainStep {
@@ -591,6 +595,7 @@ fn run(cli: Cli) -> Result<()> {
                     seeds,
                     out,
                     resume,
+                    keep_models,
                 },
         }) => run::bench_tta(&run::TtaArgs {
             suite,
@@ -599,6 +604,7 @@ fn run(cli: Cli) -> Result<()> {
             seeds,
             out,
             resume,
+            keep_models,
         }),
         Some(Command::Bench {
             which:

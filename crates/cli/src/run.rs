@@ -27,6 +27,7 @@ pub struct TtaArgs {
     pub seeds: Option<usize>,
     pub out: PathBuf,
     pub resume: bool,
+    pub keep_models: bool,
 }
 
 /// The suite file of `name`: a path, or `suites/<name>.toml` of this source tree.
@@ -105,6 +106,7 @@ pub fn bench_tta(args: &TtaArgs) -> Result<()> {
             tasks: args.tasks.as_deref(),
             seeds: args.seeds,
             resume: args.resume,
+            keep_models: args.keep_models,
             resolve_model: &resolve,
             on_run: &mut on_run,
         },
