@@ -1,14 +1,21 @@
 //! Test helpers shared by `crates/sim/tests/run.rs` and the deployment's loopback
 //! test (`crates/deploy/tests/loopback.rs` includes this file by path): a fixture model
 //! with a character tokenizer, a tiny arithmetic task and a small run config.
+// Each including test uses a subset of the helpers.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
 use fluxmoe_sim::RunFile;
 
+/// `../shared/fixtures/<arch>` beside the repository, found from whichever package
+/// includes this file (a crate's tests or the root package's).
 pub fn fixture(arch: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|dir| dir.join("shared/fixtures"))
+        .find(|dir| dir.is_dir())
+        .expect("no shared/fixtures above the package")
         .join(arch)
 }
 
@@ -52,12 +59,17 @@ pub fn task_file(root: &Path) -> PathBuf {
 }
 
 pub fn config(root: &Path, out: &str, rounds: u32) -> RunFile {
-    let text = format!(
+    RunFile::from_toml(&config_text(root, out, rounds, "unused"), "test.toml").unwrap()
+}
+
+/// The TOML of [`config`] with `model.path = model` (for the `fluxmoe` binary).
+pub fn config_text(root: &Path, out: &str, rounds: u32, model: &str) -> String {
+    format!(
         r#"
 seed = 5
 output = "{out}"
 [model]
-path = "unused"
+path = "{model}"
 [task]
 name = "jsonl-em:{task}"
 max_len = 16
@@ -83,8 +95,7 @@ profiles = ["rtx3060", "cpu"]
 "#,
         out = root.join(out).display(),
         task = task_file(root).display(),
-    );
-    RunFile::from_toml(&text, "test.toml").unwrap()
+    )
 }
 
 pub fn final_bytes(root: &Path, out: &str) -> Vec<u8> {
