@@ -14,7 +14,7 @@
 //!
 //! Before anything is aggregated an upload is checked: the payload is size-limited and
 //! checksummed ([`crate::codec`]), its deltas must be for tensors the participant was
-//! told to tune this round, with the global tensor's shape and dtype. Dropping the
+//! told to tune this round, with the global tensor's shape and dtype, and finite. Dropping the
 //! transport tells every participant the run is done, waits briefly for them to hear
 //! it, and stops the server.
 
@@ -115,6 +115,9 @@ pub struct GrpcTransport {
     local_addr: SocketAddr,
     reply_timeout: Duration,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The server task, awaited on drop so in-flight answers (the last "done"s) are
+    /// delivered before the runtime stops.
+    server: Option<tokio::task::JoinHandle<()>>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -145,7 +148,7 @@ impl GrpcTransport {
             shared: Arc::clone(&shared),
         });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        runtime.spawn(async move {
+        let server = runtime.spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             let served = tonic::transport::Server::builder()
                 .add_service(service)
@@ -163,6 +166,7 @@ impl GrpcTransport {
             local_addr,
             reply_timeout: cfg.reply_timeout,
             shutdown: Some(tx),
+            server: Some(server),
             runtime: Some(runtime),
         })
     }
@@ -391,7 +395,7 @@ fn from_json<T: serde::de::DeserializeOwned>(
 
 impl Drop for GrpcTransport {
     /// Tell every participant the run is done, give them up to 5 s to hear it, stop
-    /// the server.
+    /// the server gracefully (up to 5 s more for calls in flight).
     fn drop(&mut self) {
         {
             let mut state = self.shared.lock();
@@ -414,6 +418,11 @@ impl Drop for GrpcTransport {
             let _ = tx.send(());
         }
         if let Some(rt) = self.runtime.take() {
+            if let Some(server) = self.server.take() {
+                let _ = rt.block_on(async move {
+                    tokio::time::timeout(Duration::from_secs(5), server).await
+                });
+            }
             rt.shutdown_timeout(Duration::from_secs(1));
         }
     }
@@ -493,7 +502,7 @@ impl Service {
     }
 
     /// Every delta must be for a tensor assigned to `id` this round, with its shape
-    /// and dtype, and finite.
+    /// and dtype, and hold only finite values.
     fn check_deltas(
         &self,
         id: ParticipantId,
@@ -521,9 +530,18 @@ impl Service {
                     t.dims()
                 )));
             }
+            if !all_finite(t).map_err(|e| refuse(e.to_string()))? {
+                return Err(refuse("holds NaN or infinite values".into()));
+            }
         }
         Ok(())
     }
+}
+
+/// Whether every element of `t` is finite.
+fn all_finite(t: &Tensor) -> candle_core::Result<bool> {
+    let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(values.iter().all(|x| x.is_finite()))
 }
 
 #[tonic::async_trait]

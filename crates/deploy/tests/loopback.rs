@@ -95,10 +95,11 @@ fn flux_over_loopback_matches_the_simulation_bit_for_bit() {
     assert_deployment_matches_simulation(|root, out| method_config(root, out, "flux", 2));
 }
 
-/// Returns a delta for every name in `deltas` (value 1), or sleeps first.
+/// Returns a delta filled with `fill` for every name in `deltas`, after sleeping `sleep`.
 struct Toy {
     id: ParticipantId,
     deltas: Vec<&'static str>,
+    fill: f64,
     sleep: Duration,
 }
 
@@ -108,7 +109,10 @@ impl Participant for Toy {
         let deltas = self
             .deltas
             .iter()
-            .map(|&n| (n.to_string(), global[n].ones_like().unwrap()))
+            .map(|&n| {
+                let delta = global[n].ones_like().unwrap().affine(self.fill, 0.0);
+                (n.to_string(), delta.unwrap())
+            })
             .collect();
         Ok(TrainReply {
             participant: self.id,
@@ -137,14 +141,15 @@ fn unit_profile() -> DeviceProfile {
 }
 
 #[test]
-fn bad_tokens_unassigned_updates_and_silent_participants_fail_cleanly() {
-    let mut transport = bind(3, Duration::from_secs(2));
+fn bad_tokens_unassigned_or_nan_updates_and_silent_participants_fail_cleanly() {
+    let mut transport = bind(4, Duration::from_secs(2));
     // A wrong token is refused at registration.
     let mut intruder = serve_cfg(&transport, ParticipantId(0), unit_profile());
     intruder.token = "guess".into();
     let mut toy = Toy {
         id: ParticipantId(0),
         deltas: vec![],
+        fill: 1.0,
         sleep: Duration::ZERO,
     };
     let err = serve(&intruder, &mut toy).unwrap_err().to_string();
@@ -153,27 +158,33 @@ fn bad_tokens_unassigned_updates_and_silent_participants_fail_cleanly() {
         "{err}"
     );
 
-    // 0 answers properly, 1 sends a delta it was not assigned, 2 is too slow.
-    let specs = [(0, vec!["a"], 0), (1, vec!["a", "b"], 0), (2, vec!["a"], 4)];
+    // 0 answers properly, 1 sends a delta it was not assigned, 2 is too slow, 3 sends NaN.
+    let specs = [
+        (0, vec!["a"], 0, 1.0),
+        (1, vec!["a", "b"], 0, 1.0),
+        (2, vec!["a"], 4, 1.0),
+        (3, vec!["a"], 0, f64::NAN),
+    ];
     let threads: Vec<_> = specs
         .into_iter()
-        .map(|(i, deltas, sleep_s)| {
+        .map(|(i, deltas, sleep_s, fill)| {
             let id = ParticipantId(i);
             let cfg = serve_cfg(&transport, id, unit_profile());
             let mut toy = Toy {
                 id,
                 deltas,
+                fill,
                 sleep: Duration::from_secs(sleep_s),
             };
             std::thread::spawn(move || serve(&cfg, &mut toy))
         })
         .collect();
     transport
-        .wait_for_participants(3, Duration::from_secs(30))
+        .wait_for_participants(4, Duration::from_secs(30))
         .unwrap();
     assert_eq!(
         transport.pool(),
-        (0..3).map(ParticipantId).collect::<Vec<_>>()
+        (0..4).map(ParticipantId).collect::<Vec<_>>()
     );
     let global: Global = BTreeMap::from([
         (
@@ -190,7 +201,7 @@ fn bad_tokens_unassigned_updates_and_silent_participants_fail_cleanly() {
         trainable: vec!["a".into()],
         params: BTreeMap::new(),
     };
-    let msgs = (0..3).map(|i| (ParticipantId(i), ins.clone())).collect();
+    let msgs = (0..4).map(|i| (ParticipantId(i), ins.clone())).collect();
     let ex = transport.send_and_receive(msgs, &global, None).unwrap();
     assert_eq!(ex.replies.len(), 1);
     let reply = &ex.replies[0];
@@ -206,7 +217,16 @@ fn bad_tokens_unassigned_updates_and_silent_participants_fail_cleanly() {
         .collect();
     assert_eq!(
         failures,
-        vec![(1, FailureKind::Error), (2, FailureKind::Deadline)]
+        vec![
+            (1, FailureKind::Error),
+            (2, FailureKind::Deadline),
+            (3, FailureKind::Error)
+        ]
+    );
+    assert!(
+        ex.failures[2].reason.contains("NaN or infinite"),
+        "{}",
+        ex.failures[2].reason
     );
     assert!(
         ex.failures[0].reason.contains("delta `b`: not assigned"),
