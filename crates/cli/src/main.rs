@@ -3,6 +3,7 @@
 
 mod assets;
 mod bench;
+mod deploy;
 mod eval;
 mod eval_loss;
 mod generate;
@@ -34,6 +35,38 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Coordinate a run whose participants are other processes (`fluxmoe
+    /// participant`), over gRPC; the same config as `fluxmoe run`.
+    Coordinator {
+        #[arg(long)]
+        config: PathBuf,
+        /// Address to listen on, e.g. 0.0.0.0:50051.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// One `<participant id> <token>` per line.
+        #[arg(long)]
+        tokens: PathBuf,
+        /// Wall seconds a round waits for its answers.
+        #[arg(long, default_value_t = 3600)]
+        reply_timeout_s: u64,
+        /// Wall seconds to wait for every participant to register.
+        #[arg(long, default_value_t = 3600)]
+        wait_s: u64,
+    },
+    /// Take part in a run coordinated by `fluxmoe coordinator`: the data shard and
+    /// device profile are participant ID's of CONFIG, as in the simulation.
+    Participant {
+        /// e.g. http://10.0.0.1:50051
+        #[arg(long)]
+        coordinator: String,
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        id: u32,
+        /// A file holding this participant's token.
+        #[arg(long)]
+        token_file: PathBuf,
+    },
     /// A federated fine-tuning run (in-process simulation); without CONFIG, the built-in
     /// quickstart (examples/quickstart.toml).
     Run {
@@ -407,6 +440,30 @@ fn run(cli: Cli) -> Result<()> {
             resume,
             quiet,
             json,
+        }),
+        Some(Command::Coordinator {
+            config,
+            listen,
+            tokens,
+            reply_timeout_s,
+            wait_s,
+        }) => deploy::coordinator(&deploy::CoordinatorArgs {
+            config,
+            listen,
+            tokens,
+            reply_timeout_s,
+            wait_s,
+        }),
+        Some(Command::Participant {
+            coordinator,
+            config,
+            id,
+            token_file,
+        }) => deploy::participant(&deploy::ParticipantArgs {
+            coordinator,
+            config,
+            id,
+            token_file,
         }),
         Some(Command::Export { run, model, out }) => {
             let round = fluxmoe_sim::export(&run, model.as_deref(), &out)?;

@@ -157,18 +157,122 @@ impl LocalTransport {
     }
 }
 
-impl LocalTransport {
-    fn check_recipients<T>(&self, msgs: &mut [(ParticipantId, T)]) -> Result<()> {
-        msgs.sort_by_key(|(id, _)| *id);
-        for pair in msgs.windows(2) {
-            if pair[0].0 == pair[1].0 {
-                return Err(Error::DuplicateParticipant(pair[0].0));
-            }
+/// Sort `msgs` by recipient; a recipient named twice, or one `known` does not accept,
+/// is an error. Every transport checks a round's instructions with this.
+pub fn check_recipients<T>(
+    msgs: &mut [(ParticipantId, T)],
+    known: impl Fn(ParticipantId) -> bool,
+) -> Result<()> {
+    msgs.sort_by_key(|(id, _)| *id);
+    for pair in msgs.windows(2) {
+        if pair[0].0 == pair[1].0 {
+            return Err(Error::DuplicateParticipant(pair[0].0));
         }
-        if let Some((id, _)) = msgs.iter().find(|(id, _)| !self.members.contains_key(id)) {
-            return Err(Error::UnknownParticipant(*id));
+    }
+    if let Some((id, _)) = msgs.iter().find(|(id, _)| !known(*id)) {
+        return Err(Error::UnknownParticipant(*id));
+    }
+    Ok(())
+}
+
+/// Record participant `id`'s answer to a [`ProfileIns`] into `out`: a report charged
+/// on `profile`, or a [`FailureKind::Error`] failure. Shared by every transport so
+/// profiling is accounted the same way in simulation and deployment.
+pub fn settle_profile(
+    out: &mut ProfileExchange,
+    id: ParticipantId,
+    result: Result<ProfileReply>,
+    profile: &DeviceProfile,
+    measured_s: f64,
+) {
+    let result = result.and_then(|reply| {
+        if reply.participant != id {
+            return Err(Error::State(format!(
+                "profile claims to come from participant {}",
+                reply.participant
+            )));
         }
-        Ok(())
+        let seconds = reply.cost.seconds(profile)?.total;
+        Ok((reply, seconds))
+    });
+    match result {
+        Ok((reply, seconds)) => {
+            out.seconds.insert(id, seconds);
+            out.measured.insert(id, measured_s);
+            out.replies.push(reply);
+        }
+        Err(e) => {
+            tracing::warn!(participant = %id, error = %e, "profiling failed");
+            out.failures
+                .push(Failure::new(id, FailureKind::Error, e.to_string()));
+        }
+    }
+}
+
+/// Record participant `id`'s training outcome into `out`: its virtual time on
+/// `profile` (from the reply's [`crate::WorkCost`]) and either the reply or a failure
+/// (its own error, a reply claiming another sender, or virtual time over
+/// `deadline_s`). Shared by every transport so a deployment charges time and judges
+/// deadlines exactly as the simulation does. Call in ascending id order.
+pub fn settle_train(
+    out: &mut Exchange,
+    id: ParticipantId,
+    trained: Result<TrainReply>,
+    profile: &DeviceProfile,
+    measured_s: f64,
+    peak_rss_bytes: Option<u64>,
+    deadline_s: Option<f64>,
+) {
+    let reply = match trained {
+        Ok(reply) => reply,
+        Err(e) => {
+            tracing::warn!(participant = %id, error = %e, "participant failed");
+            out.failures
+                .push(Failure::new(id, FailureKind::Error, e.to_string()));
+            return;
+        }
+    };
+    if reply.participant != id {
+        out.failures.push(Failure::new(
+            id,
+            FailureKind::Error,
+            format!(
+                "reply claims to come from participant {}",
+                reply.participant
+            ),
+        ));
+        return;
+    }
+    let phases = match reply.cost.seconds(profile) {
+        Ok(phases) => phases,
+        Err(e) => {
+            out.failures
+                .push(Failure::new(id, FailureKind::Error, e.to_string()));
+            return;
+        }
+    };
+    out.times.push(ParticipantTime {
+        participant: id,
+        device: profile.name.clone(),
+        phases,
+        up_bytes: reply.cost.up_bytes,
+        down_bytes: reply.cost.down_bytes,
+        profile_s: 0.0,
+        profile_hidden_s: 0.0,
+        measured_s,
+        profile_measured_s: 0.0,
+        peak_rss_bytes,
+    });
+    match deadline_s {
+        Some(deadline) if phases.total > deadline => out.failures.push(Failure::new(
+            id,
+            FailureKind::Deadline,
+            format!(
+                "virtual time {} s exceeds the deadline {deadline} s",
+                phases.total
+            ),
+        )),
+        _ => out.replies.push(reply),
     }
 }
 
@@ -185,7 +289,7 @@ impl Transport for LocalTransport {
         current: &Global,
         previous: &Global,
     ) -> Result<ProfileExchange> {
-        self.check_recipients(&mut msgs)?;
+        check_recipients(&mut msgs, |id| self.members.contains_key(&id))?;
         let mut out = ProfileExchange::default();
         for (id, ins) in msgs {
             let Some(member) = self.members.get_mut(&id) else {
@@ -193,31 +297,9 @@ impl Transport for LocalTransport {
             };
             let model = if ins.stale { previous } else { current };
             let start = std::time::Instant::now();
-            let result = member
-                .participant
-                .profile(&ins, model, current)
-                .and_then(|reply| {
-                    if reply.participant != id {
-                        return Err(Error::State(format!(
-                            "profile claims to come from participant {}",
-                            reply.participant
-                        )));
-                    }
-                    let seconds = reply.cost.seconds(&member.profile)?.total;
-                    Ok((reply, seconds))
-                });
-            match result {
-                Ok((reply, seconds)) => {
-                    out.seconds.insert(id, seconds);
-                    out.measured.insert(id, start.elapsed().as_secs_f64());
-                    out.replies.push(reply);
-                }
-                Err(e) => {
-                    tracing::warn!(participant = %id, error = %e, "profiling failed");
-                    out.failures
-                        .push(Failure::new(id, FailureKind::Error, e.to_string()));
-                }
-            }
+            let result = member.participant.profile(&ins, model, current);
+            let measured_s = start.elapsed().as_secs_f64();
+            settle_profile(&mut out, id, result, &member.profile, measured_s);
         }
         Ok(out)
     }
@@ -228,7 +310,7 @@ impl Transport for LocalTransport {
         global: &Global,
         deadline_s: Option<f64>,
     ) -> Result<Exchange> {
-        self.check_recipients(&mut msgs)?;
+        check_recipients(&mut msgs, |id| self.members.contains_key(&id))?;
         let mut out = Exchange::default();
         // Dropouts first: they do no work.
         let mut jobs: BTreeMap<ParticipantId, TrainIns> = BTreeMap::new();
@@ -320,57 +402,15 @@ impl Transport for LocalTransport {
         results.sort_by_key(|r| r.0);
         for (id, trained, measured_s, peak_rss_bytes) in results {
             let profile = &self.members[&id].profile;
-            let reply = match trained {
-                Ok(reply) => reply,
-                Err(e) => {
-                    tracing::warn!(participant = %id, error = %e, "participant failed");
-                    out.failures
-                        .push(Failure::new(id, FailureKind::Error, e.to_string()));
-                    continue;
-                }
-            };
-            if reply.participant != id {
-                out.failures.push(Failure::new(
-                    id,
-                    FailureKind::Error,
-                    format!(
-                        "reply claims to come from participant {}",
-                        reply.participant
-                    ),
-                ));
-                continue;
-            }
-            let phases = match reply.cost.seconds(profile) {
-                Ok(phases) => phases,
-                Err(e) => {
-                    out.failures
-                        .push(Failure::new(id, FailureKind::Error, e.to_string()));
-                    continue;
-                }
-            };
-            out.times.push(ParticipantTime {
-                participant: id,
-                device: profile.name.clone(),
-                phases,
-                up_bytes: reply.cost.up_bytes,
-                down_bytes: reply.cost.down_bytes,
-                profile_s: 0.0,
-                profile_hidden_s: 0.0,
+            settle_train(
+                &mut out,
+                id,
+                trained,
+                profile,
                 measured_s,
-                profile_measured_s: 0.0,
                 peak_rss_bytes,
-            });
-            match deadline_s {
-                Some(deadline) if phases.total > deadline => out.failures.push(Failure::new(
-                    id,
-                    FailureKind::Deadline,
-                    format!(
-                        "virtual time {} s exceeds the deadline {deadline} s",
-                        phases.total
-                    ),
-                )),
-                _ => out.replies.push(reply),
-            }
+                deadline_s,
+            );
         }
         out.failures.sort_by_key(|f| f.participant);
         Ok(out)

@@ -19,4 +19,4 @@ pub mod shared_quantized;
 
 pub use config::RunFile;
 pub use error::{Error, Result};
-pub use run::{export, run, Provenance, RunSummary};
+pub use run::{export, members, run, run_over, Member, Provenance, RunSummary, TransportBuilder};

@@ -22,7 +22,7 @@ use fluxmoe_fed::{
     load_checkpoint, load_previous, save_checkpoint, AggregateConfig, Clock, Coordinator,
     DeviceProfile, FedAvgFull, FedAvgFullConfig, FleetConfig, Global, LocalTransport,
     LocalTransportConfig, ParticipantId, RoundRecord, RunConfig, ServerOptimizerConfig, Strategy,
-    TargetConfig, VirtualClock,
+    TargetConfig, Transport, VirtualClock,
 };
 use fluxmoe_model::config::Ffn;
 use fluxmoe_model::keys::{expert_key, Proj};
@@ -68,6 +68,18 @@ pub struct RunSummary {
     pub output: PathBuf,
 }
 
+/// One participant of a run: its id, its device profile and its local training.
+pub struct Member {
+    pub id: ParticipantId,
+    pub profile: DeviceProfile,
+    pub participant: ModelParticipant,
+}
+
+/// Makes the transport a run's coordinator drives from the run's participants: the
+/// simulation hands them to a `LocalTransport`; a deployment leaves them to the
+/// participant processes and returns a network transport.
+pub type TransportBuilder<'a> = dyn FnMut(Vec<Member>) -> Result<Box<dyn Transport>> + 'a;
+
 /// Run `file` with the model at `model_path` (already resolved from `file.model.path`).
 /// With `resume`, continue from `output/checkpoint`.
 pub fn run(
@@ -76,96 +88,172 @@ pub fn run(
     resume: bool,
     on_round: &mut dyn FnMut(&RoundRecord),
 ) -> Result<RunSummary> {
-    let lm = load_model(model_path, &Device::Cpu)?;
-    let tokenizer = lm.tokenizer.clone().ok_or_else(|| {
-        Error::Config(format!(
-            "`model.path`: {} has no tokenizer",
-            model_path.display()
-        ))
-    })?;
-    let dirs = DataDirs {
-        math: file.task.math_dir.clone(),
-        wordnet: PathBuf::from(fluxmoe_data::tasks::wordnet::DEFAULT_DIR),
-    };
-    let data = load_train_test(&file.task.name, &dirs, LoadOptions::STRICT, file.seed)?;
-    let chat = lm
-        .chat_template
-        .as_deref()
-        .is_some_and(|t| t.contains("<|im_start|>"));
-    let format = if chat {
-        PromptFormat::ChatMl
-    } else {
-        PromptFormat::Plain
-    };
-    let pad_id = lm.eos_ids.first().copied().unwrap_or(0);
-    let mut stop_ids = lm.eos_ids.clone();
-    stop_ids.extend(tokenizer.token_to_id("<|im_end|>"));
+    run_over(file, model_path, resume, on_round, &mut |members| {
+        let mut transport = LocalTransport::new(LocalTransportConfig {
+            dropout: file.fleet.dropout,
+            seed: file.seed,
+            workers: file.rounds.workers,
+        })?;
+        for m in members {
+            transport.add(m.id, Box::new(m.participant), m.profile)?;
+        }
+        Ok(Box::new(transport))
+    })
+}
 
-    // Partition the training examples and tokenise each participant's shard.
-    let groups = data.train.groups();
-    let parts = partition(&scheme(file)?, &groups, file.partition.participants)?;
-    let template = Template::for_task(&data.train.name);
-    let batch_cfg = BatchConfig {
-        max_len: file.task.max_len,
-        pad_id,
-        eos_id: if chat {
-            None
+/// The participants of `file`'s run, as [`run`] builds them: participant `i` trains on
+/// shard `i` of the seeded partition, on the `i`-th device of the fleet assignment. A
+/// participant process calls this with the run's config and keeps its own member, so
+/// its data and device are those of the simulation.
+pub fn members(file: &RunFile, model_path: &Path) -> Result<Vec<Member>> {
+    Ok(Setup::new(file, model_path)?.members)
+}
+
+/// What a run is made of before a transport or coordinator exists.
+struct Setup {
+    lm: LoadedModel,
+    tokenizer: tokenizers::Tokenizer,
+    test: fluxmoe_data::Task,
+    format: PromptFormat,
+    pad_id: u32,
+    stop_ids: Vec<u32>,
+    trainable: Vec<String>,
+    stats: ModelStats,
+    memory: BTreeMap<ParticipantId, u64>,
+    members: Vec<Member>,
+}
+
+impl Setup {
+    /// Load the model and task, partition and tokenise the training data, and build
+    /// one participant per shard.
+    fn new(file: &RunFile, model_path: &Path) -> Result<Self> {
+        let lm = load_model(model_path, &Device::Cpu)?;
+        let tokenizer = lm.tokenizer.clone().ok_or_else(|| {
+            Error::Config(format!(
+                "`model.path`: {} has no tokenizer",
+                model_path.display()
+            ))
+        })?;
+        let dirs = DataDirs {
+            math: file.task.math_dir.clone(),
+            wordnet: PathBuf::from(fluxmoe_data::tasks::wordnet::DEFAULT_DIR),
+        };
+        let data = load_train_test(&file.task.name, &dirs, LoadOptions::STRICT, file.seed)?;
+        let chat = lm
+            .chat_template
+            .as_deref()
+            .is_some_and(|t| t.contains("<|im_start|>"));
+        let format = if chat {
+            PromptFormat::ChatMl
         } else {
-            lm.eos_ids.first().copied()
-        },
-    };
-    let mut shards: Vec<Vec<Encoded>> = Vec::with_capacity(parts.len());
-    for part in &parts {
-        let shard = part
-            .iter()
-            .map(|&i| {
-                encode(
-                    &tokenizer,
-                    &template.render(&data.train.examples[i], format)?,
-                    &batch_cfg,
-                )
-            })
-            .collect::<fluxmoe_data::Result<Vec<_>>>()?;
-        shards.push(shard);
-    }
+            PromptFormat::Plain
+        };
+        let pad_id = lm.eos_ids.first().copied().unwrap_or(0);
+        let mut stop_ids = lm.eos_ids.clone();
+        stop_ids.extend(tokenizer.token_to_id("<|im_end|>"));
 
-    let cfg = lm.checkpoint.config.clone();
-    let trainable = trainable_names(&lm, &file.train.trainable)?;
-    let stats = ModelStats::of(&cfg, &lm.checkpoint.params);
-    let ids: Vec<ParticipantId> = (0..shards.len() as u32).map(ParticipantId).collect();
-    let devices = fleet(file, &ids)?;
-    let mut transport = LocalTransport::new(LocalTransportConfig {
-        dropout: file.fleet.dropout,
-        seed: file.seed,
-        workers: file.rounds.workers,
-    })?;
-    let mut memory = BTreeMap::new();
-    let quantized = std::sync::Arc::new(crate::shared_quantized::SharedQuantized::default());
-    for ((id, profile), shard) in devices.into_iter().zip(shards) {
-        memory.insert(id, profile.memory_bytes);
-        let participant = ModelParticipant {
-            id,
-            config: cfg.clone(),
-            shard,
-            last_profile_error: Default::default(),
-            quantized: std::sync::Arc::clone(&quantized),
-            training: LocalTraining {
-                local_steps: file.rounds.local_steps,
-                batch_size: file.rounds.batch_size,
-                adamw: AdamWConfig {
-                    lr: file.train.lr,
-                    weight_decay: file.train.weight_decay,
-                    ..AdamWConfig::default()
-                },
-                max_grad_norm: file.train.max_grad_norm,
-                fedprox_mu: file.train.fedprox_mu,
-                pad_id,
-                seed: file.seed,
-                active_params: stats.active_params as f64,
+        // Partition the training examples and tokenise each participant's shard.
+        let groups = data.train.groups();
+        let parts = partition(&scheme(file)?, &groups, file.partition.participants)?;
+        let template = Template::for_task(&data.train.name);
+        let batch_cfg = BatchConfig {
+            max_len: file.task.max_len,
+            pad_id,
+            eos_id: if chat {
+                None
+            } else {
+                lm.eos_ids.first().copied()
             },
         };
-        transport.add(id, Box::new(participant), profile)?;
+        let mut shards: Vec<Vec<Encoded>> = Vec::with_capacity(parts.len());
+        for part in &parts {
+            let shard = part
+                .iter()
+                .map(|&i| {
+                    encode(
+                        &tokenizer,
+                        &template.render(&data.train.examples[i], format)?,
+                        &batch_cfg,
+                    )
+                })
+                .collect::<fluxmoe_data::Result<Vec<_>>>()?;
+            shards.push(shard);
+        }
+
+        let cfg = lm.checkpoint.config.clone();
+        let trainable = trainable_names(&lm, &file.train.trainable)?;
+        let stats = ModelStats::of(&cfg, &lm.checkpoint.params);
+        let ids: Vec<ParticipantId> = (0..shards.len() as u32).map(ParticipantId).collect();
+        let devices = fleet(file, &ids)?;
+        let mut memory = BTreeMap::new();
+        let mut members = Vec::new();
+        let quantized = std::sync::Arc::new(crate::shared_quantized::SharedQuantized::default());
+        for ((id, profile), shard) in devices.into_iter().zip(shards) {
+            memory.insert(id, profile.memory_bytes);
+            let participant = ModelParticipant {
+                id,
+                config: cfg.clone(),
+                shard,
+                last_profile_error: Default::default(),
+                quantized: std::sync::Arc::clone(&quantized),
+                training: LocalTraining {
+                    local_steps: file.rounds.local_steps,
+                    batch_size: file.rounds.batch_size,
+                    adamw: AdamWConfig {
+                        lr: file.train.lr,
+                        weight_decay: file.train.weight_decay,
+                        ..AdamWConfig::default()
+                    },
+                    max_grad_norm: file.train.max_grad_norm,
+                    fedprox_mu: file.train.fedprox_mu,
+                    pad_id,
+                    seed: file.seed,
+                    active_params: stats.active_params as f64,
+                },
+            };
+            members.push(Member {
+                id,
+                profile,
+                participant,
+            });
+        }
+        Ok(Setup {
+            test: data.test,
+            lm,
+            tokenizer,
+            format,
+            pad_id,
+            stop_ids,
+            trainable,
+            stats,
+            memory,
+            members,
+        })
     }
+}
+
+/// [`run`] over the transport `transport` makes from the run's participants.
+pub fn run_over(
+    file: &RunFile,
+    model_path: &Path,
+    resume: bool,
+    on_round: &mut dyn FnMut(&RoundRecord),
+    transport: &mut TransportBuilder<'_>,
+) -> Result<RunSummary> {
+    let Setup {
+        lm,
+        tokenizer,
+        test,
+        format,
+        pad_id,
+        stop_ids,
+        trainable,
+        stats,
+        memory,
+        members,
+    } = Setup::new(file, model_path)?;
+    let cfg = lm.checkpoint.config.clone();
+    let mut transport = transport(members)?;
     let aggregate = AggregateConfig {
         max_delta_norm: None,
     };
@@ -196,7 +284,7 @@ pub fn run(
     let mut evaluator = ModelEvaluator {
         config: cfg.clone(),
         tokenizer: tokenizer.clone(),
-        test: data.test,
+        test,
         eval: EvalConfig {
             format,
             max_len: 512,
@@ -267,7 +355,7 @@ pub fn run(
         let start = Instant::now();
         let history = coordinator.run_rounds(
             strategy.as_mut(),
-            &mut transport,
+            transport.as_mut(),
             &mut clock,
             Some(&mut evaluator),
             1,

@@ -1,105 +1,10 @@
 //! `fluxmoe_sim::run` end to end on a fixture model with a character tokenizer:
 //! output schema, determinism, resume bit for bit.
 
-use std::path::{Path, PathBuf};
+use fluxmoe_sim::run;
 
-use fluxmoe_sim::{run, RunFile};
-
-fn fixture(arch: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures")
-        .join(arch)
-}
-
-/// A copy of the mixtral fixture with a character-level tokenizer over its 128 ids.
-fn model_dir(root: &Path) -> PathBuf {
-    let dir = root.join("model");
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture("mixtral").join(f), dir.join(f)).unwrap();
-    }
-    let vocab: serde_json::Map<String, serde_json::Value> = (0u32..128)
-        .map(|i| {
-            (
-                char::from_u32(i).unwrap().to_string(),
-                serde_json::Value::from(i),
-            )
-        })
-        .collect();
-    let tok = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": null,
-        "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "."}, "behavior": "Isolated", "invert": false},
-        "post_processor": null,
-        "decoder": {"type": "Fuse"},
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "?"}
-    });
-    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
-    dir
-}
-
-fn task_file(root: &Path) -> PathBuf {
-    let path = root.join("sums.jsonl");
-    let lines: Vec<String> = (0..40)
-        .map(|i| {
-            let (a, b) = (i % 7, i % 5);
-            serde_json::json!({"prompt": format!("{a}+{b}="), "response": format!("{}", a + b), "group": format!("g{}", i % 4)}).to_string()
-        })
-        .collect();
-    std::fs::write(&path, lines.join("\n")).unwrap();
-    path
-}
-
-fn config(root: &Path, out: &str, rounds: u32) -> RunFile {
-    let text = format!(
-        r#"
-seed = 5
-output = "{out}"
-[model]
-path = "unused"
-[task]
-name = "jsonl-em:{task}"
-max_len = 16
-eval_limit = 4
-max_new_tokens = 2
-[partition]
-participants = 3
-scheme = "dirichlet"
-alpha = 1.0
-min_partition_size = 1
-[rounds]
-rounds = {rounds}
-per_round = 2
-local_steps = 2
-batch_size = 2
-eval_every = 2
-checkpoint_every = 1
-[train]
-lr = 1e-2
-trainable = "experts"
-[fleet]
-profiles = ["rtx3060", "cpu"]
-"#,
-        out = root.join(out).display(),
-        task = task_file(root).display(),
-    );
-    RunFile::from_toml(&text, "test.toml").unwrap()
-}
-
-fn final_bytes(root: &Path, out: &str) -> Vec<u8> {
-    std::fs::read(root.join(out).join("final/model.safetensors")).unwrap()
-}
-
-fn records(root: &Path, out: &str) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(root.join(out).join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let r: fluxmoe_fed::RoundRecord = serde_json::from_str(l).unwrap();
-            serde_json::to_value(r.without_measurements()).unwrap()
-        })
-        .collect()
-}
+mod common;
+use common::{config, final_bytes, fixture, method_config, model_dir, records};
 
 #[test]
 fn run_writes_metrics_summary_and_final_model_deterministically() {
@@ -237,21 +142,6 @@ fn bad_configs_are_errors_naming_the_key() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("never-ran"), "{err}");
-}
-
-/// The fixture run with `method`, on one device kind whose memory holds the fixed part,
-/// two tuning experts and two merged slots (the experts are 48 KiB each).
-fn method_config(root: &Path, out: &str, method: &str, rounds: u32) -> RunFile {
-    let mut cfg = config(root, out, rounds);
-    cfg.method.name = method.into();
-    cfg.method.options.overhead_mib = 0.0;
-    cfg.method.options.pca_dim = 4;
-    cfg.fleet.profiles = vec!["rtx3060".into()];
-    let rtx3060 = fluxmoe_fed::DeviceProfile::preset("rtx3060")
-        .unwrap()
-        .memory_bytes as f64;
-    cfg.fleet.memory_fraction = 1_000_000.0 / rtx3060;
-    cfg
 }
 
 #[test]

@@ -1,0 +1,125 @@
+//! `fluxmoe coordinator` and `fluxmoe participant`: a run of the same config as
+//! `fluxmoe run`, with the participants in other processes over gRPC
+//! (`fluxmoe-deploy`).
+//!
+//! A participant derives its data shard and device profile from the run config and
+//! its id exactly as the simulation does (`fluxmoe_sim::members`: the task is loaded
+//! and partitioned with the run's seed, and participant `i` keeps shard `i` and the
+//! `i`-th device of the fleet assignment), so with the same config and seed a
+//! deployment trains what the simulation trains.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use fluxmoe_deploy::{GrpcTransport, GrpcTransportConfig, ServeConfig, Tokens};
+use fluxmoe_fed::ParticipantId;
+use fluxmoe_sim::RunFile;
+
+use crate::run::resolve_model;
+
+/// Largest payload either side accepts (the whole model travels to participants).
+const MAX_PAYLOAD_BYTES: usize = 64 << 30;
+
+pub struct CoordinatorArgs {
+    pub config: PathBuf,
+    pub listen: SocketAddr,
+    pub tokens: PathBuf,
+    /// Wall seconds a round waits for its answers.
+    pub reply_timeout_s: u64,
+    /// Wall seconds to wait for every participant to register before round 1.
+    pub wait_s: u64,
+}
+
+pub fn coordinator(args: &CoordinatorArgs) -> Result<()> {
+    let file = RunFile::load(&args.config)?;
+    let model_path = resolve_model(&file.model.path)?;
+    let tokens = Tokens::read(&args.tokens)?;
+    let transport = GrpcTransport::bind(GrpcTransportConfig {
+        listen: args.listen,
+        tokens,
+        reply_timeout: Duration::from_secs(args.reply_timeout_s),
+        max_payload_bytes: MAX_PAYLOAD_BYTES,
+        poll_interval: Duration::from_secs(20),
+    })?;
+    eprintln!(
+        "coordinator: listening on {}, waiting for {} participants",
+        transport.local_addr(),
+        file.partition.participants
+    );
+    let n = file.partition.participants;
+    let wait = Duration::from_secs(args.wait_s);
+    let mut transport = Some(transport);
+    let summary = fluxmoe_sim::run_over(
+        &file,
+        &model_path,
+        false,
+        &mut |rec| {
+            eprintln!(
+                "round {}: accepted {:?}, failed {}, virtual {:.1}s",
+                rec.round,
+                rec.accepted.iter().map(|p| p.0).collect::<Vec<_>>(),
+                rec.dropped.len(),
+                rec.virtual_time_end
+            )
+        },
+        &mut |_members| {
+            let Some(t) = transport.take() else {
+                return Err(fluxmoe_fed::Error::State("the transport is built once".into()).into());
+            };
+            t.wait_for_participants(n, wait)
+                .map_err(fluxmoe_fed::Error::from)?;
+            Ok(Box::new(t))
+        },
+    )
+    .context("deployed run")?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
+}
+
+pub struct ParticipantArgs {
+    pub coordinator: String,
+    pub config: PathBuf,
+    pub id: u32,
+    pub token_file: PathBuf,
+}
+
+pub fn participant(args: &ParticipantArgs) -> Result<()> {
+    let file = RunFile::load(&args.config)?;
+    let model_path = resolve_model(&file.model.path)?;
+    let token = read_token(&args.token_file)?;
+    let id = ParticipantId(args.id);
+    let Some(member) = fluxmoe_sim::members(&file, &model_path)?
+        .into_iter()
+        .find(|m| m.id == id)
+    else {
+        bail!(
+            "participant {id}: the config has {} participants (ids 0..{})",
+            file.partition.participants,
+            file.partition.participants
+        );
+    };
+    let cfg = ServeConfig {
+        url: args.coordinator.clone(),
+        id,
+        token,
+        profile: member.profile,
+        max_payload_bytes: MAX_PAYLOAD_BYTES,
+        connect_timeout: Duration::from_secs(300),
+    };
+    let mut participant = member.participant;
+    let answered = fluxmoe_deploy::serve(&cfg, &mut participant)?;
+    eprintln!("participant {id}: run finished after {answered} tasks");
+    Ok(())
+}
+
+fn read_token(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the token file {}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("{}: the token file is empty", path.display());
+    }
+    Ok(token.to_string())
+}

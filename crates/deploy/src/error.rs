@@ -1,0 +1,46 @@
+//! The one error type of `fluxmoe-deploy`: bad configuration, a refused payload, a
+//! broken connection or a protocol violation, each naming what it is about.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A setting or file (tokens, address) is missing or malformed.
+    #[error("config: {0}")]
+    Config(String),
+    /// A file could not be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A tensor payload was refused.
+    #[error("tensor payload: {0}")]
+    Codec(#[from] crate::codec::Error),
+    /// The other side broke the protocol (unexpected message, unknown task, bad JSON).
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// The connection could not be made or was lost.
+    #[error("connection: {0}")]
+    Connection(String),
+    /// The coordinator answered a call with an error status.
+    #[error("coordinator refused {call}: {status}")]
+    Status {
+        call: &'static str,
+        status: tonic::Status,
+    },
+    #[error(transparent)]
+    Fed(#[from] fluxmoe_fed::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<Error> for fluxmoe_fed::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Fed(e) => e,
+            other => fluxmoe_fed::Error::State(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The participant's side of a deployment: [`serve`] connects any
+//! [`fluxmoe_fed::Participant`] to a coordinator's [`crate::transport::GrpcTransport`].
+//!
+//! The loop: connect (retrying with exponential backoff while the coordinator is not
+//! up yet), register with the device profile, then ask for the next task until the
+//! coordinator says the run is done. For a training task: pull the global model, call
+//! `train`, upload the reply's header and its deltas. For a profiling task: pull the
+//! model (and this round's global when the request is stale), call `profile`, upload
+//! the report. A participant whose own code fails uploads the error, which the
+//! coordinator records as this participant's failure for the round.
+//!
+//! One tokio current-thread runtime drives the calls; `train` and `profile` run on it
+//! directly (the participant has nothing else to do meanwhile).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use candle_core::Tensor;
+use fluxmoe_fed::{DeviceProfile, Participant, ParticipantId, ProfileIns, TrainIns};
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Request;
+
+use crate::chunks::{to_chunks, ChunkReceiver, Payload};
+use crate::error::{Error, Result};
+use crate::proto::federation_client::FederationClient;
+use crate::proto::{
+    reply_part, NextTaskRequest, PullRequest, RegisterRequest, ReplyHeader, ReplyPart, TaskKind,
+    Which,
+};
+use crate::reply::ReplyMeta;
+use crate::tokens::{AUTHORIZATION, PARTICIPANT};
+
+/// How a participant reaches its coordinator.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// The coordinator, e.g. `http://127.0.0.1:50051`.
+    pub url: String,
+    pub id: ParticipantId,
+    pub token: String,
+    /// Reported at registration; the coordinator charges virtual time with it.
+    pub profile: DeviceProfile,
+    /// Largest model download accepted, in bytes.
+    pub max_payload_bytes: usize,
+    /// Give up connecting after this long.
+    pub connect_timeout: Duration,
+}
+
+/// Adds the token and participant id to every call.
+type Interceptor =
+    Box<dyn FnMut(Request<()>) -> std::result::Result<Request<()>, tonic::Status> + Send>;
+
+type Client = FederationClient<InterceptedService<Channel, Interceptor>>;
+
+/// Serve `participant` until the coordinator says the run is done. Returns the
+/// number of tasks answered.
+pub fn serve(cfg: &ServeConfig, participant: &mut dyn Participant) -> Result<usize> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Connection(format!("cannot start the client runtime: {e}")))?;
+    runtime.block_on(serve_async(cfg, participant))
+}
+
+async fn connect(cfg: &ServeConfig) -> Result<Client> {
+    let endpoint = Endpoint::from_shared(cfg.url.clone())
+        .map_err(|e| Error::Config(format!("coordinator URL `{}`: {e}", cfg.url)))?;
+    let start = Instant::now();
+    let mut backoff = Duration::from_millis(50);
+    let channel = loop {
+        match endpoint.connect().await {
+            Ok(channel) => break channel,
+            Err(e) if start.elapsed() + backoff < cfg.connect_timeout => {
+                tracing::debug!(url = %cfg.url, error = %e, ?backoff, "coordinator not reachable yet");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                return Err(Error::Connection(format!(
+                    "{} unreachable for {:?}: {e}",
+                    cfg.url, cfg.connect_timeout
+                )))
+            }
+        }
+    };
+    let bearer: MetadataValue<_> = format!("Bearer {}", cfg.token)
+        .parse()
+        .map_err(|_| Error::Config("the token is not valid in a gRPC header".into()))?;
+    let id: MetadataValue<_> = cfg
+        .id
+        .0
+        .to_string()
+        .parse()
+        .map_err(|_| Error::Config("participant id".into()))?;
+    let intercept: Interceptor = Box::new(move |mut req: Request<()>| {
+        req.metadata_mut().insert(AUTHORIZATION, bearer.clone());
+        req.metadata_mut().insert(PARTICIPANT, id.clone());
+        Ok(req)
+    });
+    Ok(FederationClient::with_interceptor(channel, intercept))
+}
+
+async fn serve_async(cfg: &ServeConfig, participant: &mut dyn Participant) -> Result<usize> {
+    let mut client = connect(cfg).await?;
+    let profile_json = serde_json::to_string(&cfg.profile)
+        .map_err(|e| Error::Config(format!("device profile: {e}")))?;
+    client
+        .register(RegisterRequest {
+            device_profile_json: profile_json,
+        })
+        .await
+        .map_err(|status| Error::Status {
+            call: "Register",
+            status,
+        })?;
+    tracing::info!(participant = %cfg.id, url = %cfg.url, "registered");
+    let mut answered = 0;
+    loop {
+        let task = client
+            .next_task(NextTaskRequest {})
+            .await
+            .map_err(|status| Error::Status {
+                call: "NextTask",
+                status,
+            })?
+            .into_inner();
+        let kind = TaskKind::try_from(task.kind).unwrap_or(TaskKind::Unspecified);
+        let (header, deltas) = match kind {
+            TaskKind::Wait => continue,
+            TaskKind::Done => {
+                tracing::info!(participant = %cfg.id, answered, "the run is done");
+                return Ok(answered);
+            }
+            TaskKind::Unspecified => {
+                return Err(Error::Protocol(format!("unknown task kind {}", task.kind)))
+            }
+            TaskKind::Train => {
+                let ins: TrainIns = parse(&task.instruction_json)?;
+                let global = pull(&mut client, cfg, task.task_id, Which::Model).await?;
+                let start = Instant::now();
+                let trained = participant.train(&ins, &global);
+                let measured_s = start.elapsed().as_secs_f64();
+                match trained {
+                    Ok(reply) => {
+                        let (meta, deltas) = ReplyMeta::split(reply);
+                        (
+                            header(task.task_id, to_json(&meta)?, String::new(), measured_s),
+                            deltas,
+                        )
+                    }
+                    Err(e) => (
+                        header(task.task_id, String::new(), e.to_string(), measured_s),
+                        BTreeMap::new(),
+                    ),
+                }
+            }
+            TaskKind::Profile => {
+                let ins: ProfileIns = parse(&task.instruction_json)?;
+                let model = pull(&mut client, cfg, task.task_id, Which::Model).await?;
+                let current = if ins.stale {
+                    pull(&mut client, cfg, task.task_id, Which::Current).await?
+                } else {
+                    model.clone()
+                };
+                let start = Instant::now();
+                let profiled = participant.profile(&ins, &model, &current);
+                let measured_s = start.elapsed().as_secs_f64();
+                let h = match profiled {
+                    Ok(reply) => header(task.task_id, to_json(&reply)?, String::new(), measured_s),
+                    Err(e) => header(task.task_id, String::new(), e.to_string(), measured_s),
+                };
+                (h, BTreeMap::new())
+            }
+        };
+        match push(&mut client, header, &deltas).await {
+            Ok(()) => answered += 1,
+            // The round closed (timeout) while this participant worked: not fatal.
+            Err(Error::Status { status, .. })
+                if status.code() == tonic::Code::FailedPrecondition =>
+            {
+                tracing::warn!(participant = %cfg.id, reason = %status.message(), "answer not taken");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn header(task_id: u64, reply_json: String, error: String, measured_s: f64) -> ReplyHeader {
+    ReplyHeader {
+        task_id,
+        reply_json,
+        error,
+        measured_s,
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(json: &str) -> Result<T> {
+    serde_json::from_str(json).map_err(|e| Error::Protocol(format!("instruction: {e}")))
+}
+
+fn to_json(value: &impl serde::Serialize) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::Protocol(format!("reply: {e}")))
+}
+
+/// Download one payload of task `task_id`.
+async fn pull(
+    client: &mut Client,
+    cfg: &ServeConfig,
+    task_id: u64,
+    which: Which,
+) -> Result<BTreeMap<String, Tensor>> {
+    let status = |status| Error::Status {
+        call: "PullTensors",
+        status,
+    };
+    let mut stream = client
+        .pull_tensors(PullRequest {
+            task_id,
+            which: which as i32,
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    let mut receiver = ChunkReceiver::new(cfg.max_payload_bytes);
+    while let Some(chunk) = stream.message().await.map_err(status)? {
+        if let Some(tensors) = receiver.accept(chunk)? {
+            return Ok(tensors);
+        }
+    }
+    Err(ChunkReceiver::ended_early())
+}
+
+/// Upload `header` and the payload of `deltas`.
+async fn push(
+    client: &mut Client,
+    header: ReplyHeader,
+    deltas: &BTreeMap<String, Tensor>,
+) -> Result<()> {
+    let payload = Payload::encode(deltas)?;
+    let parts = std::iter::once(ReplyPart {
+        part: Some(reply_part::Part::Header(header)),
+    })
+    .chain(to_chunks(payload).map(|c| ReplyPart {
+        part: Some(reply_part::Part::Chunk(c)),
+    }));
+    client
+        .push_reply(tokio_stream::iter(parts))
+        .await
+        .map_err(|status| Error::Status {
+            call: "PushReply",
+            status,
+        })?;
+    Ok(())
+}

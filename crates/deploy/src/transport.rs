@@ -1,0 +1,667 @@
+//! [`GrpcTransport`]: the coordinator's side of a deployment, a
+//! [`fluxmoe_fed::Transport`] whose participants are other processes.
+//!
+//! The transport owns a tokio runtime (two worker threads) serving the `Federation`
+//! service of `proto/fluxmoe.proto`. Participants register with their device profile;
+//! the pool is every registered participant. [`Transport::send_and_receive`] encodes
+//! the global model once, posts each sampled participant its instruction as a task,
+//! and blocks the calling (coordinator) thread until every task has an answer or
+//! `reply_timeout` (wall clock) has passed; a participant that has not answered by
+//! then becomes a [`FailureKind::Deadline`] failure. Answers become the
+//! [`Exchange`] through `fluxmoe_fed::transport::settle_train`, the code
+//! `LocalTransport` uses, so virtual time, deadlines in virtual seconds and ordering
+//! are those of the simulation.
+//!
+//! Before anything is aggregated an upload is checked: the payload is size-limited and
+//! checksummed ([`crate::codec`]), its deltas must be for tensors the participant was
+//! told to tune this round, with the global tensor's shape and dtype, and finite. Dropping the
+//! transport tells every participant the run is done, waits briefly for them to hear
+//! it, and stops the server.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Tensor};
+use fluxmoe_fed::transport::{check_recipients, settle_profile, settle_train};
+use fluxmoe_fed::{
+    DeviceProfile, Exchange, Failure, FailureKind, Global, ParticipantId, ProfileExchange,
+    ProfileIns, ProfileReply, TrainIns, Transport,
+};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::chunks::{to_chunks, ChunkReceiver, Payload};
+use crate::error::{Error, Result};
+use crate::proto::federation_server::{Federation, FederationServer};
+use crate::proto::{
+    reply_part, Chunk, NextTaskRequest, PullRequest, PushAck, RegisterReply, RegisterRequest,
+    ReplyPart, Task, TaskKind, Which,
+};
+use crate::reply::ReplyMeta;
+use crate::tokens::Tokens;
+
+/// How the coordinator serves its participants.
+#[derive(Clone, Debug)]
+pub struct GrpcTransportConfig {
+    /// Address to listen on (`127.0.0.1:0` picks a free port; see
+    /// [`GrpcTransport::local_addr`]).
+    pub listen: SocketAddr,
+    pub tokens: Tokens,
+    /// Wall-clock time the coordinator waits for a round's answers.
+    pub reply_timeout: Duration,
+    /// Largest upload accepted, in bytes.
+    pub max_payload_bytes: usize,
+    /// How long a `NextTask` call waits for work before answering "wait".
+    pub poll_interval: Duration,
+}
+
+/// A task posted to one participant and not yet answered.
+struct Pending {
+    task_id: u64,
+    kind: TaskKind,
+    instruction_json: String,
+    model: Arc<Payload>,
+    current: Arc<Payload>,
+    /// Shape and dtype of each tensor the participant may send a delta for.
+    allowed: BTreeMap<String, (DType, Vec<usize>)>,
+}
+
+/// What the coordinator makes of an answer: the reply header (JSON) and deltas, or
+/// the participant's error; and the participant's measured seconds.
+type Received = (fluxmoe_fed::Result<(String, Global)>, f64);
+
+/// What came back for a task: the reply header and deltas, or the participant's error.
+struct Answer {
+    result: std::result::Result<(String, BTreeMap<String, Tensor>), String>,
+    measured_s: f64,
+}
+
+#[derive(Default)]
+struct State {
+    profiles: BTreeMap<ParticipantId, DeviceProfile>,
+    pending: BTreeMap<ParticipantId, Pending>,
+    answers: BTreeMap<ParticipantId, Answer>,
+    next_task_id: u64,
+    done: bool,
+    /// Participants told the run is done.
+    dismissed: std::collections::BTreeSet<ParticipantId>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the coordinator thread (registrations, answers, dismissals).
+    changed: Condvar,
+    /// Wakes participants waiting in `NextTask`.
+    posted: tokio::sync::Notify,
+    tokens: Tokens,
+    max_payload_bytes: usize,
+    poll_interval: Duration,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panicked handler cannot leave the maps half-updated (each update is one
+        // insert or remove), so a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The coordinator's transport over gRPC.
+pub struct GrpcTransport {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    reply_timeout: Duration,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The server task, awaited on drop so in-flight answers (the last "done"s) are
+    /// delivered before the runtime stops.
+    server: Option<tokio::task::JoinHandle<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl GrpcTransport {
+    /// Start serving on `cfg.listen`.
+    pub fn bind(cfg: GrpcTransportConfig) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("fluxmoe-grpc")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Connection(format!("cannot start the server runtime: {e}")))?;
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(cfg.listen))
+            .map_err(|e| Error::Connection(format!("cannot listen on {}: {e}", cfg.listen)))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|e| Error::Connection(format!("listening socket: {e}")))?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            posted: tokio::sync::Notify::new(),
+            tokens: cfg.tokens,
+            max_payload_bytes: cfg.max_payload_bytes,
+            poll_interval: cfg.poll_interval,
+        });
+        let service = FederationServer::new(Service {
+            shared: Arc::clone(&shared),
+        });
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = runtime.spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let served = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = rx.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the gRPC server stopped");
+            }
+        });
+        tracing::info!(%local_addr, "coordinator listening");
+        Ok(GrpcTransport {
+            shared,
+            local_addr,
+            reply_timeout: cfg.reply_timeout,
+            shutdown: Some(tx),
+            server: Some(server),
+            runtime: Some(runtime),
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Block until at least `n` participants have registered, or fail after `timeout`.
+    pub fn wait_for_participants(&self, n: usize, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        let mut state = self.shared.lock();
+        while state.profiles.len() < n {
+            let left = timeout.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return Err(Error::Connection(format!(
+                    "{} of {n} participants registered within {timeout:?}",
+                    state.profiles.len()
+                )));
+            }
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    /// Post one task per message, wait for the answers (or the timeout), and return
+    /// each recipient's device profile with its answer (the reply header and deltas,
+    /// or its error, and its measured seconds) or, when it did not answer in time,
+    /// its deadline failure.
+    fn exchange(
+        &mut self,
+        tasks: Vec<(ParticipantId, Pending)>,
+    ) -> Vec<(
+        ParticipantId,
+        DeviceProfile,
+        std::result::Result<Received, Failure>,
+    )> {
+        let ids: Vec<ParticipantId> = tasks.iter().map(|(id, _)| *id).collect();
+        {
+            let mut state = self.shared.lock();
+            for (id, mut task) in tasks {
+                state.next_task_id += 1;
+                task.task_id = state.next_task_id;
+                state.answers.remove(&id);
+                state.pending.insert(id, task);
+            }
+        }
+        self.shared.posted.notify_waiters();
+        let start = Instant::now();
+        let mut state = self.shared.lock();
+        while !ids.iter().all(|id| state.answers.contains_key(id)) {
+            let left = self.reply_timeout.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        ids.into_iter()
+            .map(|id| {
+                state.pending.remove(&id);
+                let profile = state.profiles[&id].clone();
+                let received = match state.answers.remove(&id) {
+                    Some(answer) => Ok((
+                        answer.result.map_err(|msg| participant_error(id, msg)),
+                        answer.measured_s,
+                    )),
+                    None => Err(self.late(id)),
+                };
+                (id, profile, received)
+            })
+            .collect()
+    }
+
+    fn late(&self, id: ParticipantId) -> Failure {
+        tracing::warn!(participant = %id, timeout = ?self.reply_timeout, "no answer in time");
+        Failure::new(
+            id,
+            FailureKind::Deadline,
+            format!("no answer within {:?} (wall clock)", self.reply_timeout),
+        )
+    }
+
+    fn known(&self) -> impl Fn(ParticipantId) -> bool {
+        let known: Vec<ParticipantId> = self.pool();
+        move |id| known.binary_search(&id).is_ok()
+    }
+}
+
+fn task(
+    kind: TaskKind,
+    instruction: &impl serde::Serialize,
+    model: Arc<Payload>,
+    current: Arc<Payload>,
+    allowed: BTreeMap<String, (DType, Vec<usize>)>,
+) -> fluxmoe_fed::Result<Pending> {
+    Ok(Pending {
+        task_id: 0,
+        kind,
+        instruction_json: serde_json::to_string(instruction)
+            .map_err(|e| fluxmoe_fed::Error::json("instruction", e))?,
+        model,
+        current,
+        allowed,
+    })
+}
+
+impl Transport for GrpcTransport {
+    fn pool(&self) -> Vec<ParticipantId> {
+        self.shared.lock().profiles.keys().copied().collect()
+    }
+
+    fn profile(
+        &mut self,
+        mut msgs: Vec<(ParticipantId, ProfileIns)>,
+        current: &Global,
+        previous: &Global,
+    ) -> fluxmoe_fed::Result<ProfileExchange> {
+        check_recipients(&mut msgs, self.known())?;
+        let current_payload = Payload::encode(current)?;
+        let previous_payload = if msgs.iter().any(|(_, ins)| ins.stale) {
+            Payload::encode(previous)?
+        } else {
+            Arc::clone(&current_payload)
+        };
+        let mut tasks = Vec::with_capacity(msgs.len());
+        for (id, ins) in &msgs {
+            let model = if ins.stale {
+                &previous_payload
+            } else {
+                &current_payload
+            };
+            let t = task(
+                TaskKind::Profile,
+                ins,
+                Arc::clone(model),
+                Arc::clone(&current_payload),
+                BTreeMap::new(),
+            )?;
+            tasks.push((*id, t));
+        }
+        let mut out = ProfileExchange::default();
+        for (id, profile, received) in self.exchange(tasks) {
+            match received {
+                Ok((result, measured_s)) => {
+                    let result = result.and_then(|(json, _)| from_json::<ProfileReply>(&json, id));
+                    settle_profile(&mut out, id, result, &profile, measured_s);
+                }
+                Err(late) => out.failures.push(late),
+            }
+        }
+        out.failures.sort_by_key(|f| f.participant);
+        Ok(out)
+    }
+
+    fn send_and_receive(
+        &mut self,
+        mut msgs: Vec<(ParticipantId, TrainIns)>,
+        global: &Global,
+        deadline_s: Option<f64>,
+    ) -> fluxmoe_fed::Result<Exchange> {
+        check_recipients(&mut msgs, self.known())?;
+        let payload = Payload::encode(global)?;
+        let mut tasks = Vec::with_capacity(msgs.len());
+        for (id, ins) in &msgs {
+            let mut allowed = BTreeMap::new();
+            for name in &ins.trainable {
+                let t = global.get(name).ok_or_else(|| {
+                    fluxmoe_fed::Error::tensor(
+                        name,
+                        "instructed for training but not in the global model",
+                    )
+                })?;
+                allowed.insert(name.clone(), (t.dtype(), t.dims().to_vec()));
+            }
+            let t = task(
+                TaskKind::Train,
+                ins,
+                Arc::clone(&payload),
+                Arc::clone(&payload),
+                allowed,
+            )?;
+            tasks.push((*id, t));
+        }
+        let mut out = Exchange::default();
+        for (id, profile, received) in self.exchange(tasks) {
+            match received {
+                Ok((result, measured_s)) => {
+                    let trained = result.and_then(|(json, deltas)| {
+                        Ok(from_json::<ReplyMeta>(&json, id)?.join(deltas))
+                    });
+                    settle_train(
+                        &mut out, id, trained, &profile, measured_s, None, deadline_s,
+                    );
+                }
+                Err(late) => out.failures.push(late),
+            }
+        }
+        out.failures.sort_by_key(|f| f.participant);
+        Ok(out)
+    }
+}
+
+fn participant_error(participant: ParticipantId, msg: String) -> fluxmoe_fed::Error {
+    fluxmoe_fed::Error::Participant { participant, msg }
+}
+
+/// Parse participant `id`'s JSON reply header.
+fn from_json<T: serde::de::DeserializeOwned>(
+    json: &str,
+    id: ParticipantId,
+) -> fluxmoe_fed::Result<T> {
+    serde_json::from_str(json)
+        .map_err(|e| fluxmoe_fed::Error::json(format!("participant {id}'s reply"), e))
+}
+
+impl Drop for GrpcTransport {
+    /// Tell every participant the run is done, give them up to 5 s to hear it, stop
+    /// the server gracefully (up to 5 s more for calls in flight).
+    fn drop(&mut self) {
+        {
+            let mut state = self.shared.lock();
+            state.done = true;
+        }
+        self.shared.posted.notify_waiters();
+        let start = Instant::now();
+        let grace = Duration::from_secs(5);
+        let mut state = self.shared.lock();
+        while state.dismissed.len() < state.profiles.len() && start.elapsed() < grace {
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, grace.saturating_sub(start.elapsed()))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        drop(state);
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(rt) = self.runtime.take() {
+            if let Some(server) = self.server.take() {
+                let _ = rt.block_on(async move {
+                    tokio::time::timeout(Duration::from_secs(5), server).await
+                });
+            }
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+/// The `Federation` service: thin handlers over the shared state.
+struct Service {
+    shared: Arc<Shared>,
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = std::result::Result<Chunk, Status>> + Send>>;
+
+impl Service {
+    /// The id of a task `id` may answer or pull for, or why not.
+    fn check_task(&self, id: ParticipantId, task_id: u64) -> std::result::Result<(), Status> {
+        match self.shared.lock().pending.get(&id) {
+            Some(p) if p.task_id == task_id => Ok(()),
+            _ => Err(Status::failed_precondition(format!(
+                "participant {id}: task {task_id} is not open (finished, timed out or never posted)"
+            ))),
+        }
+    }
+
+    /// Read an upload: the header, then the payload's chunks.
+    async fn read_upload(
+        &self,
+        id: ParticipantId,
+        mut stream: Streaming<ReplyPart>,
+    ) -> std::result::Result<(u64, Answer), Status> {
+        let header = match stream.message().await? {
+            Some(ReplyPart {
+                part: Some(reply_part::Part::Header(h)),
+            }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "an upload must start with its header",
+                ))
+            }
+        };
+        self.check_task(id, header.task_id)?;
+        let mut receiver = ChunkReceiver::new(self.shared.max_payload_bytes);
+        let deltas = loop {
+            let chunk = match stream.message().await? {
+                Some(ReplyPart {
+                    part: Some(reply_part::Part::Chunk(c)),
+                }) => c,
+                Some(_) => return Err(Status::invalid_argument("a second header in one upload")),
+                None => {
+                    return Err(Status::invalid_argument(
+                        ChunkReceiver::ended_early().to_string(),
+                    ))
+                }
+            };
+            if let Some(tensors) = receiver
+                .accept(chunk)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?
+            {
+                break tensors;
+            }
+        };
+        let result = if header.error.is_empty() {
+            // A refused update fails this participant's round, not the upload call.
+            match self.check_deltas(id, header.task_id, &deltas) {
+                Ok(()) => Ok((header.reply_json, deltas)),
+                Err(status) => Err(format!("update refused: {}", status.message())),
+            }
+        } else {
+            Err(header.error)
+        };
+        Ok((
+            header.task_id,
+            Answer {
+                result,
+                measured_s: header.measured_s,
+            },
+        ))
+    }
+
+    /// Every delta must be for a tensor assigned to `id` this round, with its shape
+    /// and dtype, and hold only finite values.
+    fn check_deltas(
+        &self,
+        id: ParticipantId,
+        task_id: u64,
+        deltas: &BTreeMap<String, Tensor>,
+    ) -> std::result::Result<(), Status> {
+        let state = self.shared.lock();
+        let Some(pending) = state.pending.get(&id).filter(|p| p.task_id == task_id) else {
+            return Err(Status::failed_precondition(format!(
+                "participant {id}: task {task_id} closed during the upload"
+            )));
+        };
+        for (name, t) in deltas {
+            let refuse = |why: String| {
+                tracing::warn!(participant = %id, tensor = %name, reason = %why, "refused an update");
+                Status::invalid_argument(format!("delta `{name}`: {why}"))
+            };
+            let Some((dtype, dims)) = pending.allowed.get(name) else {
+                return Err(refuse("not assigned to this participant this round".into()));
+            };
+            if t.dtype() != *dtype || t.dims() != dims.as_slice() {
+                return Err(refuse(format!(
+                    "{:?} {:?}, the global tensor is {dtype:?} {dims:?}",
+                    t.dtype(),
+                    t.dims()
+                )));
+            }
+            if !all_finite(t).map_err(|e| refuse(e.to_string()))? {
+                return Err(refuse("holds NaN or infinite values".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether every element of `t` is finite.
+fn all_finite(t: &Tensor) -> candle_core::Result<bool> {
+    let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(values.iter().all(|x| x.is_finite()))
+}
+
+#[tonic::async_trait]
+impl Federation for Service {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> std::result::Result<Response<RegisterReply>, Status> {
+        let id = self.shared.tokens.authenticate(request.metadata())?;
+        let profile: DeviceProfile =
+            serde_json::from_str(&request.get_ref().device_profile_json)
+                .map_err(|e| Status::invalid_argument(format!("device profile: {e}")))?;
+        profile
+            .validate()
+            .map_err(|e| Status::invalid_argument(format!("device profile: {e}")))?;
+        tracing::info!(participant = %id, device = %profile.name, "participant registered");
+        self.shared.lock().profiles.insert(id, profile);
+        self.shared.changed.notify_all();
+        Ok(Response::new(RegisterReply {}))
+    }
+
+    async fn next_task(
+        &self,
+        request: Request<NextTaskRequest>,
+    ) -> std::result::Result<Response<Task>, Status> {
+        let id = self.shared.tokens.authenticate(request.metadata())?;
+        let deadline = tokio::time::Instant::now() + self.shared.poll_interval;
+        loop {
+            let notified = self.shared.posted.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut state = self.shared.lock();
+                if !state.profiles.contains_key(&id) {
+                    return Err(Status::failed_precondition(format!(
+                        "participant {id} has not registered"
+                    )));
+                }
+                if let Some(p) = state
+                    .pending
+                    .get(&id)
+                    .filter(|_| !state.answers.contains_key(&id))
+                {
+                    return Ok(Response::new(Task {
+                        kind: p.kind as i32,
+                        task_id: p.task_id,
+                        instruction_json: p.instruction_json.clone(),
+                    }));
+                }
+                if state.done {
+                    state.dismissed.insert(id);
+                    drop(state);
+                    self.shared.changed.notify_all();
+                    return Ok(Response::new(Task {
+                        kind: TaskKind::Done as i32,
+                        ..Task::default()
+                    }));
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(Response::new(Task {
+                    kind: TaskKind::Wait as i32,
+                    ..Task::default()
+                }));
+            }
+        }
+    }
+
+    type PullTensorsStream = ChunkStream;
+
+    async fn pull_tensors(
+        &self,
+        request: Request<PullRequest>,
+    ) -> std::result::Result<Response<ChunkStream>, Status> {
+        let id = self.shared.tokens.authenticate(request.metadata())?;
+        let req = request.into_inner();
+        let payload = {
+            let state = self.shared.lock();
+            let pending = state
+                .pending
+                .get(&id)
+                .filter(|p| p.task_id == req.task_id)
+                .ok_or_else(|| {
+                    Status::failed_precondition(format!(
+                        "participant {id}: task {} is not open",
+                        req.task_id
+                    ))
+                })?;
+            match Which::try_from(req.which) {
+                Ok(Which::Model) => Arc::clone(&pending.model),
+                Ok(Which::Current) => Arc::clone(&pending.current),
+                _ => {
+                    return Err(Status::invalid_argument(format!(
+                        "unknown payload {}",
+                        req.which
+                    )))
+                }
+            }
+        };
+        let stream = tokio_stream::iter(to_chunks(payload).map(Ok));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn push_reply(
+        &self,
+        request: Request<Streaming<ReplyPart>>,
+    ) -> std::result::Result<Response<PushAck>, Status> {
+        let id = self.shared.tokens.authenticate(request.metadata())?;
+        let (task_id, answer) = self.read_upload(id, request.into_inner()).await?;
+        {
+            let mut state = self.shared.lock();
+            if state.pending.get(&id).is_none_or(|p| p.task_id != task_id) {
+                return Err(Status::failed_precondition(format!(
+                    "participant {id}: task {task_id} closed during the upload"
+                )));
+            }
+            state.answers.insert(id, answer);
+        }
+        tracing::debug!(participant = %id, task_id, "answer received");
+        self.shared.changed.notify_all();
+        Ok(Response::new(PushAck {}))
+    }
+}
