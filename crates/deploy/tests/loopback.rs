@@ -200,6 +200,7 @@ fn bad_tokens_unassigned_or_nan_updates_and_silent_participants_fail_cleanly() {
         round: Round(1),
         trainable: vec!["a".into()],
         params: BTreeMap::new(),
+        changed: None,
     };
     let msgs = (0..4).map(|i| (ParticipantId(i), ins.clone())).collect();
     let ex = transport.send_and_receive(msgs, &global, None).unwrap();

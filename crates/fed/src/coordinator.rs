@@ -15,7 +15,7 @@
 //! Evaluation is not charged to the virtual clock: it measures the run, it is not
 //! part of it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -68,6 +68,22 @@ pub struct RunConfig {
     pub target: Option<TargetConfig>,
     /// The profile aggregation runs on.
     pub server: DeviceProfile,
+    /// What a participant downloads each round.
+    #[serde(default)]
+    pub download: Download,
+}
+
+/// What a participant downloads before it trains.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Download {
+    /// Every global tensor it uses, every round (it keeps nothing between rounds).
+    #[default]
+    Everything,
+    /// Only the tensors that changed since the global its copy reflects: participants
+    /// keep their copy between rounds and start from the initial model (a public
+    /// checkpoint). Each instruction's [`crate::TrainIns::changed`] names them.
+    Changed,
 }
 
 impl RunConfig {
@@ -111,6 +127,10 @@ pub struct Coordinator {
     last_aggregate_s: f64,
     next_round: Round,
     target_hit: Option<TargetHit>,
+    /// Per global tensor, the last round that changed it (absent: never).
+    changed_in: BTreeMap<String, u32>,
+    /// Per participant, how many rounds its copy of the global reflects (absent: 0).
+    held: BTreeMap<ParticipantId, u32>,
 }
 
 impl Coordinator {
@@ -124,6 +144,8 @@ impl Coordinator {
             last_aggregate_s: 0.0,
             next_round: Round::FIRST,
             target_hit: None,
+            changed_in: BTreeMap::new(),
+            held: BTreeMap::new(),
         })
     }
 
@@ -161,6 +183,8 @@ impl Coordinator {
             last_aggregate_s: state.last_aggregate_s,
             next_round: state.next_round,
             target_hit: state.target_hit,
+            changed_in: state.changed_in.clone(),
+            held: state.held.clone(),
         })
     }
 
@@ -175,6 +199,8 @@ impl Coordinator {
             target_hit: self.target_hit,
             last_aggregate_s: self.last_aggregate_s,
             previous_file: None,
+            changed_in: self.changed_in.clone(),
+            held: self.held.clone(),
         })
     }
 
@@ -240,6 +266,16 @@ impl Coordinator {
         Ok(history)
     }
 
+    /// The global tensors that differ from participant `id`'s copy.
+    fn changed_since(&self, id: ParticipantId) -> BTreeSet<String> {
+        let held = self.held.get(&id).copied().unwrap_or(0);
+        self.changed_in
+            .iter()
+            .filter(|&(_, &r)| r > held)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     fn run_round(
         &mut self,
         strategy: &mut dyn Strategy,
@@ -261,7 +297,12 @@ impl Coordinator {
         };
         let profile_failures = profiled.failures.clone();
         strategy.receive_profiles(round, profiled.replies, profiled.failures)?;
-        let msgs = strategy.configure_train(round, &self.global, &pool, &mut rng)?;
+        let mut msgs = strategy.configure_train(round, &self.global, &pool, &mut rng)?;
+        if self.cfg.download == Download::Changed {
+            for (id, ins) in &mut msgs {
+                ins.changed = Some(self.changed_since(*id));
+            }
+        }
         let mut participants: Vec<ParticipantId> = msgs.iter().map(|(id, _)| *id).collect();
         participants.sort();
 
@@ -304,8 +345,18 @@ impl Coordinator {
         clock.advance(round_s)?;
         self.last_aggregate_s = aggregate_s;
 
+        // Everyone who did work downloaded this round's starting global.
+        for t in &exchange.times {
+            self.held.insert(t.participant, round.0 - 1);
+        }
         let global_updated = outcome.global.is_some();
         if let Some(next) = outcome.global {
+            for (name, t) in &next {
+                // Tensors nobody updated come back as the same tensor.
+                if self.global.get(name).is_none_or(|old| old.id() != t.id()) {
+                    self.changed_in.insert(name.clone(), round.0);
+                }
+            }
             self.previous = Some(std::mem::replace(&mut self.global, next));
         }
 

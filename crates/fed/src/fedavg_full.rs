@@ -132,6 +132,7 @@ impl Strategy for FedAvgFull {
                         round,
                         trainable: trainable.clone(),
                         params: self.cfg.params.clone(),
+                        changed: None,
                     },
                 )
             })

@@ -39,7 +39,7 @@ pub mod wire;
 
 pub use aggregate::{fedavg, mean_deltas, AggregateConfig, AggregateReport, MeanDelta};
 pub use clock::{Clock, VirtualClock};
-pub use coordinator::{Coordinator, Evaluator, RunConfig, TargetConfig};
+pub use coordinator::{Coordinator, Download, Evaluator, RunConfig, TargetConfig};
 pub use cost::{PhaseTimes, WorkCost};
 pub use device::{Assignment, DeviceProfile, FleetConfig};
 pub use error::{Error, Result};

@@ -9,7 +9,7 @@
 //!
 //! These two functions are the crate's only file IO, kept at the edge.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use candle_core::Device;
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::history::TargetHit;
-use crate::ids::Round;
+use crate::ids::{ParticipantId, Round};
 use crate::wire::Global;
 
 pub const STATE_FILE: &str = "state.json";
@@ -43,6 +43,13 @@ pub struct CoordinatorState {
     /// aggregation) differs from this one, if saved (stale profiling reads it).
     #[serde(default)]
     pub previous_file: Option<String>,
+    /// Per global tensor, the last round that changed it (absent: never changed).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub changed_in: BTreeMap<String, u32>,
+    /// Per participant, the rounds its copy of the global reflects (absent: none, it
+    /// holds the initial model).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub held: BTreeMap<ParticipantId, u32>,
 }
 
 impl CoordinatorState {
@@ -169,6 +176,8 @@ mod tests {
             target_hit: None,
             last_aggregate_s: 0.0,
             previous_file: None,
+            changed_in: BTreeMap::new(),
+            held: BTreeMap::new(),
         }
     }
 

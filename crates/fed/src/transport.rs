@@ -491,6 +491,7 @@ mod tests {
             round: Round(round),
             trainable: vec![],
             params: BTreeMap::new(),
+            changed: None,
         }
     }
 

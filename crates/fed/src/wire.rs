@@ -8,7 +8,7 @@
 //!   metrics and the [`WorkCost`] of the work done, which the virtual clock charges.
 //! - [`Failure`]: a participant that did not contribute, as data (Flower's `failures`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use candle_core::Tensor;
@@ -41,6 +41,19 @@ pub struct TrainIns {
     pub trainable: Vec<String>,
     /// Strategy-defined parameters, passed through untouched.
     pub params: BTreeMap<String, Scalar>,
+    /// The global tensors that differ from the copy the participant already holds
+    /// (set by the coordinator under [`crate::Download::Changed`]); `None`: it holds
+    /// no copy and needs every tensor it uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed: Option<BTreeSet<String>>,
+}
+
+impl TrainIns {
+    /// Whether global tensor `name` must travel to the participant this round (it is
+    /// not in the copy the participant holds).
+    pub fn must_download(&self, name: &str) -> bool {
+        self.changed.as_ref().is_none_or(|c| c.contains(name))
+    }
 }
 
 /// Request to profile the model on local data before a round's instructions are made
@@ -165,9 +178,19 @@ mod tests {
                 ("steps".to_string(), Scalar::Int(4)),
                 ("opt".to_string(), Scalar::Str("adamw".into())),
             ]),
+            changed: None,
         };
         let json = serde_json::to_string(&ins).unwrap();
         assert_eq!(serde_json::from_str::<TrainIns>(&json).unwrap(), ins);
+        assert!(ins.must_download("anything"));
+        let ins = TrainIns {
+            changed: Some(["layers.0.w".to_string()].into()),
+            ..ins
+        };
+        let json = serde_json::to_string(&ins).unwrap();
+        assert_eq!(serde_json::from_str::<TrainIns>(&json).unwrap(), ins);
+        assert!(ins.must_download("layers.0.w"));
+        assert!(!ins.must_download("layers.1.w"));
         let failure = Failure::new(ParticipantId(3), FailureKind::Deadline, "late");
         assert_eq!(
             serde_json::to_string(&failure).unwrap(),

@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor};
 use fluxmoe_fed::{
-    load_checkpoint, save_checkpoint, Clock, Coordinator, DeviceProfile, Evaluator, FailureKind,
-    FedAvgFull, FedAvgFullConfig, Global, LocalTransport, LocalTransportConfig, Participant,
-    ParticipantId, ProfileIns, ProfileReply, Round, RoundRecord, RunConfig, ServerOptimizerConfig,
-    Strategy, TargetConfig, TrainIns, TrainOutcome, TrainReply, VirtualClock, WorkCost,
+    load_checkpoint, save_checkpoint, Clock, Coordinator, DeviceProfile, Download, Evaluator,
+    FailureKind, FedAvgFull, FedAvgFullConfig, Global, LocalTransport, LocalTransportConfig,
+    Participant, ParticipantId, ProfileIns, ProfileReply, Round, RoundRecord, RunConfig,
+    ServerOptimizerConfig, Strategy, TargetConfig, TrainIns, TrainOutcome, TrainReply,
+    VirtualClock, WorkCost,
 };
 use fluxmoe_fed::{AggregateConfig, Result};
 use rand::rngs::StdRng;
@@ -137,6 +138,7 @@ fn run_cfg(n_rounds: u32, seed: u64, deadline_s: Option<f64>, server_flops: f64)
         eval_every: 1,
         target: None,
         server,
+        download: Download::Everything,
     }
 }
 
@@ -579,4 +581,132 @@ fn profiling_is_on_the_critical_path_unless_stale_and_stale_reads_the_previous_m
     assert_eq!(fresh_reports[0]["w_sum"], w0);
     assert_eq!(stale_reports[2]["w_sum"], w0);
     assert_ne!(fresh_reports[2]["w_sum"], w0);
+}
+
+/// What each participant was told it must download: `(round, participant, changed)`.
+type DownloadLog = std::sync::Arc<std::sync::Mutex<Vec<(u32, u32, Option<Vec<String>>)>>>;
+
+/// Logs its instruction's `changed` set; its update of `w` is NaN (so rejected) in
+/// round 2, a plain step otherwise.
+struct Recorder {
+    id: ParticipantId,
+    log: DownloadLog,
+}
+
+impl Participant for Recorder {
+    fn train(&mut self, ins: &TrainIns, global: &Global) -> Result<TrainReply> {
+        let changed = ins.changed.as_ref().map(|c| c.iter().cloned().collect());
+        self.log
+            .lock()
+            .unwrap()
+            .push((ins.round.0, self.id.0, changed));
+        let step = if ins.round.0 == 2 { f32::NAN } else { 0.1 };
+        let deltas = ins
+            .trainable
+            .iter()
+            .map(|n| {
+                Ok((
+                    n.clone(),
+                    global[n].ones_like()?.affine(f64::from(step), 0.0)?,
+                ))
+            })
+            .collect::<Result<BTreeMap<_, _>>>()?;
+        Ok(TrainReply {
+            participant: self.id,
+            deltas,
+            weights: BTreeMap::from([("*".to_string(), 1.0)]),
+            metrics: BTreeMap::new(),
+            cost: WorkCost::default(),
+            report: serde_json::Value::Null,
+        })
+    }
+}
+
+fn download_log(download: Download, split_at: Option<u32>) -> Vec<(u32, u32, Option<Vec<String>>)> {
+    let log = DownloadLog::default();
+    let make_transport = || {
+        let mut t = LocalTransport::new(LocalTransportConfig {
+            dropout: 0.0,
+            seed: 1,
+            workers: 1,
+        })
+        .unwrap();
+        for i in 0..2 {
+            let id = ParticipantId(i);
+            let p = Recorder {
+                id,
+                log: log.clone(),
+            };
+            t.add(id, Box::new(p), unit_profile("dev")).unwrap();
+        }
+        t
+    };
+    let cfg = RunConfig {
+        download,
+        ..run_cfg(4, 3, None, 100.0)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = strategy(2, ServerOptimizerConfig::fedavg());
+    let mut clock = VirtualClock::new();
+    let mut coord = Coordinator::new(cfg.clone(), global()).unwrap();
+    if let Some(k) = split_at {
+        coord
+            .run_rounds(
+                &mut s,
+                &mut make_transport(),
+                &mut clock,
+                None,
+                k,
+                &mut |_| {},
+            )
+            .unwrap();
+        let state = coord.state(&s, &clock).unwrap();
+        save_checkpoint(dir.path(), &state, coord.global(), coord.previous()).unwrap();
+        let (state, g) = load_checkpoint(dir.path(), &Device::Cpu).unwrap();
+        s = strategy(2, ServerOptimizerConfig::fedavg());
+        clock = VirtualClock::new();
+        coord = Coordinator::resume(cfg, g, &state, &mut s, &mut clock).unwrap();
+    }
+    coord
+        .run_rounds(
+            &mut s,
+            &mut make_transport(),
+            &mut clock,
+            None,
+            10,
+            &mut |_| {},
+        )
+        .unwrap();
+    let mut out = log.lock().unwrap().clone();
+    out.sort_by_key(|e| (e.0, e.1));
+    out
+}
+
+#[test]
+fn participants_download_only_what_changed_since_their_copy() {
+    let w = || Some(vec!["w".to_string()]);
+    let none = || Some(vec![]);
+    let log = download_log(Download::Changed, None);
+    assert_eq!(
+        log,
+        vec![
+            // Everyone starts from the initial model: nothing to fetch.
+            (1, 0, none()),
+            (1, 1, none()),
+            // Round 1 changed `w` (never `frozen`).
+            (2, 0, w()),
+            (2, 1, w()),
+            // Round 2's NaN updates were rejected: the copies from round 2 are current.
+            (3, 0, none()),
+            (3, 1, none()),
+            (4, 0, w()),
+            (4, 1, w()),
+        ]
+    );
+    // The bookkeeping survives a checkpoint.
+    assert_eq!(download_log(Download::Changed, Some(2)), log);
+    // `everything`: no copy is assumed.
+    assert!(download_log(Download::Everything, None)
+        .iter()
+        .all(|(_, _, c)| c.is_none()));
 }

@@ -631,6 +631,7 @@ impl Strategy for ExpertStrategy {
                     round,
                     trainable: names,
                     params,
+                    changed: None,
                 },
             ));
         }

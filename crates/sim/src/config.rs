@@ -161,6 +161,11 @@ pub struct FleetSection {
     /// Share of each device's memory available to fine-tuning (the rest is taken by
     /// other work); scales every profile's `memory_bytes`.
     pub memory_fraction: f64,
+    /// What a participant downloads before it trains: `"changed"` (default) only the
+    /// global tensors changed since its last round, since it keeps its copy and
+    /// starts from the public initial checkpoint; `"everything"` every tensor it
+    /// computes with, every round.
+    pub download: fluxmoe_fed::Download,
 }
 
 impl Default for FleetSection {
@@ -177,6 +182,7 @@ impl Default for FleetSection {
             dropout: 0.0,
             deadline_s: None,
             memory_fraction: 1.0,
+            download: fluxmoe_fed::Download::Changed,
         }
     }
 }

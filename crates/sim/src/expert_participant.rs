@@ -354,11 +354,13 @@ impl ModelParticipant {
                 }
             }
         }
-        // Downloads: every expert the customised model is built from.
+        // Downloads: every expert the customised model is built from, unless the
+        // participant's copy already has it.
         let used: Vec<&Tensor> = all
             .iter()
             .filter(|e| plan.kept.is_empty() || plan.kept.contains(e))
             .flat_map(|&e| self.expert_names(e))
+            .filter(|n| ins.must_download(n))
             .filter_map(|n| global.get(&n))
             .collect();
         let steps_n = t.local_steps as u64;

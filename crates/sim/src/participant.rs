@@ -98,7 +98,12 @@ impl ModelParticipant {
             // weights) alive for backprop, which would double what replies hold.
             deltas.insert(name.clone(), (var.as_tensor() - &global[&name])?.detach());
         }
-        let tuned: Vec<_> = ins.trainable.iter().filter_map(|n| global.get(n)).collect();
+        let tuned: Vec<_> = ins
+            .trainable
+            .iter()
+            .filter(|n| ins.must_download(n))
+            .filter_map(|n| global.get(n))
+            .collect();
         let cost = WorkCost {
             flops: 6.0 * t.active_params * tokens as f64,
             quant_flops: 0.0,

@@ -308,6 +308,7 @@ pub fn run_over(
             stop: t.stop,
         }),
         server: DeviceProfile::cpu(),
+        download: file.fleet.download,
     };
 
     let out = &file.output;
