@@ -49,6 +49,9 @@ pub fn run_suite(suite: &Suite, suite_file: &str, opts: RunOptions<'_>) -> Resul
                 .join("state.json")
                 .exists();
             let model = (opts.resolve_model)(&spec.config.model.path)?;
+            if !interrupted {
+                share_initial_metric(opts.out, spec, &dir, &model)?;
+            }
             fluxmoe_sim::run(
                 &spec.config,
                 &model,
@@ -85,4 +88,44 @@ pub fn run_suite(suite: &Suite, suite_file: &str, opts: RunOptions<'_>) -> Resul
         suite_file: suite_file.to_string(),
         runs,
     })
+}
+
+/// Offer `dir` the metric before any round that another run of the same task and seed
+/// measured, if its key (model, task, partition, seed, build: what the metric depends
+/// on) is this run's: the run then skips that evaluation. Saves one per method.
+fn share_initial_metric(out: &Path, spec: &RunSpec, dir: &Path, model: &Path) -> Result<()> {
+    let key = fluxmoe_sim::run::initial_key(&spec.config, model);
+    let matches = |path: &Path| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|v| v.get("key").and_then(|k| k.as_str()) == Some(key.as_str()))
+    };
+    let to = dir.join(fluxmoe_sim::run::INITIAL_FILE);
+    let Some(task_dir) = out
+        .join(&spec.dir)
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+    else {
+        return Ok(());
+    };
+    let Ok(entries) = std::fs::read_dir(&task_dir) else {
+        return Ok(());
+    };
+    let mut siblings: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            e.path()
+                .join(format!("seed{}", spec.seed))
+                .join(fluxmoe_sim::run::INITIAL_FILE)
+        })
+        .filter(|p| *p != to)
+        .collect();
+    siblings.sort();
+    if let Some(from) = siblings.iter().find(|p| matches(p)) {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        std::fs::copy(from, &to).map_err(|e| io(&to, e))?;
+    }
+    Ok(())
 }

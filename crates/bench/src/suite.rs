@@ -11,6 +11,7 @@
 //! [[tasks]]
 //! name = "math"
 //! target = 0.05            # the metric value that counts as reached
+//! task = { eval_limit = 96 }  # optional: overrides of [base.task] for this task
 //!
 //! [[variants]]             # optional: a method with [method.options] overrides
 //! name = "int8"
@@ -40,6 +41,10 @@ pub struct TaskEntry {
     pub name: String,
     /// Target metric value (higher is better); `None`: no time-to-accuracy.
     pub target: Option<f64>,
+    /// Keys of `[base.task]` this task sets its own way (e.g. a larger `eval_limit`
+    /// where scoring is cheap).
+    #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
+    pub task: toml::Table,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -217,6 +222,15 @@ impl Suite {
             }
         };
         let mut task_t = section(&mut t, "task")?;
+        for (k, v) in &task.task {
+            if k == "name" {
+                return Err(Error::Suite(format!(
+                    "task `{}`: `task.name` is the entry's `name`; remove it",
+                    task.name
+                )));
+            }
+            task_t.insert(k.clone(), v.clone());
+        }
         task_t.insert("name".into(), toml::Value::String(task.name.clone()));
         t.insert("task".into(), toml::Value::Table(task_t));
         let mut method_t = section(&mut t, "method")?;
@@ -259,6 +273,7 @@ name = "jsonl-em:/data/x.jsonl"
 target = 0.5
 [[tasks]]
 name = "math"
+task = { eval_limit = 96 }
 [[variants]]
 name = "int8"
 method = "flux"
@@ -294,6 +309,8 @@ pca_dim = 8
             fluxmoe_flux::profile::Precision::Int8
         );
         assert!(r.config.target.is_none(), "math has no target");
+        assert_eq!(r.config.task.eval_limit, 96, "the task's own override");
+        assert_eq!(r.config.task.max_len, 32, "the base's other task keys kept");
         assert_eq!(r.dir, PathBuf::from("runs/math/flux-int8/seed2"));
         let j = &runs[0];
         assert_eq!(j.config.target.as_ref().unwrap().value, 0.5);
@@ -332,6 +349,12 @@ pca_dim = 8
             .unwrap_err()
             .to_string()
             .contains("fluxx"));
+        let bad = SUITE.replace("eval_limit = 96", "eval_limitt = 96");
+        let err = Suite::parse(&bad, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("eval_limitt"), "{err}");
+        let bad = SUITE.replace("eval_limit = 96", "name = \"gsm8k\"");
+        let err = Suite::parse(&bad, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("task.name"), "{err}");
     }
 }
 

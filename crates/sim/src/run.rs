@@ -46,6 +46,8 @@ pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const SUMMARY_FILE: &str = "summary.json";
 pub const CHECKPOINT_DIR: &str = "checkpoint";
 pub const FINAL_DIR: &str = "final";
+/// The metric before any round, with the key of what it depends on ([`initial_key`]).
+pub const INITIAL_FILE: &str = "initial.json";
 
 /// What a finished run reports.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -341,13 +343,16 @@ pub fn run_over(
             .tensors()
             .map(|(n, t)| (n.to_string(), t.clone()))
             .collect();
-        let initial = evaluator.score(&global)?;
+        // Another method's run of the same model, task, data and seed (a suite's
+        // sibling) may already have scored this very model: its metric is reused.
+        let key = initial_key(file, model_path);
+        let initial = match reusable_initial(out, &key) {
+            Some(metric) => metric,
+            None => evaluator.score(&global)?,
+        };
         std::fs::write(out.join(METRICS_FILE), "").map_err(|e| io(out, e))?;
-        std::fs::write(
-            out.join("initial.json"),
-            format!("{{\"initial_metric\": {initial}}}\n"),
-        )
-        .map_err(|e| io(out, e))?;
+        let text = serde_json::json!({ "initial_metric": initial, "key": key });
+        std::fs::write(out.join(INITIAL_FILE), format!("{text}\n")).map_err(|e| io(out, e))?;
         (Coordinator::new(run_cfg, global)?, initial)
     };
 
@@ -687,9 +692,34 @@ fn keep_metrics_up_to(path: &Path, last_round: u32) -> Result<()> {
     checkpoint::write_atomic(path, text.as_bytes()).map_err(Error::from)
 }
 
+/// What the metric before any round depends on: the model, the task with its
+/// evaluation settings, the partition, the seed (the test split) and the build.
+/// Methods, rounds, training and fleet do not enter.
+pub fn initial_key(file: &RunFile, model_path: &Path) -> String {
+    let model = std::fs::canonicalize(model_path).unwrap_or(model_path.to_path_buf());
+    serde_json::json!({
+        "model": model,
+        "task": file.task,
+        "partition": file.partition,
+        "seed": file.seed,
+        "build": [env!("CARGO_PKG_VERSION").to_string(), build_commit().unwrap_or_default()],
+    })
+    .to_string()
+}
+
+/// The metric of an `initial.json` already in `out` whose key is `key`.
+fn reusable_initial(out: &Path, key: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(out.join(INITIAL_FILE)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    if v.get("key")?.as_str()? != key {
+        return None;
+    }
+    v.get("initial_metric")?.as_f64().filter(|m| m.is_finite())
+}
+
 /// The metric of the model before any round (`initial.json`).
 pub fn read_initial(out: &Path) -> Result<f64> {
-    let path = out.join("initial.json");
+    let path = out.join(INITIAL_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
     let v: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;

@@ -270,6 +270,89 @@ fn baselines_run_on_the_same_runtime_with_their_costs() {
 }
 
 #[test]
+fn a_sibling_runs_initial_metric_is_reused_only_when_its_key_matches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let model = model_dir(root);
+    let cfg = config(root, "a", 1);
+    let measured = run(&cfg, &model, false, &mut |_| {}).unwrap().initial_metric;
+    let key = fluxmoe_sim::run::initial_key(&cfg, &model);
+    let plant = |out: &str, key: &str| {
+        std::fs::create_dir_all(root.join(out)).unwrap();
+        let text = serde_json::json!({ "initial_metric": 0.123456, "key": key });
+        std::fs::write(root.join(out).join("initial.json"), text.to_string()).unwrap();
+    };
+    // The same model, task, partition, seed and build: the planted value is used.
+    plant("b", &key);
+    let b = run(&config(root, "b", 1), &model, false, &mut |_| {}).unwrap();
+    assert_eq!(b.initial_metric, 0.123456);
+    // Another seed changes the test split: the key differs and the model is scored.
+    let mut other = config(root, "c", 1);
+    other.seed = 6;
+    assert_ne!(fluxmoe_sim::run::initial_key(&other, &model), key);
+    plant("c", &key);
+    let c = run(&other, &model, false, &mut |_| {}).unwrap();
+    assert_ne!(c.initial_metric, 0.123456);
+    // The method does not enter the key.
+    let mut flux = config(root, "d", 1);
+    flux.method.name = "flux".into();
+    assert_eq!(fluxmoe_sim::run::initial_key(&flux, &model), key);
+    assert!(measured.is_finite());
+}
+
+#[test]
+fn participants_download_only_the_experts_changed_since_their_last_round() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let model = model_dir(root);
+    let down = |out: &str| -> Vec<u64> {
+        records(root, out)
+            .iter()
+            .map(|r| r["bytes_down"].as_u64().unwrap())
+            .collect()
+    };
+    let mut changed = method_config(root, "changed", "flux", 3);
+    assert_eq!(
+        changed.fleet.download,
+        fluxmoe_fed::Download::Changed,
+        "the default"
+    );
+    changed.rounds.per_round = 3;
+    run(&changed, &model, false, &mut |_| {}).unwrap();
+    let mut everything = method_config(root, "everything", "flux", 3);
+    everything.fleet.download = fluxmoe_fed::Download::Everything;
+    everything.rounds.per_round = 3;
+    run(&everything, &model, false, &mut |_| {}).unwrap();
+    // Accounting only: the same training, the same model.
+    assert_eq!(
+        final_bytes(root, "changed"),
+        final_bytes(root, "everything")
+    );
+    let (c, e) = (down("changed"), down("everything"));
+    // Everyone starts from the public initial checkpoint.
+    assert_eq!(c[0], 0, "{c:?}");
+    assert!(e.iter().all(|&b| b > 0), "{e:?}");
+    // Later rounds fetch the experts the previous round tuned, never more than all.
+    assert!(
+        c[1] > 0 && c[1..].iter().zip(&e[1..]).all(|(c, e)| c <= e),
+        "{c:?} vs {e:?}"
+    );
+    // FLUX tunes a subset, so some experts never need to travel again.
+    assert!(
+        c[1..].iter().sum::<u64>() < e[1..].iter().sum::<u64>(),
+        "{c:?} vs {e:?}"
+    );
+    // The virtual clock charges only what moved.
+    let t = |out: &str| {
+        records(root, out)[0]["times"][0]["phases"]["download"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(t("changed"), 0.0);
+    assert!(t("everything") > 0.0);
+}
+
+#[test]
 fn flux_resume_with_stale_profiling_matches_an_uninterrupted_run() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
