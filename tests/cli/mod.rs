@@ -2,6 +2,7 @@ mod bad_input;
 mod bench_merge;
 mod bench_tta;
 mod deploy;
+mod eval;
 mod eval_loss;
 mod generate;
 mod inspect;

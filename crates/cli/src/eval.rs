@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use fluxmoe_data::metrics::LengthNorm;
 use fluxmoe_data::tasks::registry::{load_train_test, DataDirs};
-use fluxmoe_data::{evaluate, EvalConfig, LoadOptions, PromptFormat};
+use fluxmoe_data::{evaluate, EvalConfig, LoadOptions, PromptConventions, PromptFormat};
 use fluxmoe_model::{LoadedModel, MoeModel};
 use fluxmoe_sim::scorer::ModelScorer;
 
@@ -37,33 +37,23 @@ pub fn run(lm: &LoadedModel, args: &EvalArgs) -> Result<()> {
         .context("this model has no tokenizer (a folder needs tokenizer.json)")?;
     let data = load_train_test(&args.task, &args.dirs, LoadOptions::STRICT, args.seed)
         .with_context(|| format!("loading task `{}`", args.task))?;
-    let chat = lm
-        .chat_template
-        .as_deref()
-        .is_some_and(|t| t.contains("<|im_start|>"));
-    let mut stop_ids = lm.eos_ids.clone();
-    stop_ids.extend(tokenizer.token_to_id("<|im_end|>"));
-    let pad_id = lm.eos_ids.first().copied().unwrap_or(0);
+    let conventions = PromptConventions::new(lm.chat_template.as_deref(), &lm.eos_ids, tokenizer);
     let model = MoeModel::new(&lm.checkpoint.config, &lm.checkpoint.params)?;
     let cfg = EvalConfig {
-        format: if chat {
-            PromptFormat::ChatMl
-        } else {
-            PromptFormat::Plain
-        },
+        format: conventions.format,
         max_len: 512,
         max_new_tokens: args.max_new_tokens,
         limit: args.limit,
         seed: args.seed,
         length_norm: args.length_norm,
-        pad_id,
+        pad_id: conventions.pad_id,
     };
     let report = evaluate(
         &data.test,
         tokenizer,
         &mut ModelScorer {
             model: &model,
-            stop_ids,
+            stop_ids: conventions.stop_ids.clone(),
         },
         &cfg,
     )?;
@@ -76,7 +66,13 @@ pub fn run(lm: &LoadedModel, args: &EvalArgs) -> Result<()> {
             None => String::new(),
         }
     );
-    println!("format   {}", if chat { "ChatML" } else { "plain" });
+    println!(
+        "format   {}",
+        match conventions.format {
+            PromptFormat::ChatMl => "ChatML",
+            PromptFormat::Plain => "plain",
+        }
+    );
     println!("{:<8} {}", report.metric, report.score);
     Ok(())
 }

@@ -46,5 +46,5 @@ pub use evaluate::{evaluate, EvalConfig, EvalReport, Scorer};
 pub use histogram::GroupHistogram;
 pub use jsonl::{LoadOptions, Loaded};
 pub use partition::{partition, DirichletConfig, PartitionScheme, Partitions};
-pub use prompt::{ChoiceDisplay, PromptFormat, Rendered, Template};
+pub use prompt::{ChoiceDisplay, PromptConventions, PromptFormat, Rendered, Template};
 pub use task::{Example, GenerationMetric, Task, TaskKind};

@@ -125,6 +125,54 @@ impl Template {
     }
 }
 
+/// How a model expects prompts: its [`PromptFormat`], the token that pads batches, the
+/// token appended after plain targets, and the tokens that stop generation. One rule
+/// for every caller (runs, `eval`, benchmarks), derived from the model's chat template
+/// and end-of-sequence ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptConventions {
+    pub format: PromptFormat,
+    pub pad_id: u32,
+    /// Appended after the target for plain prompts (ChatML targets end with
+    /// `<|im_end|>` already).
+    pub eos_id: Option<u32>,
+    pub stop_ids: Vec<u32>,
+}
+
+impl PromptConventions {
+    /// ChatML when the chat template uses `<|im_start|>`, plain otherwise; pads with
+    /// the first end-of-sequence id (0 without one); stops at every end-of-sequence id
+    /// and at `<|im_end|>` when the tokenizer has it.
+    pub fn new(
+        chat_template: Option<&str>,
+        eos_ids: &[u32],
+        tokenizer: &tokenizers::Tokenizer,
+    ) -> Self {
+        let chat = chat_template.is_some_and(|t| t.contains("<|im_start|>"));
+        let mut stop_ids = eos_ids.to_vec();
+        stop_ids.extend(tokenizer.token_to_id("<|im_end|>"));
+        PromptConventions {
+            format: if chat {
+                PromptFormat::ChatMl
+            } else {
+                PromptFormat::Plain
+            },
+            pad_id: eos_ids.first().copied().unwrap_or(0),
+            eos_id: if chat { None } else { eos_ids.first().copied() },
+            stop_ids,
+        }
+    }
+
+    /// Batching with these conventions and `max_len` tokens at most.
+    pub fn batch_config(&self, max_len: usize) -> crate::BatchConfig {
+        crate::BatchConfig {
+            max_len,
+            pad_id: self.pad_id,
+            eos_id: self.eos_id,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,5 +224,49 @@ mod tests {
         assert!(Template::new("", ChoiceDisplay::Lettered)
             .message(&ex)
             .is_err());
+    }
+
+    fn word_tokenizer(words: &[&str]) -> tokenizers::Tokenizer {
+        let vocab: serde_json::Map<String, serde_json::Value> = words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.to_string(), i.into()))
+            .collect();
+        serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+            "normalizer": null, "pre_tokenizer": null, "post_processor": null, "decoder": null,
+            "model": { "type": "WordLevel", "vocab": vocab, "unk_token": "<unk>" }
+        })
+        .to_string()
+        .parse()
+        .unwrap()
+    }
+
+    #[test]
+    fn conventions_follow_the_chat_template_and_eos_ids() {
+        let chat_tok = word_tokenizer(&["<unk>", "<|endoftext|>", "<|im_end|>"]);
+        let chatml = "{% for m in messages %}<|im_start|>{{ m.role }}{% endfor %}";
+        let c = PromptConventions::new(Some(chatml), &[1], &chat_tok);
+        assert_eq!(c.format, PromptFormat::ChatMl);
+        assert_eq!(
+            (c.pad_id, c.eos_id),
+            (1, None),
+            "ChatML targets end with <|im_end|>"
+        );
+        assert_eq!(c.stop_ids, vec![1, 2]);
+        let b = c.batch_config(64);
+        assert_eq!((b.max_len, b.pad_id, b.eos_id), (64, 1, None));
+
+        let plain_tok = word_tokenizer(&["<unk>", "</s>"]);
+        let c = PromptConventions::new(Some("{{ bos_token }}[INST]"), &[1, 0], &plain_tok);
+        assert_eq!(c.format, PromptFormat::Plain);
+        assert_eq!((c.pad_id, c.eos_id), (1, Some(1)));
+        assert_eq!(c.stop_ids, vec![1, 0], "no <|im_end|> in this vocabulary");
+        let c = PromptConventions::new(None, &[], &plain_tok);
+        assert_eq!(
+            (c.format, c.pad_id, c.eos_id),
+            (PromptFormat::Plain, 0, None)
+        );
+        assert!(c.stop_ids.is_empty());
     }
 }

@@ -12,11 +12,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::Device;
-use fluxmoe_data::batch::{encode, BatchConfig, Encoded};
+use fluxmoe_data::batch::{encode, Encoded};
 use fluxmoe_data::metrics::LengthNorm;
 use fluxmoe_data::tasks::registry::{load_train_test, DataDirs};
 use fluxmoe_data::{
-    partition, DirichletConfig, EvalConfig, LoadOptions, PartitionScheme, PromptFormat, Template,
+    partition, DirichletConfig, EvalConfig, LoadOptions, PartitionScheme, PromptConventions,
+    PromptFormat, Template,
 };
 use fluxmoe_fed::{
     load_checkpoint, load_previous, save_checkpoint, AggregateConfig, Clock, Coordinator,
@@ -141,32 +142,15 @@ impl Setup {
             wordnet: PathBuf::from(fluxmoe_data::tasks::wordnet::DEFAULT_DIR),
         };
         let data = load_train_test(&file.task.name, &dirs, LoadOptions::STRICT, file.seed)?;
-        let chat = lm
-            .chat_template
-            .as_deref()
-            .is_some_and(|t| t.contains("<|im_start|>"));
-        let format = if chat {
-            PromptFormat::ChatMl
-        } else {
-            PromptFormat::Plain
-        };
-        let pad_id = lm.eos_ids.first().copied().unwrap_or(0);
-        let mut stop_ids = lm.eos_ids.clone();
-        stop_ids.extend(tokenizer.token_to_id("<|im_end|>"));
+        let conventions =
+            PromptConventions::new(lm.chat_template.as_deref(), &lm.eos_ids, &tokenizer);
+        let (format, pad_id) = (conventions.format, conventions.pad_id);
 
         // Partition the training examples and tokenise each participant's shard.
         let groups = data.train.groups();
         let parts = partition(&scheme(file)?, &groups, file.partition.participants)?;
         let template = Template::for_task(&data.train.name);
-        let batch_cfg = BatchConfig {
-            max_len: file.task.max_len,
-            pad_id,
-            eos_id: if chat {
-                None
-            } else {
-                lm.eos_ids.first().copied()
-            },
-        };
+        let batch_cfg = conventions.batch_config(file.task.max_len);
         let mut shards: Vec<Vec<Encoded>> = Vec::with_capacity(parts.len());
         for part in &parts {
             let shard = part
@@ -225,7 +209,7 @@ impl Setup {
             tokenizer,
             format,
             pad_id,
-            stop_ids,
+            stop_ids: conventions.stop_ids,
             trainable,
             stats,
             memory,

@@ -275,7 +275,9 @@ fn a_sibling_runs_initial_metric_is_reused_only_when_its_key_matches() {
     let root = tmp.path();
     let model = model_dir(root);
     let cfg = config(root, "a", 1);
-    let measured = run(&cfg, &model, false, &mut |_| {}).unwrap().initial_metric;
+    let measured = run(&cfg, &model, false, &mut |_| {})
+        .unwrap()
+        .initial_metric;
     let key = fluxmoe_sim::run::initial_key(&cfg, &model);
     let plant = |out: &str, key: &str| {
         std::fs::create_dir_all(root.join(out)).unwrap();

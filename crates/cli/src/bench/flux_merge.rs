@@ -14,9 +14,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
-use fluxmoe_data::batch::{collate, encode, BatchConfig, Encoded};
+use fluxmoe_data::batch::{collate, encode, Encoded};
 use fluxmoe_data::tasks::registry::{load_train_test, DataDirs};
-use fluxmoe_data::{LoadOptions, PromptFormat, Template};
+use fluxmoe_data::{LoadOptions, PromptConventions, Template};
 use fluxmoe_flux::customise::MergeOptions;
 use fluxmoe_flux::evidence::{
     merge_evidence, paper_variants, top_share_roles, ErrorKind, MergeEvidence, MergeEvidenceOptions,
@@ -60,25 +60,9 @@ fn sample(lm: &LoadedModel, args: &FluxMergeArgs) -> Result<Sample> {
         .context("the model has no tokenizer: pass --tokenizer PATH/tokenizer.json")?;
     let data = load_train_test(&args.task, &args.dirs, LoadOptions::STRICT, args.seed)
         .with_context(|| format!("loading task `{}`", args.task))?;
-    let chat = lm
-        .chat_template
-        .as_deref()
-        .is_some_and(|t| t.contains("<|im_start|>"));
-    let format = if chat {
-        PromptFormat::ChatMl
-    } else {
-        PromptFormat::Plain
-    };
-    let pad_id = lm.eos_ids.first().copied().unwrap_or(0);
-    let cfg = BatchConfig {
-        max_len: args.max_len,
-        pad_id,
-        eos_id: if chat {
-            None
-        } else {
-            lm.eos_ids.first().copied()
-        },
-    };
+    let conventions = PromptConventions::new(lm.chat_template.as_deref(), &lm.eos_ids, tokenizer);
+    let (format, pad_id) = (conventions.format, conventions.pad_id);
+    let cfg = conventions.batch_config(args.max_len);
     let template = Template::for_task(&data.train.name);
     let examples = &data.train.examples;
     let mut order: Vec<usize> = (0..examples.len()).collect();
