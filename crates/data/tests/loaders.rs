@@ -300,12 +300,19 @@ fn mmlu_parquet_bad_rows() {
 
 #[test]
 fn mmlu_parquet_bad_columns() {
-    // A missing or mistyped column fails the file even with skip_malformed.
+    // A missing or mistyped column, or an unread codec, fails the file even with
+    // skip_malformed.
     for (file, msg) in [
         (
             "bad/missing_answer.parquet",
             "no column `answer` (MMLU parquet needs question, subject, choices, answer; \
              the file has question, subject, choices)",
+        ),
+        (
+            "bad/zstd.parquet",
+            "column `question` is compressed with ZSTD; only snappy (pyarrow's default, \
+             which Hugging Face uses) and uncompressed parquet are read \
+             (rewrite it with pyarrow: pq.write_table(pq.read_table(src), dst))",
         ),
         (
             "bad/answer_letter.parquet",

@@ -13,7 +13,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::Arc;
 
-use parquet::basic::{ConvertedType, Repetition, Type as PhysicalType};
+use parquet::basic::{Compression, ConvertedType, Repetition, Type as PhysicalType};
+use parquet::file::metadata::RowGroupMetaData;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::{Field, Row};
 use parquet::schema::types::{Type, TypePtr};
@@ -80,6 +81,7 @@ fn read_rows(
     let reader = SerializedFileReader::new(file)
         .map_err(|e| format_err(path, format!("not a readable parquet file: {e}")))?;
     let projection = check_schema(path, reader.metadata().file_metadata().schema())?;
+    check_codecs(path, reader.metadata().row_groups())?;
     let rows = reader
         .get_row_iter(Some(projection))
         .map_err(|e| format_err(path, format!("cannot read rows: {e}")))?;
@@ -174,6 +176,34 @@ fn check_schema(path: &Path, root: &Type) -> Result<Type> {
         .with_fields(vec![question, subject, choices, answer])
         .build()
         .map_err(|e| format_err(path, format!("cannot project the MMLU columns: {e}")))
+}
+
+/// Only snappy (pyarrow's and so HF's default) and uncompressed data are read;
+/// say so up front rather than fail on the first page with a build-feature error.
+fn check_codecs(path: &Path, row_groups: &[RowGroupMetaData]) -> Result<()> {
+    for chunk in row_groups.iter().flat_map(|rg| rg.columns()) {
+        let codec = chunk.compression();
+        let column = chunk
+            .column_path()
+            .parts()
+            .first()
+            .map_or("", String::as_str);
+        if [QUESTION, SUBJECT, CHOICES, ANSWER].contains(&column)
+            && !matches!(codec, Compression::SNAPPY | Compression::UNCOMPRESSED)
+        {
+            let name = format!("{codec:?}");
+            let name = name.split('(').next().unwrap_or(&name);
+            return Err(format_err(
+                path,
+                format!(
+                    "column `{column}` is compressed with {name}; only snappy (pyarrow's \
+                     default, which Hugging Face uses) and uncompressed parquet are read \
+                     (rewrite it with pyarrow: pq.write_table(pq.read_table(src), dst))"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn is_repeated(field: &Type) -> bool {

@@ -78,6 +78,8 @@ def main():
     ]))
     write("bad/no_choices.parquet", table([("anatomy", "No choices?", [], 0)]))
     write("bad/null_question.parquet", table([("anatomy", None, ["a", "b"], 0)]))
+    # A codec the loader is built without (only snappy and uncompressed are read).
+    pq.write_table(table(ROWS[:2]), os.path.join(HERE, "bad/zstd.parquet"), compression="zstd")
     # No `answer` column.
     write("bad/missing_answer.parquet", table(ROWS[:2]).drop_columns(["answer"]))
     # `answer` as the letter, not the index.
