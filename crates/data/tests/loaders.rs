@@ -229,6 +229,8 @@ fn mmlu_parquet_file_and_folders() {
         mmlu_pq("all"),
         // The HF dataset's root: only `all/` is read, not the subject folders too.
         mmlu_pq(""),
+        // Two shards: a subject's row numbers go on from one to the next.
+        mmlu_pq("sharded"),
     ] {
         let loaded = mmlu::load(&path, LoadOptions::STRICT).unwrap();
         assert_eq!(loaded.task.kind, TaskKind::MultipleChoice);

@@ -60,13 +60,20 @@ def main():
     write("all/test-00000-of-00001.parquet", table(ROWS))
     for subject in sorted({r[0] for r in ROWS}):
         rows = [r for r in ROWS if r[0] == subject]
-        write(f"{subject}/test-00000-of-00001.parquet", table(rows))
+        # astronomy in two row groups, as large HF files are.
+        path = os.path.join(HERE, f"{subject}/test-00000-of-00001.parquet")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        pq.write_table(table(rows), path, row_group_size=2 if subject == "astronomy" else None)
         os.makedirs(os.path.join(HERE, "csv"), exist_ok=True)
         with open(os.path.join(HERE, "csv", f"{subject}_test.csv"), "w", newline="",
                   encoding="utf-8") as f:
             out = csv.writer(f, lineterminator="\n")
             for _, q, c, a in rows:
                 out.writerow([q, *c, "ABCD"[a]])
+
+    # HF shards a large split; anatomy straddles the two shards here.
+    write("sharded/test-00000-of-00002.parquet", table(ROWS[:2]))
+    write("sharded/test-00001-of-00002.parquet", table(ROWS[2:]))
 
     # Rows 2..4 are malformed (answer out of range, no choices, null question).
     write("bad/malformed_rows.parquet", table([
