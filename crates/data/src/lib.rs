@@ -6,7 +6,7 @@
 //!   it is scored. [`Task::split`] gives a seeded train/test split.
 //! - [`tasks`] builds tasks: the shared `mathematics` set, two WordNet tasks from
 //!   the `wordnet-base` database, and loaders for user-brought Dolly, GSM8K,
-//!   MMLU (CSV), PIQA and generic JSONL files. Loaders share [`LoadOptions`]
+//!   MMLU (CSV or Hugging Face parquet), PIQA and generic JSONL files. Loaders share [`LoadOptions`]
 //!   (strict, or skip-and-count malformed records) and return [`Loaded`].
 //! - [`partition()`] splits a task's examples among participants by
 //!   [`PartitionScheme`] (IID, Dirichlet over groups, pathological, natural), with

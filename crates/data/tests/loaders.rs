@@ -2,9 +2,11 @@
 //! (`tests/data/`), plus the real mathematics and WordNet files when present.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use fluxmoe_data::tasks::registry::{load_train_test, DataDirs};
 use fluxmoe_data::tasks::{dolly, generic, gsm8k, math, mmlu, piqa, wordnet};
-use fluxmoe_data::{Error, GenerationMetric, LoadOptions, TaskKind};
+use fluxmoe_data::{Error, Example, GenerationMetric, LoadOptions, TaskKind};
 
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -132,6 +134,283 @@ fn mmlu_bad_answer_letter() {
         mmlu::load(&bad_name, LoadOptions::STRICT),
         Err(Error::Format { .. })
     ));
+}
+
+fn mmlu_pq(rel: &str) -> PathBuf {
+    data("mmlu_parquet").join(rel)
+}
+
+/// The examples of `tests/data/mmlu_parquet` (see its `make_samples.py`).
+fn mmlu_pq_expected() -> Vec<Example> {
+    let rows: [(&str, usize, &str, [&str; 4], usize); 6] = [
+        (
+            "anatomy",
+            1,
+            "What is the embryological origin of the hyoid bone?",
+            [
+                "The first pharyngeal arch",
+                "The first and second pharyngeal arches",
+                "The second pharyngeal arch",
+                "The second and third pharyngeal arches",
+            ],
+            3,
+        ),
+        (
+            "anatomy",
+            2,
+            "Which nerve innervates the muscles of facial expression (les muscles peauciers)?",
+            [
+                "Trigeminal nerve",
+                "Facial nerve",
+                "Vagus nerve",
+                "Hypoglossal nerve",
+            ],
+            1,
+        ),
+        (
+            "anatomy",
+            3,
+            "Wie groß ist ein rotes Blutkörperchen? 赤血球の大きさは？",
+            ["≈ 7.5 µm", "≈ 75 µm", "≈ 0.75 µm", "≈ 750 Å"],
+            0,
+        ),
+        (
+            "astronomy",
+            1,
+            "What is the closest star to the Sun?",
+            [
+                "Sirius",
+                "Alpha Centauri A",
+                "Proxima Centauri",
+                "Barnard's Star",
+            ],
+            2,
+        ),
+        (
+            "astronomy",
+            2,
+            "How long does light from the Sun take to reach Earth?",
+            [
+                "About 8 seconds",
+                "About 8 minutes",
+                "About 8 hours",
+                "About 8 days",
+            ],
+            1,
+        ),
+        (
+            "astronomy",
+            3,
+            "Which is true of \"quoted\", multi-line\ntext, says Ångström?",
+            ["One,\ntwo", "Say \"hi\"", "Three, four", "Comète"],
+            0,
+        ),
+    ];
+    rows.into_iter()
+        .map(|(subject, n, question, choices, answer)| {
+            let choices: Arc<[String]> = choices.map(String::from).to_vec().into();
+            Example::multiple_choice(
+                format!("{subject}-{n}"),
+                question,
+                choices,
+                answer,
+                Some(subject.to_string()),
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn mmlu_parquet_file_and_folders() {
+    let expected = mmlu_pq_expected();
+    for path in [
+        mmlu_pq("all/test-00000-of-00001.parquet"),
+        mmlu_pq("all"),
+        // The HF dataset's root: only `all/` is read, not the subject folders too.
+        mmlu_pq(""),
+        // Two shards: a subject's row numbers go on from one to the next.
+        mmlu_pq("sharded"),
+    ] {
+        let loaded = mmlu::load(&path, LoadOptions::STRICT).unwrap();
+        assert_eq!(loaded.task.kind, TaskKind::MultipleChoice);
+        assert_eq!(loaded.n_skipped, 0);
+        assert_eq!(loaded.task.examples, expected, "{}", path.display());
+    }
+    let anatomy = mmlu::load(&mmlu_pq("anatomy"), LoadOptions::STRICT).unwrap();
+    assert_eq!(anatomy.task.examples, expected[..3]);
+    let ex = &anatomy.task.examples[2];
+    assert_eq!(ex.target, "≈ 7.5 µm");
+    assert_eq!(ex.id, "anatomy-3");
+
+    // A folder of subject folders (no `all/`): each one's `test*.parquet`, by path;
+    // other splits and other files are left alone.
+    let dir = tempfile::tempdir().unwrap();
+    for subject in ["astronomy", "anatomy"] {
+        let sub = dir.path().join(subject);
+        std::fs::create_dir(&sub).unwrap();
+        let src = mmlu_pq(subject).join("test-00000-of-00001.parquet");
+        std::fs::copy(&src, sub.join("test-00000-of-00001.parquet")).unwrap();
+        std::fs::copy(&src, sub.join("validation-00000-of-00001.parquet")).unwrap();
+    }
+    std::fs::write(dir.path().join("README.md"), "# MMLU\n").unwrap();
+    let loaded = mmlu::load(dir.path(), LoadOptions::STRICT).unwrap();
+    assert_eq!(loaded.task.examples, expected);
+}
+
+#[test]
+fn mmlu_parquet_matches_csv() {
+    // The same questions in the CSV release's form load to the same task.
+    let csv = mmlu::load(&mmlu_pq("csv"), LoadOptions::STRICT).unwrap();
+    let parquet = mmlu::load(&mmlu_pq("all"), LoadOptions::STRICT).unwrap();
+    assert_eq!(csv.task, parquet.task);
+}
+
+#[test]
+fn mmlu_parquet_bad_rows() {
+    let path = mmlu_pq("bad/malformed_rows.parquet");
+    let err = mmlu::load(&path, LoadOptions::STRICT).unwrap_err();
+    assert!(err.is_record_error());
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}:2: column `answer`: 4 is out of range for 4 choices (0..=3)",
+            path.display()
+        )
+    );
+    for (file, msg) in [
+        (
+            "bad/no_choices.parquet",
+            "1: column `choices`: needs at least 2 choices, got 0",
+        ),
+        (
+            "bad/null_question.parquet",
+            "1: column `question`: expected a string, got null",
+        ),
+    ] {
+        let path = mmlu_pq(file);
+        let err = mmlu::load(&path, LoadOptions::STRICT).unwrap_err();
+        assert_eq!(err.to_string(), format!("{}:{msg}", path.display()));
+    }
+    // Skipped rows still count towards the subject's row numbers, as CSV lines do.
+    let loaded = mmlu::load(&path, LoadOptions::LENIENT).unwrap();
+    assert_eq!(loaded.n_skipped, 3);
+    let ids: Vec<&str> = loaded.task.examples.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["anatomy-1", "anatomy-5"]);
+    assert_eq!(loaded.task.examples[1].answer, Some(1));
+}
+
+#[test]
+fn mmlu_parquet_bad_columns() {
+    // A missing or mistyped column, or an unread codec, fails the file even with
+    // skip_malformed.
+    for (file, msg) in [
+        (
+            "bad/missing_answer.parquet",
+            "no column `answer` (MMLU parquet needs question, subject, choices, answer; \
+             the file has question, subject, choices)",
+        ),
+        (
+            "bad/zstd.parquet",
+            "column `question` is compressed with ZSTD; only snappy (pyarrow's default, \
+             which Hugging Face uses) and uncompressed parquet are read \
+             (rewrite it with pyarrow: pq.write_table(pq.read_table(src), dst))",
+        ),
+        (
+            "bad/answer_letter.parquet",
+            "column `answer` must be an integer (the index of the right choice), \
+             found BYTE_ARRAY (UTF8)",
+        ),
+    ] {
+        let path = mmlu_pq(file);
+        let err = mmlu::load(&path, LoadOptions::LENIENT).unwrap_err();
+        assert!(matches!(err, Error::Format { .. }), "{err}");
+        assert_eq!(err.to_string(), format!("{}: {msg}", path.display()));
+    }
+}
+
+#[test]
+fn mmlu_parquet_truncated_or_corrupt() {
+    let bytes = std::fs::read(mmlu_pq("all/test-00000-of-00001.parquet")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let truncated = dir.path().join("test-00000-of-00001.parquet");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    for path in [truncated.clone(), dir.path().to_path_buf()] {
+        let err = mmlu::load(&path, LoadOptions::LENIENT).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Format { .. }), "{msg}");
+        assert!(
+            msg.starts_with(&format!(
+                "{}: not a readable parquet file:",
+                truncated.display()
+            )),
+            "{msg}"
+        );
+    }
+    // Footer intact, every page overwritten: an error naming the file, not a panic.
+    // (The file ends with the footer, its length as u32 LE, and `PAR1`.)
+    let n = bytes.len();
+    let footer_len = u32::from_le_bytes(bytes[n - 8..n - 4].try_into().unwrap()) as usize;
+    let mut corrupt = bytes.clone();
+    for b in &mut corrupt[4..n - 8 - footer_len] {
+        *b = 0xa5;
+    }
+    let path = dir.path().join("corrupt.parquet");
+    std::fs::write(&path, &corrupt).unwrap();
+    let err = mmlu::load(&path, LoadOptions::LENIENT).unwrap_err();
+    assert!(matches!(err, Error::Format { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}: row 1: cannot read:", path.display())),
+        "{err}"
+    );
+    // Not parquet at all.
+    std::fs::write(&path, "question,subject\n").unwrap();
+    let err = mmlu::load(&path, LoadOptions::STRICT).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}: not a readable parquet file:", path.display())),
+        "{err}"
+    );
+}
+
+#[test]
+fn mmlu_folder_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = mmlu::load(dir.path(), LoadOptions::STRICT).unwrap_err();
+    assert!(matches!(err, Error::Format { .. }), "{err}");
+    assert!(err
+        .to_string()
+        .contains("no `<subject>_test.csv` or `test*.parquet` files"));
+    // Both kinds side by side: refused rather than read twice.
+    std::fs::copy(
+        mmlu_pq("csv/anatomy_test.csv"),
+        dir.path().join("anatomy_test.csv"),
+    )
+    .unwrap();
+    std::fs::copy(
+        mmlu_pq("anatomy/test-00000-of-00001.parquet"),
+        dir.path().join("test-00000-of-00001.parquet"),
+    )
+    .unwrap();
+    let err = mmlu::load(dir.path(), LoadOptions::STRICT).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("holds both `<subject>_test.csv` files (1) and `test*.parquet` files (1)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn mmlu_parquet_through_the_registry() {
+    let dirs = DataDirs {
+        math: data("mathematics"),
+        wordnet: data("wordnet"),
+    };
+    let spec = format!("mmlu:{}", mmlu_pq("all").display());
+    let tt = load_train_test(&spec, &dirs, LoadOptions::STRICT, 0).unwrap();
+    assert_eq!(tt.train.len() + tt.test.len(), 6);
+    assert_eq!(tt.test.name, "mmlu");
 }
 
 #[test]

@@ -1,16 +1,41 @@
-//! `mmlu`: Hendrycks et al.'s MMLU, the per-subject CSV release
-//! (`data/{dev,val,test}/<subject>_<split>.csv`).
+//! `mmlu`: Hendrycks et al.'s MMLU, from the original per-subject CSV release
+//! (`data/{dev,val,test}/<subject>_<split>.csv`) or from the Hugging Face
+//! parquet files (dataset `cais/mmlu`: `all/test-00000-of-00001.parquet`,
+//! `<subject>/test-*.parquet`).
 //!
-//! No header; each record is `question,A,B,C,D,answer` with `answer` one of
-//! `A`..`D` (RFC 4180 quoting, see [`crate::csv`]).
+//! **CSV**: no header; each record is `question,A,B,C,D,answer` with `answer` one
+//! of `A`..`D` (RFC 4180 quoting, see [`crate::csv`]).
 //! The subject is the file name minus `_test.csv` / `_val.csv` / `_dev.csv`
-//! (e.g. `high_school_physics`).
-//! prompt = `question`, choices = the four options, answer = the letter's index,
-//! group = subject, id = `<subject>-<line>`.
+//! (e.g. `high_school_physics`); id = `<subject>-<line>`, the record's first line.
 //! A CSV syntax error (such as an unterminated quote) fails the whole file even
 //! with `skip_malformed`, since the records after it cannot be trusted.
-//! Parquet files are not read.
+//!
+//! **Parquet**: columns `question: string`, `subject: string`,
+//! `choices: list<string>` and `answer: int` (0-based index into `choices`);
+//! other columns are ignored. id = `<subject>-<n>` with `n` the 1-based count of
+//! that subject's rows read so far (in file order, then row order), so a subject
+//! file gives the same ids as its CSV twin (when no CSV record spans lines), and
+//! `all/` gives the same ids as the subject folders.
+//! Errors name the file and, for one row, its 1-based row number (where a CSV
+//! error has its line) and the column. A missing or mistyped column, or a file
+//! that is not readable parquet (truncated, corrupt, compressed with a codec
+//! other than snappy), fails the whole file even with `skip_malformed`.
+//!
+//! Both: prompt = `question`, choices = the options, answer = the index,
+//! group = subject.
+//!
+//! `mmlu:PATH` takes
+//! - a `.parquet` file (any name, any split), or any other file as CSV;
+//! - a folder holding `<subject>_test.csv` files (read sorted by name) or
+//!   `test*.parquet` files (HF's `test-00000-of-00001.parquet` shards, read sorted
+//!   by name); a folder holding both kinds is an error, since either may be a
+//!   stale copy of the other;
+//! - a folder with neither, whose subfolders hold `test*.parquet` files (the HF
+//!   dataset's root, or a folder of subject folders): if it has `all/` with
+//!   `test*.parquet` files only those are read (`all/` repeats every subject);
+//!   otherwise those of every subfolder, sorted by path. Only one level is searched.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -32,36 +57,109 @@ pub fn subject_of(path: &Path) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Loads one subject file, or every `*_test.csv` of a folder (sorted by name).
+/// Loads one file (parquet or CSV) or a folder of them; see the module doc for
+/// which files of a folder are read.
 pub fn load(path: &Path, opts: LoadOptions) -> Result<Loaded> {
-    let files = if path.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|e| Error::io(path, e))?
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.ends_with("_test.csv"))
-            })
-            .collect();
-        files.sort();
-        if files.is_empty() {
-            return Err(Error::Format {
-                path: path.to_path_buf(),
-                msg: "no `<subject>_test.csv` files in this folder".into(),
-            });
-        }
-        files
+    let (files, kind) = if path.is_dir() {
+        files_of_folder(path)?
+    } else if is_parquet(path) {
+        (vec![path.to_path_buf()], Kind::Parquet)
     } else {
-        vec![path.to_path_buf()]
+        (vec![path.to_path_buf()], Kind::Csv)
     };
     let mut examples = Vec::new();
     let mut n_skipped = 0;
+    let mut rows_per_subject = HashMap::new();
     for file in &files {
-        n_skipped += load_subject(file, opts, &mut examples)?;
+        n_skipped += match kind {
+            Kind::Csv => load_subject(file, opts, &mut examples)?,
+            Kind::Parquet => {
+                hf_parquet::load_file(file, opts, &mut rows_per_subject, &mut examples)?
+            }
+        };
     }
     let task = Task::new(NAME, TaskKind::MultipleChoice, examples)?;
     Ok(Loaded { task, n_skipped })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Csv,
+    Parquet,
+}
+
+fn is_parquet(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
+}
+
+/// The entries of a folder, sorted by path.
+fn list(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut entries = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .map(|entry| entry.map(|e| e.path()).map_err(|e| Error::io(dir, e)))
+        .collect::<Result<Vec<_>>>()?;
+    entries.sort();
+    Ok(entries)
+}
+
+fn file_name(path: &Path) -> &str {
+    path.file_name().and_then(|n| n.to_str()).unwrap_or("")
+}
+
+/// The `test*.parquet` files directly in `dir`, sorted.
+fn test_parquets(dir: &Path) -> Result<Vec<PathBuf>> {
+    Ok(list(dir)?
+        .into_iter()
+        .filter(|p| p.is_file() && is_parquet(p) && file_name(p).starts_with("test"))
+        .collect())
+}
+
+fn files_of_folder(dir: &Path) -> Result<(Vec<PathBuf>, Kind)> {
+    let entries = list(dir)?;
+    let csvs: Vec<PathBuf> = entries
+        .iter()
+        .filter(|p| p.is_file() && file_name(p).ends_with("_test.csv"))
+        .cloned()
+        .collect();
+    let parquets = test_parquets(dir)?;
+    match (csvs.is_empty(), parquets.is_empty()) {
+        (false, false) => {
+            return Err(Error::Format {
+                path: dir.to_path_buf(),
+                msg: format!(
+                    "holds both `<subject>_test.csv` files ({}) and `test*.parquet` files ({}); \
+                     point `mmlu:` at a folder (or a file) of one kind",
+                    csvs.len(),
+                    parquets.len()
+                ),
+            })
+        }
+        (false, true) => return Ok((csvs, Kind::Csv)),
+        (true, false) => return Ok((parquets, Kind::Parquet)),
+        (true, true) => {}
+    }
+    let subdirs: Vec<&PathBuf> = entries.iter().filter(|p| p.is_dir()).collect();
+    if let Some(all) = subdirs.iter().find(|p| file_name(p) == "all") {
+        let files = test_parquets(all)?;
+        if !files.is_empty() {
+            return Ok((files, Kind::Parquet));
+        }
+    }
+    let mut files = Vec::new();
+    for sub in subdirs {
+        files.extend(test_parquets(sub)?);
+    }
+    if files.is_empty() {
+        return Err(Error::Format {
+            path: dir.to_path_buf(),
+            msg: "no `<subject>_test.csv` or `test*.parquet` files in this folder \
+                  (nor `test*.parquet` files in its subfolders)"
+                .into(),
+        });
+    }
+    Ok((files, Kind::Parquet))
 }
 
 fn load_subject(path: &Path, opts: LoadOptions, out: &mut Vec<Example>) -> Result<usize> {
@@ -119,6 +217,8 @@ fn parse_record(path: &Path, subject: &str, line: usize, fields: &[String]) -> R
         Some(subject.to_string()),
     )
 }
+
+mod hf_parquet;
 
 #[cfg(test)]
 mod tests {

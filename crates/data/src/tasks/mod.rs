@@ -11,7 +11,7 @@
 //! | [`wordnet`] `wordnet-supersense` | same | multiple choice (45) | supersense |
 //! | [`dolly`] | `databricks-dolly-15k.jsonl` | ROUGE-L | category |
 //! | [`gsm8k`] | GSM8K `*.jsonl` | exact match | none |
-//! | [`mmlu`] | `<subject>_test.csv` | multiple choice (4) | subject |
+//! | [`mmlu`] | `<subject>_test.csv`, or HF `test-*.parquet` | multiple choice (4) | subject |
 //! | [`piqa`] | `*.jsonl` + labels `*.lst` | multiple choice (2) | none |
 //! | [`generic`] | `prompt`/`response` JSONL | either | optional `group` |
 

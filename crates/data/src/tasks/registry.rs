@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `math` | shared mathematics data (its own train/test files) |
 //! | `wordnet-define`, `wordnet-supersense` | WordNet from `wordnet-base` |
-//! | `dolly:PATH`, `gsm8k:PATH`, `mmlu:PATH` | a user-brought file (MMLU: a csv or a folder of them) |
+//! | `dolly:PATH`, `gsm8k:PATH`, `mmlu:PATH` | a user-brought file (MMLU: a CSV or Hugging Face parquet file, or a folder of them; see [`mmlu`]) |
 //! | `piqa:DATA,LABELS` | PIQA jsonl plus its labels file |
 //! | `jsonl:PATH` | the generic JSONL task, scored by ROUGE-L |
 //! | `jsonl-em:PATH` | the generic JSONL task, scored by exact match |
