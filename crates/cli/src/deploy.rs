@@ -19,7 +19,8 @@ use fluxmoe_sim::RunFile;
 
 use crate::run::resolve_model;
 
-/// Largest payload either side accepts (the whole model travels to participants).
+/// Largest payload either side accepts (the whole model travels in profiling tasks and,
+/// under `download = "everything"`, in every training task).
 const MAX_PAYLOAD_BYTES: usize = 64 << 30;
 
 pub struct CoordinatorArgs {
@@ -90,10 +91,10 @@ pub fn participant(args: &ParticipantArgs) -> Result<()> {
     let model_path = resolve_model(&file.model.path)?;
     let token = read_token(&args.token_file)?;
     let id = ParticipantId(args.id);
-    let Some(member) = fluxmoe_sim::members(&file, &model_path)?
-        .into_iter()
-        .find(|m| m.id == id)
-    else {
+    // The participant's copy of the global starts as the model the run starts from;
+    // afterwards only the tensors that changed since travel.
+    let (members, initial) = fluxmoe_sim::members_and_initial(&file, &model_path)?;
+    let Some(member) = members.into_iter().find(|m| m.id == id) else {
         bail!(
             "participant {id}: the config has {} participants (ids 0..{})",
             file.partition.participants,
@@ -109,7 +110,7 @@ pub fn participant(args: &ParticipantArgs) -> Result<()> {
         connect_timeout: Duration::from_secs(300),
     };
     let mut participant = member.participant;
-    let answered = fluxmoe_deploy::serve(&cfg, &mut participant)?;
+    let answered = fluxmoe_deploy::serve(&cfg, &mut participant, initial)?;
     eprintln!("participant {id}: run finished after {answered} tasks");
     Ok(())
 }

@@ -92,36 +92,54 @@ pub fn encode(tensors: &BTreeMap<String, Tensor>) -> Result<Vec<u8>> {
                 .map(|t| t.elem_count() * 4 + 64)
                 .sum::<usize>(),
     );
-    out.extend_from_slice(MAGIC);
-    let count = u32::try_from(tensors.len()).map_err(|_| Error::Tensor {
-        name: String::new(),
-        msg: format!("{} tensors do not fit one payload", tensors.len()),
-    })?;
-    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&header(tensors.len())?);
     for (name, t) in tensors {
-        let fail = |msg: String| Error::Tensor {
-            name: name.clone(),
-            msg,
-        };
-        if name.len() > MAX_NAME_BYTES {
-            return Err(fail(format!("name longer than {MAX_NAME_BYTES} bytes")));
-        }
-        if t.rank() > MAX_RANK {
-            return Err(fail(format!("rank {} exceeds {MAX_RANK}", t.rank())));
-        }
-        let code = dtype_code(t.dtype())
-            .ok_or_else(|| fail(format!("dtype {:?} is not f32, f16 or bf16", t.dtype())))?;
-        let bytes = le_bytes(t).map_err(|e| fail(e.to_string()))?;
-        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
-        out.extend_from_slice(name.as_bytes());
-        out.push(code);
-        out.push(t.rank() as u8);
-        for &d in t.dims() {
-            out.extend_from_slice(&(d as u64).to_le_bytes());
-        }
-        out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-        out.extend_from_slice(&bytes);
+        out.extend_from_slice(&record(name, t)?);
     }
+    Ok(out)
+}
+
+/// The start of a payload of `count` records: the magic bytes and the count. A payload
+/// is this header followed by its records ([`record`]) in ascending name order.
+pub fn header(count: usize) -> Result<Vec<u8>> {
+    let count = u32::try_from(count).map_err(|_| Error::Tensor {
+        name: String::new(),
+        msg: format!("{count} tensors do not fit one payload"),
+    })?;
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&count.to_le_bytes());
+    Ok(out)
+}
+
+/// One record: tensor `t` named `name`. Its SHA-256 ([`digest`]) identifies the
+/// tensor's name, dtype, shape and every bit of its values.
+pub fn record(name: &str, t: &Tensor) -> Result<Vec<u8>> {
+    let fail = |msg: String| Error::Tensor {
+        name: name.to_string(),
+        msg,
+    };
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        return Err(fail(format!(
+            "name length {} is not in 1..={MAX_NAME_BYTES}",
+            name.len()
+        )));
+    }
+    if t.rank() > MAX_RANK {
+        return Err(fail(format!("rank {} exceeds {MAX_RANK}", t.rank())));
+    }
+    let code = dtype_code(t.dtype())
+        .ok_or_else(|| fail(format!("dtype {:?} is not f32, f16 or bf16", t.dtype())))?;
+    let bytes = le_bytes(t).map_err(|e| fail(e.to_string()))?;
+    let mut out = Vec::with_capacity(name.len() + 12 + 8 * t.rank() + bytes.len());
+    out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    out.extend_from_slice(name.as_bytes());
+    out.push(code);
+    out.push(t.rank() as u8);
+    for &d in t.dims() {
+        out.extend_from_slice(&(d as u64).to_le_bytes());
+    }
+    out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    out.extend_from_slice(&bytes);
     Ok(out)
 }
 

@@ -4,7 +4,9 @@
 //! `Transport` on the coordinator side, so the same `Coordinator`, strategies and
 //! metrics that drive a simulation drive a deployment; [`participant::serve`] runs any
 //! `fluxmoe_fed::Participant` against it from another process (or thread).
-//! Tensors travel as [`codec`] payloads in chunks with an end-to-end SHA-256.
+//! Tensors travel as [`codec`] payloads in chunks with an end-to-end SHA-256; a
+//! participant keeps its copy of the global model between rounds and receives only the
+//! tensors that changed since (`fluxmoe_fed::Download::Changed`).
 //! The protocol is `proto/fluxmoe.proto` ([`proto`]).
 //!
 //! Crates: tonic 0.14 + prost 0.14 (the maintained Rust gRPC stack; tonic-prost is its
@@ -24,7 +26,7 @@ pub mod transport;
 pub use error::{Error, Result};
 pub use participant::{serve, ServeConfig};
 pub use tokens::Tokens;
-pub use transport::{GrpcTransport, GrpcTransportConfig};
+pub use transport::{GrpcTransport, GrpcTransportConfig, Pull, PullLog};
 
 /// The code generated from `proto/fluxmoe.proto`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

@@ -3,14 +3,26 @@
 //!
 //! The transport owns a tokio runtime (two worker threads) serving the `Federation`
 //! service of `proto/fluxmoe.proto`. Participants register with their device profile;
-//! the pool is every registered participant. [`Transport::send_and_receive`] encodes
-//! the global model once, posts each sampled participant its instruction as a task,
-//! and blocks the calling (coordinator) thread until every task has an answer or
+//! the pool is every registered participant. [`Transport::send_and_receive`] posts
+//! each sampled participant its instruction as a task with the tensors it must
+//! download, and blocks the calling (coordinator) thread until every task has an answer or
 //! `reply_timeout` (wall clock) has passed; a participant that has not answered by
 //! then becomes a [`FailureKind::Deadline`] failure. Answers become the
 //! [`Exchange`] through `fluxmoe_fed::transport::settle_train`, the code
 //! `LocalTransport` uses, so virtual time, deadlines in virtual seconds and ordering
 //! are those of the simulation.
+//!
+//! What travels: a participant keeps its copy of the global model between rounds
+//! (see [`crate::participant`]), so a training task's payload holds only the global
+//! tensors [`TrainIns::must_download`] names: those its `changed` set lists, or every
+//! tensor when the coordinator runs with `Download::Everything` (`changed` is `None`).
+//! Each tensor is encoded once per call into a payload record shared by every payload
+//! that carries it, so participants with the same `changed` set share one payload and
+//! no tensor is encoded twice. With the task goes the SHA-256 of every global tensor's
+//! record, against which the participant checks its patched copy (digests are kept
+//! while a tensor stays in the global, so an unchanged tensor is not encoded again).
+//! Profiling tasks ship the whole current global (and the previous one when stale),
+//! as the simulation charges them.
 //!
 //! Before anything is aggregated an upload is checked: the payload is size-limited and
 //! checksummed ([`crate::codec`]), its deltas must be for tensors the participant was
@@ -18,13 +30,13 @@
 //! transport tells every participant the run is done, waits briefly for them to hear
 //! it, and stops the server.
 
-use std::collections::BTreeMap;
+use std::collections::{btree_map, BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Tensor, TensorId};
 use fluxmoe_fed::transport::{check_recipients, settle_profile, settle_train};
 use fluxmoe_fed::{
     DeviceProfile, Exchange, Failure, FailureKind, Global, ParticipantId, ProfileExchange,
@@ -34,11 +46,12 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::chunks::{to_chunks, ChunkReceiver, Payload};
+use crate::codec;
 use crate::error::{Error, Result};
 use crate::proto::federation_server::{Federation, FederationServer};
 use crate::proto::{
     reply_part, Chunk, NextTaskRequest, PullRequest, PushAck, RegisterReply, RegisterRequest,
-    ReplyPart, Task, TaskKind, Which,
+    ReplyPart, Task, TaskKind, TensorDigest, Which,
 };
 use crate::reply::ReplyMeta;
 use crate::tokens::Tokens;
@@ -62,7 +75,10 @@ pub struct GrpcTransportConfig {
 struct Pending {
     task_id: u64,
     kind: TaskKind,
+    round: u32,
     instruction_json: String,
+    /// Training only: the digest of every global tensor (the task's `global`).
+    global: Arc<Vec<TensorDigest>>,
     model: Arc<Payload>,
     current: Arc<Payload>,
     /// Shape and dtype of each tensor the participant may send a delta for.
@@ -99,6 +115,110 @@ struct Shared {
     tokens: Tokens,
     max_payload_bytes: usize,
     poll_interval: Duration,
+    pulls: PullLog,
+}
+
+/// One payload a participant pulled.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pull {
+    pub participant: ParticipantId,
+    /// The round of the task it pulled for.
+    pub round: u32,
+    pub kind: TaskKind,
+    pub which: Which,
+    /// Tensors in the payload.
+    pub tensors: usize,
+    /// Bytes of the payload (its header and records).
+    pub bytes: usize,
+}
+
+/// Every payload pulled from a [`GrpcTransport`], in order; a handle that outlives
+/// the transport (see [`GrpcTransport::pulls`]).
+#[derive(Clone, Debug, Default)]
+pub struct PullLog(Arc<Mutex<Vec<Pull>>>);
+
+impl PullLog {
+    /// The pulls so far.
+    pub fn pulls(&self) -> Vec<Pull> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn push(&self, pull: Pull) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(pull);
+    }
+}
+
+/// The SHA-256 of each global tensor's payload record, by name and tensor (global
+/// tensors are immutable, so a tensor's id stands for its contents).
+type Digests = HashMap<(String, TensorId), Vec<u8>>;
+
+/// Encodes the payloads of one exchange: each tensor at most once, its record shared
+/// by every payload that carries it.
+struct Encoder<'a> {
+    digests: &'a mut Digests,
+    records: HashMap<(String, TensorId), Arc<Vec<u8>>>,
+}
+
+impl<'a> Encoder<'a> {
+    fn new(digests: &'a mut Digests) -> Self {
+        Encoder {
+            digests,
+            records: HashMap::new(),
+        }
+    }
+
+    fn record(&mut self, name: &str, t: &Tensor) -> Result<Arc<Vec<u8>>> {
+        let key = (name.to_string(), t.id());
+        if let Some(r) = self.records.get(&key) {
+            return Ok(Arc::clone(r));
+        }
+        let r = Arc::new(codec::record(name, t)?);
+        self.digests.insert(key.clone(), codec::digest(&r));
+        self.records.insert(key, Arc::clone(&r));
+        Ok(r)
+    }
+
+    /// The payload of the tensors of `global` that `keep` selects.
+    fn payload(&mut self, global: &Global, keep: impl Fn(&str) -> bool) -> Result<Arc<Payload>> {
+        let records = global
+            .iter()
+            .filter(|(name, _)| keep(name))
+            .map(|(name, t)| self.record(name, t))
+            .collect::<Result<Vec<_>>>()?;
+        Payload::from_records(records)
+    }
+
+    /// Every tensor of `global` with the digest of its record. A tensor not encoded
+    /// yet is encoded for its digest only (its record is not kept).
+    fn manifest(&mut self, global: &Global) -> Result<Vec<TensorDigest>> {
+        global
+            .iter()
+            .map(|(name, t)| {
+                let key = (name.clone(), t.id());
+                let sha256 = match self.digests.get(&key) {
+                    Some(d) => d.clone(),
+                    None => {
+                        let d = codec::digest(&codec::record(name, t)?);
+                        self.digests.insert(key, d.clone());
+                        d
+                    }
+                };
+                Ok(TensorDigest {
+                    name: name.clone(),
+                    sha256,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Forget the digests of tensors no longer in any of `globals`.
+fn keep_digests(digests: &mut Digests, globals: &[&Global]) {
+    let live: HashSet<(&str, TensorId)> = globals
+        .iter()
+        .flat_map(|g| g.iter().map(|(n, t)| (n.as_str(), t.id())))
+        .collect();
+    digests.retain(|(name, id), _| live.contains(&(name.as_str(), *id)));
 }
 
 impl Shared {
@@ -114,6 +234,7 @@ pub struct GrpcTransport {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     reply_timeout: Duration,
+    digests: Digests,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     /// The server task, awaited on drop so in-flight answers (the last "done"s) are
     /// delivered before the runtime stops.
@@ -143,6 +264,7 @@ impl GrpcTransport {
             tokens: cfg.tokens,
             max_payload_bytes: cfg.max_payload_bytes,
             poll_interval: cfg.poll_interval,
+            pulls: PullLog::default(),
         });
         let service = FederationServer::new(Service {
             shared: Arc::clone(&shared),
@@ -165,6 +287,7 @@ impl GrpcTransport {
             shared,
             local_addr,
             reply_timeout: cfg.reply_timeout,
+            digests: Digests::new(),
             shutdown: Some(tx),
             server: Some(server),
             runtime: Some(runtime),
@@ -174,6 +297,12 @@ impl GrpcTransport {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Every payload participants have pulled so far, and later (the log outlives
+    /// the transport): what actually travelled.
+    pub fn pulls(&self) -> PullLog {
+        self.shared.pulls.clone()
     }
 
     /// Block until at least `n` participants have registered, or fail after `timeout`.
@@ -266,9 +395,12 @@ impl GrpcTransport {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn task(
     kind: TaskKind,
+    round: u32,
     instruction: &impl serde::Serialize,
+    global: Arc<Vec<TensorDigest>>,
     model: Arc<Payload>,
     current: Arc<Payload>,
     allowed: BTreeMap<String, (DType, Vec<usize>)>,
@@ -276,8 +408,10 @@ fn task(
     Ok(Pending {
         task_id: 0,
         kind,
+        round,
         instruction_json: serde_json::to_string(instruction)
             .map_err(|e| fluxmoe_fed::Error::json("instruction", e))?,
+        global,
         model,
         current,
         allowed,
@@ -296,12 +430,15 @@ impl Transport for GrpcTransport {
         previous: &Global,
     ) -> fluxmoe_fed::Result<ProfileExchange> {
         check_recipients(&mut msgs, self.known())?;
-        let current_payload = Payload::encode(current)?;
+        let mut encoder = Encoder::new(&mut self.digests);
+        let current_payload = encoder.payload(current, |_| true)?;
         let previous_payload = if msgs.iter().any(|(_, ins)| ins.stale) {
-            Payload::encode(previous)?
+            encoder.payload(previous, |_| true)?
         } else {
             Arc::clone(&current_payload)
         };
+        drop(encoder);
+        keep_digests(&mut self.digests, &[current, previous]);
         let mut tasks = Vec::with_capacity(msgs.len());
         for (id, ins) in &msgs {
             let model = if ins.stale {
@@ -311,7 +448,9 @@ impl Transport for GrpcTransport {
             };
             let t = task(
                 TaskKind::Profile,
+                ins.round.0,
                 ins,
+                Arc::default(),
                 Arc::clone(model),
                 Arc::clone(&current_payload),
                 BTreeMap::new(),
@@ -339,9 +478,31 @@ impl Transport for GrpcTransport {
         deadline_s: Option<f64>,
     ) -> fluxmoe_fed::Result<Exchange> {
         check_recipients(&mut msgs, self.known())?;
-        let payload = Payload::encode(global)?;
+        // One payload per distinct `changed` set; every record encoded once.
+        let mut encoder = Encoder::new(&mut self.digests);
+        let mut payloads: BTreeMap<Option<&BTreeSet<String>>, Arc<Payload>> = BTreeMap::new();
+        for (_, ins) in &msgs {
+            if let Some(name) = ins
+                .changed
+                .iter()
+                .flatten()
+                .find(|name| !global.contains_key(*name))
+            {
+                return Err(fluxmoe_fed::Error::tensor(
+                    name,
+                    "named as changed but not in the global model",
+                ));
+            }
+            if let btree_map::Entry::Vacant(slot) = payloads.entry(ins.changed.as_ref()) {
+                slot.insert(encoder.payload(global, |name| ins.must_download(name))?);
+            }
+        }
+        let manifest = Arc::new(encoder.manifest(global)?);
+        drop(encoder);
+        keep_digests(&mut self.digests, &[global]);
         let mut tasks = Vec::with_capacity(msgs.len());
         for (id, ins) in &msgs {
+            let payload = &payloads[&ins.changed.as_ref()];
             let mut allowed = BTreeMap::new();
             for name in &ins.trainable {
                 let t = global.get(name).ok_or_else(|| {
@@ -354,9 +515,11 @@ impl Transport for GrpcTransport {
             }
             let t = task(
                 TaskKind::Train,
+                ins.round.0,
                 ins,
-                Arc::clone(&payload),
-                Arc::clone(&payload),
+                Arc::clone(&manifest),
+                Arc::clone(payload),
+                Arc::clone(payload),
                 allowed,
             )?;
             tasks.push((*id, t));
@@ -589,6 +752,7 @@ impl Federation for Service {
                         kind: p.kind as i32,
                         task_id: p.task_id,
                         instruction_json: p.instruction_json.clone(),
+                        global: p.global.as_ref().clone(),
                     }));
                 }
                 if state.done {
@@ -630,16 +794,25 @@ impl Federation for Service {
                         req.task_id
                     ))
                 })?;
-            match Which::try_from(req.which) {
-                Ok(Which::Model) => Arc::clone(&pending.model),
-                Ok(Which::Current) => Arc::clone(&pending.current),
+            let (which, payload) = match Which::try_from(req.which) {
+                Ok(Which::Model) => (Which::Model, Arc::clone(&pending.model)),
+                Ok(Which::Current) => (Which::Current, Arc::clone(&pending.current)),
                 _ => {
                     return Err(Status::invalid_argument(format!(
                         "unknown payload {}",
                         req.which
                     )))
                 }
-            }
+            };
+            self.shared.pulls.push(Pull {
+                participant: id,
+                round: pending.round,
+                kind: pending.kind,
+                which,
+                tensors: payload.tensors(),
+                bytes: payload.len(),
+            });
+            payload
         };
         let stream = tokio_stream::iter(to_chunks(payload).map(Ok));
         Ok(Response::new(Box::pin(stream)))

@@ -19,4 +19,7 @@ pub mod shared_quantized;
 
 pub use config::RunFile;
 pub use error::{Error, Result};
-pub use run::{export, members, run, run_over, Member, Provenance, RunSummary, TransportBuilder};
+pub use run::{
+    export, members, members_and_initial, run, run_over, Member, Provenance, RunSummary,
+    TransportBuilder,
+};

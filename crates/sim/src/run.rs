@@ -112,6 +112,23 @@ pub fn members(file: &RunFile, model_path: &Path) -> Result<Vec<Member>> {
     Ok(Setup::new(file, model_path)?.members)
 }
 
+/// [`members`] and the global model a fresh run of `file` starts from (the model at
+/// `model_path`): a deployed participant keeps its own copy of the global, starting
+/// from this one, and receives only what changed since.
+pub fn members_and_initial(file: &RunFile, model_path: &Path) -> Result<(Vec<Member>, Global)> {
+    let setup = Setup::new(file, model_path)?;
+    Ok((setup.members, initial_global(&setup.lm)))
+}
+
+/// The global model of a fresh run: every parameter of the loaded model.
+fn initial_global(lm: &LoadedModel) -> Global {
+    lm.checkpoint
+        .params
+        .tensors()
+        .map(|(n, t)| (n.to_string(), t.clone()))
+        .collect()
+}
+
 /// What a run is made of before a transport or coordinator exists.
 struct Setup {
     lm: LoadedModel,
@@ -321,12 +338,7 @@ pub fn run_over(
             .with_previous(previous);
         (c, initial)
     } else {
-        let global: Global = lm
-            .checkpoint
-            .params
-            .tensors()
-            .map(|(n, t)| (n.to_string(), t.clone()))
-            .collect();
+        let global = initial_global(&lm);
         // Another method's run of the same model, task, data and seed (a suite's
         // sibling) may already have scored this very model: its metric is reused.
         let key = initial_key(file, model_path);
