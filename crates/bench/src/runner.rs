@@ -129,3 +129,62 @@ fn share_initial_metric(out: &Path, spec: &RunSpec, dir: &Path, model: &Path) ->
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUITE: &str = r#"
+name = "t"
+methods = ["fedavg-full", "flux"]
+seeds = [0, 1]
+[[tasks]]
+name = "math"
+[base]
+[base.model]
+path = "m"
+[base.partition]
+participants = 4
+[base.rounds]
+rounds = 1
+per_round = 2
+"#;
+
+    fn plant(path: &Path, key: &str, metric: f64) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let text = serde_json::json!({ "initial_metric": metric, "key": key });
+        std::fs::write(path, text.to_string()).unwrap();
+    }
+
+    #[test]
+    fn a_run_is_offered_the_initial_metric_of_a_sibling_with_its_key_only() {
+        let out = tempfile::tempdir().unwrap();
+        let model = out.path().join("model");
+        let suite = Suite::parse(SUITE, "t.toml").unwrap();
+        let specs = suite.runs(out.path()).unwrap();
+        let find = |method: &str, seed: u64| {
+            specs
+                .iter()
+                .find(|s| s.method == method && s.seed == seed)
+                .unwrap()
+        };
+        let (full0, flux0, flux1) = (find("fedavg-full", 0), find("flux", 0), find("flux", 1));
+        let initial = |s: &RunSpec| out.path().join(&s.dir).join(fluxmoe_sim::run::INITIAL_FILE);
+        // fedavg-full of seed 0 measured 0.25; flux of seed 0 is offered it.
+        let key0 = fluxmoe_sim::run::initial_key(&full0.config, &model);
+        plant(&initial(full0), &key0, 0.25);
+        share_initial_metric(out.path(), flux0, &out.path().join(&flux0.dir), &model).unwrap();
+        let copied: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(initial(flux0)).unwrap()).unwrap();
+        assert_eq!(copied["initial_metric"], 0.25);
+        assert_eq!(copied["key"], key0.as_str());
+        // Seed 1 has another test split: nothing of seed 0 is offered.
+        share_initial_metric(out.path(), flux1, &out.path().join(&flux1.dir), &model).unwrap();
+        assert!(!initial(flux1).exists());
+        // A sibling measured on another model (another key) is not offered either.
+        std::fs::remove_file(initial(flux0)).unwrap();
+        plant(&initial(full0), "another model", 0.5);
+        share_initial_metric(out.path(), flux0, &out.path().join(&flux0.dir), &model).unwrap();
+        assert!(!initial(flux0).exists());
+    }
+}
