@@ -79,10 +79,28 @@ impl Payload {
 /// The chunk messages of `payload` (at most [`CHUNK_BYTES`] each), made one at a time
 /// as the stream is read, so a stream holds at most one chunk beyond the shared payload.
 pub fn to_chunks(payload: Arc<Payload>) -> impl Iterator<Item = Chunk> + Send + 'static {
-    let n = payload.len.div_ceil(CHUNK_BYTES).max(1);
-    // The part and the offset in it where the next chunk starts.
-    let (mut part, mut offset) = (0usize, 0usize);
-    (0..n).map(move |i| {
+    to_chunks_from(payload, 0)
+}
+
+/// The number of chunks [`to_chunks`] makes of `payload`.
+pub fn chunk_count(payload: &Payload) -> usize {
+    payload.len.div_ceil(CHUNK_BYTES).max(1)
+}
+
+/// The chunks of `payload` from chunk `first` on (none when `first` is past the last):
+/// what a stream resumed after `first` chunks still has to send.
+pub fn to_chunks_from(
+    payload: Arc<Payload>,
+    first: usize,
+) -> impl Iterator<Item = Chunk> + Send + 'static {
+    let n = chunk_count(&payload);
+    // The part, and the offset in it, where chunk `first` starts.
+    let (mut part, mut offset) = (0usize, first.saturating_mul(CHUNK_BYTES));
+    while part < payload.parts.len() && offset >= payload.parts[part].len() {
+        offset -= payload.parts[part].len();
+        part += 1;
+    }
+    (first.min(n)..n).map(move |i| {
         let mut data = Vec::with_capacity(CHUNK_BYTES.min(payload.len - i * CHUNK_BYTES));
         while data.len() < CHUNK_BYTES && part < payload.parts.len() {
             let bytes = &payload.parts[part];
@@ -107,6 +125,7 @@ pub fn to_chunks(payload: Arc<Payload>) -> impl Iterator<Item = Chunk> + Send + 
 #[derive(Debug)]
 pub struct ChunkReceiver {
     decoder: Option<Decoder>,
+    received: usize,
 }
 
 impl ChunkReceiver {
@@ -114,7 +133,13 @@ impl ChunkReceiver {
     pub fn new(limit: usize) -> Self {
         ChunkReceiver {
             decoder: Some(Decoder::new(limit)),
+            received: 0,
         }
+    }
+
+    /// Chunks accepted so far: where a broken stream of the same payload resumes.
+    pub fn received(&self) -> usize {
+        self.received
     }
 
     /// Take one chunk; the tensors once the last chunk (the one with the checksum)
@@ -126,6 +151,7 @@ impl ChunkReceiver {
             ));
         };
         decoder.push(&chunk.data)?;
+        self.received += 1;
         if chunk.sha256.is_empty() {
             self.decoder = Some(decoder);
             return Ok(None);
@@ -174,6 +200,29 @@ mod tests {
                 got[name].to_vec1::<f32>().unwrap(),
                 t.to_vec1::<f32>().unwrap()
             );
+        }
+        // A stream resumed at any chunk continues where the first one stopped.
+        let n = chunk_count(&payload);
+        for cut in 0..=n {
+            let mut receiver = ChunkReceiver::new(usize::MAX);
+            for c in to_chunks(Arc::clone(&payload)).take(cut) {
+                assert!(receiver.accept(c).unwrap().is_none() || cut == n);
+            }
+            assert_eq!(receiver.received(), cut);
+            let rest: Vec<Chunk> =
+                to_chunks_from(Arc::clone(&payload), receiver.received()).collect();
+            assert_eq!(rest.len(), n - cut);
+            let mut got = None;
+            for c in rest {
+                got = receiver.accept(c).unwrap();
+            }
+            if cut < n {
+                let got = got.unwrap();
+                assert_eq!(
+                    got["c"].to_vec1::<f32>().unwrap(),
+                    tensors["c"].to_vec1::<f32>().unwrap()
+                );
+            }
         }
         // No tensor: one chunk holding the header and the checksum.
         let empty = Payload::from_records(Vec::new()).unwrap();

@@ -3,27 +3,34 @@
 //!
 //! The loop: connect (retrying with exponential backoff while the coordinator is not
 //! up yet), register with the device profile, then ask for the next task until the
-//! coordinator says the run is done. For a training task: pull the global tensors
-//! that changed since this participant's copy (all of them when the coordinator sends
-//! everything), patch them into the copy, check every tensor of the copy against the
-//! digests the task lists, call `train` on the copy, upload the reply's header and its
-//! deltas. For a profiling task: pull the
-//! model (and this round's global when the request is stale), call `profile`, upload
-//! the report. A participant whose own code fails, or whose copy does not match the
-//! coordinator's global (a tensor it was told is unchanged that it lacks or holds with
-//! other values, or a received tensor of another name, shape or dtype than its copy's),
-//! uploads the error, which the coordinator records as this participant's failure for
-//! the round; the copy is left as it was.
+//! coordinator says the run is done. A task lists every tensor of the model to work on
+//! with its digest; the participant pulls the tensors its copy of the global lacks or
+//! holds with other contents (all of them when the run sends everything), checks what
+//! arrives against the digests, works on the patched copy (`train`, or `profile`,
+//! which for a stale profile also pulls this round's global the same way), and uploads
+//! the reply's header and its deltas. A participant whose own code fails uploads the
+//! error, which the coordinator records as this participant's failure for the round.
 //!
 //! The copy starts as the initial model, which every participant loads itself (the
-//! coordinator's run starts from the same model), and follows the global as the
-//! participant patches it: what it receives in a round is what changed since the
-//! global its copy reflects.
+//! coordinator's run starts from the same model), and becomes each model the
+//! participant receives: normally what it pulls is exactly what changed since its last
+//! round, and when the copy is out of date for another reason (the process restarted
+//! from the initial model, the coordinator restarted from an older checkpoint) the
+//! digests say what to fetch and the copy is repaired, not refused.
+//!
+//! Faults: a call that fails for lack of a connection (the coordinator restarting, a
+//! dropped link) is retried with exponential backoff until the coordinator has been
+//! unreachable for [`ServeConfig::connect_timeout`]; a pull resumes at the first chunk
+//! it has not received; an upload is sent again whole. A coordinator that no longer
+//! knows this participant (it restarted) answers `NotFound`, and the participant
+//! registers again. A task that closed meanwhile (its round timed out, or the
+//! coordinator restarted) is dropped, and the loop asks for the next one.
 //!
 //! One tokio current-thread runtime drives the calls; `train` and `profile` run on it
 //! directly (the participant has nothing else to do meanwhile).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
@@ -38,8 +45,8 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::proto::federation_client::FederationClient;
 use crate::proto::{
-    reply_part, NextTaskRequest, PullRequest, RegisterRequest, ReplyHeader, ReplyPart, TaskKind,
-    TensorDigest, Which,
+    reply_part, NextTaskRequest, PullRequest, RegisterRequest, ReplyHeader, ReplyPart, Task,
+    TaskKind, TensorDigest, Which,
 };
 use crate::reply::ReplyMeta;
 use crate::tokens::{AUTHORIZATION, PARTICIPANT};
@@ -55,7 +62,8 @@ pub struct ServeConfig {
     pub profile: DeviceProfile,
     /// Largest model download accepted, in bytes.
     pub max_payload_bytes: usize,
-    /// Give up connecting after this long.
+    /// Give up when the coordinator has been unreachable this long, at the start or
+    /// mid-run.
     pub connect_timeout: Duration,
 }
 
@@ -102,97 +110,128 @@ impl Held {
         Ok(Held { tensors, digests })
     }
 
-    /// Patch the tensors `received` for `ins` into the copy, then check the whole copy
-    /// against `global`, the coordinator's digest of every global tensor. Nothing is
-    /// patched when a received tensor is refused.
-    fn patch(
-        &mut self,
-        ins: &TrainIns,
-        received: BTreeMap<String, Tensor>,
-        global: &[TensorDigest],
-    ) -> std::result::Result<(), String> {
-        let expected: BTreeMap<&str, &[u8]> = global
-            .iter()
-            .map(|d| (d.name.as_str(), d.sha256.as_slice()))
-            .collect();
-        if expected.len() != global.len() {
-            return Err("the task lists a global tensor twice".into());
-        }
-        for &name in expected.keys() {
-            if ins.must_download(name) && !received.contains_key(name) {
-                return Err(format!(
-                    "global tensor `{name}` changed since this participant's copy but was not sent"
-                ));
-            }
-        }
-        let mut patched = Vec::with_capacity(received.len());
-        for (name, t) in received {
-            let Some(&sha256) = expected.get(name.as_str()) else {
-                return Err(format!(
-                    "received tensor `{name}`, which is not in the global model"
-                ));
-            };
-            if !ins.must_download(&name) {
-                return Err(format!(
-                    "received tensor `{name}`, which the instruction says is unchanged"
-                ));
-            }
-            let Some(old) = self.tensors.get(&name) else {
-                return Err(format!(
-                    "received tensor `{name}`, which is not in this participant's copy of the global model"
-                ));
-            };
-            if old.dtype() != t.dtype() || old.dims() != t.dims() {
-                return Err(format!(
-                    "received tensor `{name}` as {:?} {:?}; this participant's copy holds it as {:?} {:?}",
-                    t.dtype(),
-                    t.dims(),
-                    old.dtype(),
-                    old.dims()
-                ));
-            }
-            let digest = codec::digest(&codec::record(&name, &t).map_err(|e| e.to_string())?);
-            if digest != sha256 {
-                return Err(format!(
-                    "received tensor `{name}` does not match the digest the task lists for it"
-                ));
-            }
-            patched.push((name, t, digest));
-        }
-        for (name, t, digest) in patched {
-            self.tensors.insert(name.clone(), t);
-            self.digests.insert(name, digest);
-        }
-        for (&name, &sha256) in &expected {
-            match self.digests.get(name) {
-                None => {
-                    return Err(format!(
-                        "global tensor `{name}` is not in this participant's copy, and it was not \
-                         sent because the instruction says it is unchanged since the copy"
-                    ))
-                }
-                Some(d) if d.as_slice() != sha256 => {
-                    return Err(format!(
-                        "global tensor `{name}`: this participant's copy differs from the \
-                         coordinator's, though the instruction says it is unchanged since the copy \
-                         (the participant started from another model, or the coordinator resumed \
-                         from a checkpoint while the participant started afresh)"
-                    ))
-                }
-                Some(_) => {}
-            }
-        }
-        if let Some(name) = self
-            .tensors
-            .keys()
-            .find(|n| !expected.contains_key(n.as_str()))
-        {
-            return Err(format!(
-                "tensor `{name}` of this participant's copy is not in the global model"
+    /// The tensors of `manifest` to pull: those the copy lacks or holds with another
+    /// digest, or every one with `everything`.
+    fn lacking(&self, manifest: &[TensorDigest], everything: bool) -> Result<Vec<String>> {
+        if manifest.windows(2).any(|w| w[0].name >= w[1].name) {
+            return Err(Error::Protocol(
+                "the task's tensors are not ascending by name, each once".into(),
             ));
         }
+        Ok(manifest
+            .iter()
+            .filter(|d| everything || self.digests.get(&d.name) != Some(&d.sha256))
+            .map(|d| d.name.clone())
+            .collect())
+    }
+
+    /// The model `manifest` lists: the tensors `received` (exactly those `asked` for)
+    /// and the rest from the copy, each checked against its digest. The copy is not
+    /// changed (see [`Held::adopt`]).
+    fn view(
+        &self,
+        manifest: &[TensorDigest],
+        asked: &[String],
+        mut received: BTreeMap<String, Tensor>,
+    ) -> std::result::Result<Held, String> {
+        if received.len() != asked.len() || asked.iter().any(|n| !received.contains_key(n)) {
+            return Err(format!(
+                "asked for {} tensors, received {} others",
+                asked.len(),
+                received.len()
+            ));
+        }
+        let mut view = Held {
+            tensors: Global::new(),
+            digests: BTreeMap::new(),
+        };
+        for d in manifest {
+            let (t, digest) = match received.remove(&d.name) {
+                Some(t) => {
+                    let digest =
+                        codec::digest(&codec::record(&d.name, &t).map_err(|e| e.to_string())?);
+                    (t, digest)
+                }
+                None => match (self.tensors.get(&d.name), self.digests.get(&d.name)) {
+                    (Some(t), Some(digest)) => (t.clone(), digest.clone()),
+                    _ => {
+                        return Err(format!(
+                            "global tensor `{}` is neither in this participant's copy nor received",
+                            d.name
+                        ))
+                    }
+                },
+            };
+            if digest != d.sha256 {
+                return Err(format!(
+                    "tensor `{}` does not match the digest the task lists for it",
+                    d.name
+                ));
+            }
+            view.tensors.insert(d.name.clone(), t);
+            view.digests.insert(d.name.clone(), digest);
+        }
+        Ok(view)
+    }
+
+    /// Make `view` (checked by [`Held::view`]) the copy.
+    fn adopt(&mut self, view: Held) {
+        *self = view;
+    }
+}
+
+/// Retries of calls that failed for lack of a connection: exponential backoff, until
+/// the coordinator has been unreachable for the configured time.
+struct Retry {
+    timeout: Duration,
+    since: Option<Instant>,
+    backoff: Duration,
+}
+
+impl Retry {
+    fn new(timeout: Duration) -> Self {
+        Retry {
+            timeout,
+            since: None,
+            backoff: Duration::from_millis(100),
+        }
+    }
+
+    /// A call succeeded: the coordinator is reachable.
+    fn reset(&mut self) {
+        self.since = None;
+        self.backoff = Duration::from_millis(100);
+    }
+
+    /// `call` failed with `status`: wait before retrying it, or fail when the status
+    /// is not about the connection or the coordinator has been unreachable too long.
+    async fn wait(&mut self, call: &'static str, status: tonic::Status) -> Result<()> {
+        if !is_connection(&status) {
+            return Err(Error::Status { call, status });
+        }
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if since.elapsed() + self.backoff > self.timeout {
+            return Err(Error::Connection(format!(
+                "the coordinator has been unreachable for {:?} ({call}: {})",
+                since.elapsed(),
+                status.message()
+            )));
+        }
+        tracing::warn!(call, error = %status.message(), backoff = ?self.backoff, "coordinator unreachable: retrying");
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
         Ok(())
     }
+}
+
+/// Whether `status` says the call did not get through (no connection, a connection
+/// lost mid-call) rather than that the coordinator refused it.
+fn is_connection(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled | Code::Aborted
+    )
 }
 
 async fn connect(cfg: &ServeConfig) -> Result<Client> {
@@ -242,30 +281,25 @@ async fn serve_async(
     mut copy: Held,
 ) -> Result<usize> {
     let mut client = connect(cfg).await?;
-    let profile_json = serde_json::to_string(&cfg.profile)
-        .map_err(|e| Error::Config(format!("device profile: {e}")))?;
-    client
-        .register(RegisterRequest {
-            device_profile_json: profile_json,
-        })
-        .await
-        .map_err(|status| Error::Status {
-            call: "Register",
-            status,
-        })?;
-    tracing::info!(participant = %cfg.id, url = %cfg.url, "registered");
+    let mut retry = Retry::new(cfg.connect_timeout);
+    register(&mut client, cfg, &mut retry).await?;
     let mut answered = 0;
     loop {
-        let task = client
-            .next_task(NextTaskRequest {})
-            .await
-            .map_err(|status| Error::Status {
-                call: "NextTask",
-                status,
-            })?
-            .into_inner();
+        let task = match client.next_task(NextTaskRequest {}).await {
+            Ok(task) => task.into_inner(),
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                tracing::info!(participant = %cfg.id, "the coordinator does not know this participant (it restarted): registering again");
+                register(&mut client, cfg, &mut retry).await?;
+                continue;
+            }
+            Err(status) => {
+                retry.wait("NextTask", status).await?;
+                continue;
+            }
+        };
+        retry.reset();
         let kind = TaskKind::try_from(task.kind).unwrap_or(TaskKind::Unspecified);
-        let (header, deltas) = match kind {
+        let answer = match kind {
             TaskKind::Wait => continue,
             TaskKind::Done => {
                 tracing::info!(participant = %cfg.id, answered, "the run is done");
@@ -276,19 +310,28 @@ async fn serve_async(
             }
             TaskKind::Train => {
                 let ins: TrainIns = parse(&task.instruction_json)?;
-                let received = pull(&mut client, cfg, task.task_id, Which::Model).await?;
-                let patched = copy.patch(&ins, received, &task.global);
+                let Some(model) = fetch(
+                    &mut client,
+                    cfg,
+                    &mut retry,
+                    &copy,
+                    &task,
+                    Which::Model,
+                    &ins,
+                )
+                .await?
+                else {
+                    continue;
+                };
                 let start = Instant::now();
-                let trained = match patched {
-                    Ok(()) => participant
-                        .train(&ins, &copy.tensors)
-                        .map_err(|e| e.to_string()),
-                    Err(msg) => {
-                        tracing::warn!(participant = %cfg.id, reason = %msg, "cannot train");
-                        Err(format!(
-                            "this participant's copy of the global model: {msg}"
-                        ))
+                let trained = match model {
+                    Ok(view) => {
+                        copy.adopt(view);
+                        participant
+                            .train(&ins, &copy.tensors)
+                            .map_err(|e| e.to_string())
                     }
+                    Err(msg) => Err(refused_copy(cfg, msg)),
                 };
                 let measured_s = start.elapsed().as_secs_f64();
                 match trained {
@@ -307,33 +350,152 @@ async fn serve_async(
             }
             TaskKind::Profile => {
                 let ins: ProfileIns = parse(&task.instruction_json)?;
-                let model = pull(&mut client, cfg, task.task_id, Which::Model).await?;
+                let Some(model) = fetch(
+                    &mut client,
+                    cfg,
+                    &mut retry,
+                    &copy,
+                    &task,
+                    Which::Model,
+                    &ins,
+                )
+                .await?
+                else {
+                    continue;
+                };
                 let current = if ins.stale {
-                    pull(&mut client, cfg, task.task_id, Which::Current).await?
+                    match fetch(
+                        &mut client,
+                        cfg,
+                        &mut retry,
+                        &copy,
+                        &task,
+                        Which::Current,
+                        &ins,
+                    )
+                    .await?
+                    {
+                        Some(current) => Some(current),
+                        None => continue,
+                    }
                 } else {
-                    model.clone()
+                    None
                 };
                 let start = Instant::now();
-                let profiled = participant.profile(&ins, &model, &current);
+                let profiled = match (model, current) {
+                    (Ok(model), None) => {
+                        copy.adopt(model);
+                        participant
+                            .profile(&ins, &copy.tensors, &copy.tensors)
+                            .map_err(|e| e.to_string())
+                    }
+                    (Ok(model), Some(Ok(current))) => {
+                        // The copy follows the newer of the two: this round's global.
+                        copy.adopt(current);
+                        participant
+                            .profile(&ins, &model.tensors, &copy.tensors)
+                            .map_err(|e| e.to_string())
+                    }
+                    (Err(msg), _) | (_, Some(Err(msg))) => Err(refused_copy(cfg, msg)),
+                };
                 let measured_s = start.elapsed().as_secs_f64();
                 let h = match profiled {
                     Ok(reply) => header(task.task_id, to_json(&reply)?, String::new(), measured_s),
-                    Err(e) => header(task.task_id, String::new(), e.to_string(), measured_s),
+                    Err(e) => header(task.task_id, String::new(), e, measured_s),
                 };
                 (h, BTreeMap::new())
             }
         };
-        match push(&mut client, header, &deltas).await {
-            Ok(()) => answered += 1,
-            // The round closed (timeout) while this participant worked: not fatal.
-            Err(Error::Status { status, .. })
-                if status.code() == tonic::Code::FailedPrecondition =>
-            {
-                tracing::warn!(participant = %cfg.id, reason = %status.message(), "answer not taken");
-            }
-            Err(e) => return Err(e),
+        let (header, deltas) = answer;
+        if push(&mut client, &mut retry, header, &deltas).await? {
+            answered += 1;
         }
     }
+}
+
+/// The reason a task failed when the model received does not check out.
+fn refused_copy(cfg: &ServeConfig, msg: String) -> String {
+    tracing::warn!(participant = %cfg.id, reason = %msg, "the model received does not check out");
+    format!("this participant's copy of the global model: {msg}")
+}
+
+/// Register (again, after a coordinator restart) with the device profile.
+async fn register(client: &mut Client, cfg: &ServeConfig, retry: &mut Retry) -> Result<()> {
+    let device_profile_json = serde_json::to_string(&cfg.profile)
+        .map_err(|e| Error::Config(format!("device profile: {e}")))?;
+    loop {
+        let request = RegisterRequest {
+            device_profile_json: device_profile_json.clone(),
+        };
+        match client.register(request).await {
+            Ok(_) => {
+                retry.reset();
+                tracing::info!(participant = %cfg.id, url = %cfg.url, "registered");
+                return Ok(());
+            }
+            Err(status) => retry.wait("Register", status).await?,
+        }
+    }
+}
+
+/// What an instruction says about the tensors to pull.
+trait Wants {
+    /// Whether the run sends every tensor every round (no copy is kept).
+    fn everything(&self) -> bool;
+    /// The tensors that changed since the copy the coordinator accounts for, when known.
+    fn changed(&self) -> Option<&std::collections::BTreeSet<String>>;
+}
+
+impl Wants for TrainIns {
+    fn everything(&self) -> bool {
+        self.changed.is_none()
+    }
+    fn changed(&self) -> Option<&std::collections::BTreeSet<String>> {
+        self.changed.as_ref()
+    }
+}
+
+impl Wants for ProfileIns {
+    fn everything(&self) -> bool {
+        false
+    }
+    fn changed(&self) -> Option<&std::collections::BTreeSet<String>> {
+        None
+    }
+}
+
+/// Pull what the copy lacks of the task's model (`Which::Model`, the task's `global`)
+/// or this round's global (`Which::Current`, its `current`) and check it: the model, or
+/// why it does not check out; `None` when the task closed meanwhile.
+async fn fetch(
+    client: &mut Client,
+    cfg: &ServeConfig,
+    retry: &mut Retry,
+    copy: &Held,
+    task: &Task,
+    which: Which,
+    ins: &impl Wants,
+) -> Result<Option<std::result::Result<Held, String>>> {
+    let manifest = match which {
+        Which::Current => &task.current,
+        _ => &task.global,
+    };
+    let names = copy.lacking(manifest, ins.everything())?;
+    if let Some(changed) = ins.changed() {
+        let repaired = names.iter().filter(|n| !changed.contains(*n)).count();
+        if repaired > 0 {
+            tracing::warn!(
+                participant = %cfg.id,
+                repaired,
+                "this participant's copy is not the one the coordinator accounted for: \
+                 pulling the tensors that differ"
+            );
+        }
+    }
+    let Some(received) = pull(client, cfg, retry, task.task_id, which, &names).await? else {
+        return Ok(None);
+    };
+    Ok(Some(copy.view(manifest, &names, received)))
 }
 
 fn header(task_id: u64, reply_json: String, error: String, measured_s: f64) -> ReplyHeader {
@@ -353,53 +515,80 @@ fn to_json(value: &impl serde::Serialize) -> Result<String> {
     serde_json::to_string(value).map_err(|e| Error::Protocol(format!("reply: {e}")))
 }
 
-/// Download one payload of task `task_id`.
+/// Download the tensors `names` of a payload of task `task_id`, resuming at the next
+/// chunk when the stream breaks; `None` when the task closed meanwhile.
 async fn pull(
     client: &mut Client,
     cfg: &ServeConfig,
+    retry: &mut Retry,
     task_id: u64,
     which: Which,
-) -> Result<BTreeMap<String, Tensor>> {
-    let status = |status| Error::Status {
-        call: "PullTensors",
-        status,
-    };
-    let mut stream = client
-        .pull_tensors(PullRequest {
+    names: &[String],
+) -> Result<Option<BTreeMap<String, Tensor>>> {
+    if names.is_empty() {
+        return Ok(Some(BTreeMap::new()));
+    }
+    let mut receiver = ChunkReceiver::new(cfg.max_payload_bytes);
+    loop {
+        let request = PullRequest {
             task_id,
             which: which as i32,
-        })
-        .await
-        .map_err(status)?
-        .into_inner();
-    let mut receiver = ChunkReceiver::new(cfg.max_payload_bytes);
-    while let Some(chunk) = stream.message().await.map_err(status)? {
-        if let Some(tensors) = receiver.accept(chunk)? {
-            return Ok(tensors);
+            names: names.to_vec(),
+            first_chunk: receiver.received() as u64,
+        };
+        let broke = match client.pull_tensors(request).await {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(chunk)) => {
+                            retry.reset();
+                            if let Some(tensors) = receiver.accept(chunk)? {
+                                return Ok(Some(tensors));
+                            }
+                        }
+                        Ok(None) => return Err(ChunkReceiver::ended_early()),
+                        Err(status) => break status,
+                    }
+                }
+            }
+            Err(status) => status,
+        };
+        if broke.code() == tonic::Code::FailedPrecondition {
+            tracing::warn!(participant = %cfg.id, task_id, reason = %broke.message(), "task closed: dropped");
+            return Ok(None);
         }
+        retry.wait("PullTensors", broke).await?;
     }
-    Err(ChunkReceiver::ended_early())
 }
 
-/// Upload `header` and the payload of `deltas`.
+/// Upload `header` and the payload of `deltas`, again whole when the connection
+/// breaks; whether the coordinator took it (it does not when the task closed meanwhile).
 async fn push(
     client: &mut Client,
+    retry: &mut Retry,
     header: ReplyHeader,
     deltas: &BTreeMap<String, Tensor>,
-) -> Result<()> {
+) -> Result<bool> {
     let payload = Payload::encode(deltas)?;
-    let parts = std::iter::once(ReplyPart {
-        part: Some(reply_part::Part::Header(header)),
-    })
-    .chain(to_chunks(payload).map(|c| ReplyPart {
-        part: Some(reply_part::Part::Chunk(c)),
-    }));
-    client
-        .push_reply(tokio_stream::iter(parts))
-        .await
-        .map_err(|status| Error::Status {
-            call: "PushReply",
-            status,
-        })?;
-    Ok(())
+    loop {
+        let parts = std::iter::once(ReplyPart {
+            part: Some(reply_part::Part::Header(header.clone())),
+        })
+        .chain(to_chunks(Arc::clone(&payload)).map(|c| ReplyPart {
+            part: Some(reply_part::Part::Chunk(c)),
+        }));
+        match client.push_reply(tokio_stream::iter(parts)).await {
+            Ok(_) => {
+                retry.reset();
+                return Ok(true);
+            }
+            // The round closed (timeout, restart) while this participant worked.
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                tracing::warn!(task_id = header.task_id, reason = %status.message(), "answer not taken");
+                return Ok(false);
+            }
+            Err(status) => retry.wait("PushReply", status).await?,
+        }
+    }
 }

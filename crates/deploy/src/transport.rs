@@ -13,16 +13,19 @@
 //! are those of the simulation.
 //!
 //! What travels: a participant keeps its copy of the global model between rounds
-//! (see [`crate::participant`]), so a training task's payload holds only the global
-//! tensors [`TrainIns::must_download`] names: those its `changed` set lists, or every
-//! tensor when the coordinator runs with `Download::Everything` (`changed` is `None`).
-//! Each tensor is encoded once per call into a payload record shared by every payload
-//! that carries it, so participants with the same `changed` set share one payload and
-//! no tensor is encoded twice. With the task goes the SHA-256 of every global tensor's
-//! record, against which the participant checks its patched copy (digests are kept
-//! while a tensor stays in the global, so an unchanged tensor is not encoded again).
-//! Profiling tasks ship the whole current global (and the previous one when stale),
-//! as the simulation charges them.
+//! (see [`crate::participant`]). A task lists every tensor of the model to work on
+//! with the SHA-256 of its payload record (digests are kept while a tensor stays in
+//! the global, so an unchanged tensor is not encoded again), and the participant pulls
+//! by name the tensors its copy lacks: under `Download::Changed` exactly those
+//! [`TrainIns::must_download`] names when its copy is the one the coordinator
+//! accounted for, and also whatever else differs when it is not (a participant that
+//! restarted from the initial model, or copies ahead of a coordinator restarted from a
+//! checkpoint), so a stale copy is repaired instead of failing. Payloads are built on
+//! request from records encoded once per tensor and shared by every payload that
+//! carries them; a payload stays cached with its task, so a pull interrupted by a
+//! dropped connection resumes at its next chunk (`PullRequest.first_chunk`) on the
+//! same bytes. The virtual clock charges what the simulation charges, which is what
+//! travels unless a copy needed repair (the participant logs a repair).
 //!
 //! Before anything is aggregated an upload is checked: the payload is size-limited and
 //! checksummed ([`crate::codec`]), its deltas must be for tensors the participant was
@@ -30,7 +33,7 @@
 //! transport tells every participant the run is done, waits briefly for them to hear
 //! it, and stops the server.
 
-use std::collections::{btree_map, BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -45,7 +48,8 @@ use fluxmoe_fed::{
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::chunks::{to_chunks, ChunkReceiver, Payload};
+use crate::chunks::{chunk_count, to_chunks_from};
+use crate::chunks::{ChunkReceiver, Payload};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::proto::federation_server::{Federation, FederationServer};
@@ -77,12 +81,19 @@ struct Pending {
     kind: TaskKind,
     round: u32,
     instruction_json: String,
-    /// Training only: the digest of every global tensor (the task's `global`).
+    /// The digest of every tensor of `model` (the task's `global`).
     global: Arc<Vec<TensorDigest>>,
-    model: Arc<Payload>,
-    current: Arc<Payload>,
+    /// Stale profiling only: the digest of every tensor of `current`.
+    current_digests: Arc<Vec<TensorDigest>>,
+    /// The model to train or profile on.
+    model: Arc<Global>,
+    /// This round's global (profiling; the same as `model` unless stale).
+    current: Arc<Global>,
     /// Shape and dtype of each tensor the participant may send a delta for.
     allowed: BTreeMap<String, (DType, Vec<usize>)>,
+    /// The payloads pulled for this task, by what was asked: a resumed pull gets the
+    /// same bytes.
+    served: HashMap<(Which, Vec<String>), Arc<Payload>>,
 }
 
 /// What the coordinator makes of an answer: the reply header (JSON) and deltas, or
@@ -103,7 +114,7 @@ struct State {
     next_task_id: u64,
     done: bool,
     /// Participants told the run is done.
-    dismissed: std::collections::BTreeSet<ParticipantId>,
+    dismissed: BTreeSet<ParticipantId>,
 }
 
 struct Shared {
@@ -116,6 +127,8 @@ struct Shared {
     max_payload_bytes: usize,
     poll_interval: Duration,
     pulls: PullLog,
+    /// Payload records of the tensors pulled, by name and tensor (see [`Digests`]).
+    records: Mutex<Records>,
 }
 
 /// One payload a participant pulled.
@@ -130,6 +143,8 @@ pub struct Pull {
     pub tensors: usize,
     /// Bytes of the payload (its header and records).
     pub bytes: usize,
+    /// The chunk the stream started at: 0, or where a broken stream resumed.
+    pub first_chunk: usize,
 }
 
 /// Every payload pulled from a [`GrpcTransport`], in order; a handle that outlives
@@ -152,73 +167,41 @@ impl PullLog {
 /// tensors are immutable, so a tensor's id stands for its contents).
 type Digests = HashMap<(String, TensorId), Vec<u8>>;
 
-/// Encodes the payloads of one exchange: each tensor at most once, its record shared
-/// by every payload that carries it.
-struct Encoder<'a> {
-    digests: &'a mut Digests,
-    records: HashMap<(String, TensorId), Arc<Vec<u8>>>,
-}
+/// Encoded payload records, by name and tensor as [`Digests`].
+type Records = HashMap<(String, TensorId), Arc<Vec<u8>>>;
 
-impl<'a> Encoder<'a> {
-    fn new(digests: &'a mut Digests) -> Self {
-        Encoder {
-            digests,
-            records: HashMap::new(),
-        }
-    }
-
-    fn record(&mut self, name: &str, t: &Tensor) -> Result<Arc<Vec<u8>>> {
-        let key = (name.to_string(), t.id());
-        if let Some(r) = self.records.get(&key) {
-            return Ok(Arc::clone(r));
-        }
-        let r = Arc::new(codec::record(name, t)?);
-        self.digests.insert(key.clone(), codec::digest(&r));
-        self.records.insert(key, Arc::clone(&r));
-        Ok(r)
-    }
-
-    /// The payload of the tensors of `global` that `keep` selects.
-    fn payload(&mut self, global: &Global, keep: impl Fn(&str) -> bool) -> Result<Arc<Payload>> {
-        let records = global
-            .iter()
-            .filter(|(name, _)| keep(name))
-            .map(|(name, t)| self.record(name, t))
-            .collect::<Result<Vec<_>>>()?;
-        Payload::from_records(records)
-    }
-
-    /// Every tensor of `global` with the digest of its record. A tensor not encoded
-    /// yet is encoded for its digest only (its record is not kept).
-    fn manifest(&mut self, global: &Global) -> Result<Vec<TensorDigest>> {
-        global
-            .iter()
-            .map(|(name, t)| {
-                let key = (name.clone(), t.id());
-                let sha256 = match self.digests.get(&key) {
-                    Some(d) => d.clone(),
-                    None => {
-                        let d = codec::digest(&codec::record(name, t)?);
-                        self.digests.insert(key, d.clone());
-                        d
-                    }
-                };
-                Ok(TensorDigest {
-                    name: name.clone(),
-                    sha256,
-                })
+/// Every tensor of `global` with the digest of its record. A tensor not in `digests`
+/// yet is encoded for its digest only (its record is not kept: most tensors are never
+/// pulled).
+fn manifest(digests: &mut Digests, global: &Global) -> Result<Arc<Vec<TensorDigest>>> {
+    let list = global
+        .iter()
+        .map(|(name, t)| {
+            let key = (name.clone(), t.id());
+            let sha256 = match digests.get(&key) {
+                Some(d) => d.clone(),
+                None => {
+                    let d = codec::digest(&codec::record(name, t)?);
+                    digests.insert(key, d.clone());
+                    d
+                }
+            };
+            Ok(TensorDigest {
+                name: name.clone(),
+                sha256,
             })
-            .collect()
-    }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Arc::new(list))
 }
 
-/// Forget the digests of tensors no longer in any of `globals`.
-fn keep_digests(digests: &mut Digests, globals: &[&Global]) {
+/// Forget what is kept of tensors no longer in any of `globals`.
+fn keep_live<V>(map: &mut HashMap<(String, TensorId), V>, globals: &[&Global]) {
     let live: HashSet<(&str, TensorId)> = globals
         .iter()
         .flat_map(|g| g.iter().map(|(n, t)| (n.as_str(), t.id())))
         .collect();
-    digests.retain(|(name, id), _| live.contains(&(name.as_str(), *id)));
+    map.retain(|(name, id), _| live.contains(&(name.as_str(), *id)));
 }
 
 impl Shared {
@@ -226,6 +209,38 @@ impl Shared {
         // A panicked handler cannot leave the maps half-updated (each update is one
         // insert or remove), so a poisoned lock is still consistent.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn records(&self) -> MutexGuard<'_, Records> {
+        self.records.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keep only the records of tensors still in one of `globals`.
+    fn keep_records(&self, globals: &[&Global]) {
+        keep_live(&mut self.records(), globals);
+    }
+
+    /// The payload of the tensors `names` (ascending, each in `model`) of `model`, from
+    /// records encoded at most once per tensor.
+    fn payload(&self, model: &Global, names: &[String]) -> Result<Arc<Payload>> {
+        let mut records = Vec::with_capacity(names.len());
+        for name in names {
+            let t = model.get(name).ok_or_else(|| {
+                Error::Protocol(format!("tensor `{name}` is not in the task's model"))
+            })?;
+            let key = (name.clone(), t.id());
+            let cached = self.records().get(&key).cloned();
+            let record = match cached {
+                Some(r) => r,
+                None => {
+                    let r = Arc::new(codec::record(name, t)?);
+                    self.records().insert(key, Arc::clone(&r));
+                    r
+                }
+            };
+            records.push(record);
+        }
+        Payload::from_records(records)
     }
 }
 
@@ -265,6 +280,7 @@ impl GrpcTransport {
             max_payload_bytes: cfg.max_payload_bytes,
             poll_interval: cfg.poll_interval,
             pulls: PullLog::default(),
+            records: Mutex::new(HashMap::new()),
         });
         let service = FederationServer::new(Service {
             shared: Arc::clone(&shared),
@@ -395,14 +411,20 @@ impl GrpcTransport {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What a task works on: the model and its digests, and for a stale profile this
+/// round's global and its digests too.
+struct Models {
+    model: Arc<Global>,
+    global: Arc<Vec<TensorDigest>>,
+    current: Arc<Global>,
+    current_digests: Arc<Vec<TensorDigest>>,
+}
+
 fn task(
     kind: TaskKind,
     round: u32,
     instruction: &impl serde::Serialize,
-    global: Arc<Vec<TensorDigest>>,
-    model: Arc<Payload>,
-    current: Arc<Payload>,
+    models: &Models,
     allowed: BTreeMap<String, (DType, Vec<usize>)>,
 ) -> fluxmoe_fed::Result<Pending> {
     Ok(Pending {
@@ -411,10 +433,12 @@ fn task(
         round,
         instruction_json: serde_json::to_string(instruction)
             .map_err(|e| fluxmoe_fed::Error::json("instruction", e))?,
-        global,
-        model,
-        current,
+        global: Arc::clone(&models.global),
+        current_digests: Arc::clone(&models.current_digests),
+        model: Arc::clone(&models.model),
+        current: Arc::clone(&models.current),
         allowed,
+        served: HashMap::new(),
     })
 }
 
@@ -430,31 +454,32 @@ impl Transport for GrpcTransport {
         previous: &Global,
     ) -> fluxmoe_fed::Result<ProfileExchange> {
         check_recipients(&mut msgs, self.known())?;
-        let mut encoder = Encoder::new(&mut self.digests);
-        let current_payload = encoder.payload(current, |_| true)?;
-        let previous_payload = if msgs.iter().any(|(_, ins)| ins.stale) {
-            encoder.payload(previous, |_| true)?
-        } else {
-            Arc::clone(&current_payload)
+        let stale = msgs.iter().any(|(_, ins)| ins.stale);
+        let fresh = Models {
+            model: Arc::new(current.clone()),
+            global: manifest(&mut self.digests, current)?,
+            current: Arc::new(current.clone()),
+            current_digests: Arc::default(),
         };
-        drop(encoder);
-        keep_digests(&mut self.digests, &[current, previous]);
+        let stale = if stale {
+            Some(Models {
+                model: Arc::new(previous.clone()),
+                global: manifest(&mut self.digests, previous)?,
+                current: Arc::clone(&fresh.model),
+                current_digests: Arc::clone(&fresh.global),
+            })
+        } else {
+            None
+        };
+        keep_live(&mut self.digests, &[current, previous]);
+        self.shared.keep_records(&[current, previous]);
         let mut tasks = Vec::with_capacity(msgs.len());
         for (id, ins) in &msgs {
-            let model = if ins.stale {
-                &previous_payload
-            } else {
-                &current_payload
+            let models = match (&stale, ins.stale) {
+                (Some(stale), true) => stale,
+                _ => &fresh,
             };
-            let t = task(
-                TaskKind::Profile,
-                ins.round.0,
-                ins,
-                Arc::default(),
-                Arc::clone(model),
-                Arc::clone(&current_payload),
-                BTreeMap::new(),
-            )?;
+            let t = task(TaskKind::Profile, ins.round.0, ins, models, BTreeMap::new())?;
             tasks.push((*id, t));
         }
         let mut out = ProfileExchange::default();
@@ -478,9 +503,6 @@ impl Transport for GrpcTransport {
         deadline_s: Option<f64>,
     ) -> fluxmoe_fed::Result<Exchange> {
         check_recipients(&mut msgs, self.known())?;
-        // One payload per distinct `changed` set; every record encoded once.
-        let mut encoder = Encoder::new(&mut self.digests);
-        let mut payloads: BTreeMap<Option<&BTreeSet<String>>, Arc<Payload>> = BTreeMap::new();
         for (_, ins) in &msgs {
             if let Some(name) = ins
                 .changed
@@ -493,16 +515,17 @@ impl Transport for GrpcTransport {
                     "named as changed but not in the global model",
                 ));
             }
-            if let btree_map::Entry::Vacant(slot) = payloads.entry(ins.changed.as_ref()) {
-                slot.insert(encoder.payload(global, |name| ins.must_download(name))?);
-            }
         }
-        let manifest = Arc::new(encoder.manifest(global)?);
-        drop(encoder);
-        keep_digests(&mut self.digests, &[global]);
+        let models = Models {
+            model: Arc::new(global.clone()),
+            global: manifest(&mut self.digests, global)?,
+            current: Arc::new(global.clone()),
+            current_digests: Arc::default(),
+        };
+        keep_live(&mut self.digests, &[global]);
+        self.shared.keep_records(&[global]);
         let mut tasks = Vec::with_capacity(msgs.len());
         for (id, ins) in &msgs {
-            let payload = &payloads[&ins.changed.as_ref()];
             let mut allowed = BTreeMap::new();
             for name in &ins.trainable {
                 let t = global.get(name).ok_or_else(|| {
@@ -513,15 +536,7 @@ impl Transport for GrpcTransport {
                 })?;
                 allowed.insert(name.clone(), (t.dtype(), t.dims().to_vec()));
             }
-            let t = task(
-                TaskKind::Train,
-                ins.round.0,
-                ins,
-                Arc::clone(&manifest),
-                Arc::clone(payload),
-                Arc::clone(payload),
-                allowed,
-            )?;
+            let t = task(TaskKind::Train, ins.round.0, ins, &models, allowed)?;
             tasks.push((*id, t));
         }
         let mut out = Exchange::default();
@@ -739,7 +754,8 @@ impl Federation for Service {
             {
                 let mut state = self.shared.lock();
                 if !state.profiles.contains_key(&id) {
-                    return Err(Status::failed_precondition(format!(
+                    // Also what a participant hears from a restarted coordinator.
+                    return Err(Status::not_found(format!(
                         "participant {id} has not registered"
                     )));
                 }
@@ -753,6 +769,7 @@ impl Federation for Service {
                         task_id: p.task_id,
                         instruction_json: p.instruction_json.clone(),
                         global: p.global.as_ref().clone(),
+                        current: p.current_digests.as_ref().clone(),
                     }));
                 }
                 if state.done {
@@ -782,39 +799,81 @@ impl Federation for Service {
     ) -> std::result::Result<Response<ChunkStream>, Status> {
         let id = self.shared.tokens.authenticate(request.metadata())?;
         let req = request.into_inner();
-        let payload = {
+        let which = match Which::try_from(req.which) {
+            Ok(w @ (Which::Model | Which::Current)) => w,
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown payload {}",
+                    req.which
+                )))
+            }
+        };
+        if req.names.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(Status::invalid_argument(
+                "the tensors asked for must be ascending by name, each once",
+            ));
+        }
+        let not_open = || {
+            Status::failed_precondition(format!(
+                "participant {id}: task {} is not open",
+                req.task_id
+            ))
+        };
+        let key = (which, req.names);
+        let (round, kind, cached, model) = {
             let state = self.shared.lock();
             let pending = state
                 .pending
                 .get(&id)
                 .filter(|p| p.task_id == req.task_id)
-                .ok_or_else(|| {
-                    Status::failed_precondition(format!(
-                        "participant {id}: task {} is not open",
-                        req.task_id
-                    ))
-                })?;
-            let (which, payload) = match Which::try_from(req.which) {
-                Ok(Which::Model) => (Which::Model, Arc::clone(&pending.model)),
-                Ok(Which::Current) => (Which::Current, Arc::clone(&pending.current)),
-                _ => {
-                    return Err(Status::invalid_argument(format!(
-                        "unknown payload {}",
-                        req.which
-                    )))
-                }
+                .ok_or_else(not_open)?;
+            let model = match which {
+                Which::Current => Arc::clone(&pending.current),
+                _ => Arc::clone(&pending.model),
             };
-            self.shared.pulls.push(Pull {
-                participant: id,
-                round: pending.round,
-                kind: pending.kind,
-                which,
-                tensors: payload.tensors(),
-                bytes: payload.len(),
-            });
-            payload
+            (
+                pending.round,
+                pending.kind,
+                pending.served.get(&key).cloned(),
+                model,
+            )
         };
-        let stream = tokio_stream::iter(to_chunks(payload).map(Ok));
+        let payload = match cached {
+            Some(p) => p,
+            None => {
+                // Encoding is CPU work: off the runtime's threads.
+                let shared = Arc::clone(&self.shared);
+                let names = key.1.clone();
+                let built = tokio::task::spawn_blocking(move || shared.payload(&model, &names))
+                    .await
+                    .map_err(|e| Status::internal(format!("building the payload: {e}")))?
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                let mut state = self.shared.lock();
+                let pending = state
+                    .pending
+                    .get_mut(&id)
+                    .filter(|p| p.task_id == req.task_id)
+                    .ok_or_else(not_open)?;
+                Arc::clone(pending.served.entry(key).or_insert(built))
+            }
+        };
+        let first_chunk = usize::try_from(req.first_chunk).unwrap_or(usize::MAX);
+        if first_chunk >= chunk_count(&payload) {
+            return Err(Status::out_of_range(format!(
+                "chunk {first_chunk} of a payload of {} chunks",
+                chunk_count(&payload)
+            )));
+        }
+        self.shared.pulls.push(Pull {
+            participant: id,
+            round,
+            kind,
+            which,
+            tensors: payload.tensors(),
+            bytes: payload.len(),
+            first_chunk,
+        });
+        let stream = tokio_stream::iter(to_chunks_from(payload, first_chunk).map(Ok));
         Ok(Response::new(Box::pin(stream)))
     }
 
