@@ -10,6 +10,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -31,31 +33,55 @@ pub struct CoordinatorArgs {
     pub reply_timeout_s: u64,
     /// Wall seconds to wait for every participant to register before round 1.
     pub wait_s: u64,
+    /// Participants to wait for before round 1 (default: all of the config's).
+    pub min_participants: Option<usize>,
+    /// Continue from the output folder's last checkpoint.
+    pub resume: bool,
+}
+
+/// Set on the first SIGTERM or SIGINT (the run finishes its round, saves a checkpoint
+/// and stops); a second one ends the process at once.
+fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [SIGTERM, SIGINT] {
+        // Registered first, so it sees the flag before the second handler sets it.
+        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&flag))
+            .context("installing a signal handler")?;
+        signal_hook::flag::register(signal, Arc::clone(&flag))
+            .context("installing a signal handler")?;
+    }
+    Ok(flag)
 }
 
 pub fn coordinator(args: &CoordinatorArgs) -> Result<()> {
     let file = RunFile::load(&args.config)?;
     let model_path = resolve_model(&file.model.path)?;
     let tokens = Tokens::read(&args.tokens)?;
+    let all = file.partition.participants;
+    let n = args.min_participants.unwrap_or(all);
+    if n == 0 || n > all {
+        bail!("--min-participants {n}: the config has {all} participants");
+    }
+    let stop = stop_on_signals()?;
     let transport = GrpcTransport::bind(GrpcTransportConfig {
         listen: args.listen,
         tokens,
         reply_timeout: Duration::from_secs(args.reply_timeout_s),
         max_payload_bytes: MAX_PAYLOAD_BYTES,
         poll_interval: Duration::from_secs(20),
+        suspend: Some(Arc::clone(&stop)),
     })?;
     eprintln!(
-        "coordinator: listening on {}, waiting for {} participants",
+        "coordinator: listening on {}, waiting for {n} of {all} participants",
         transport.local_addr(),
-        file.partition.participants
     );
-    let n = file.partition.participants;
     let wait = Duration::from_secs(args.wait_s);
     let mut transport = Some(transport);
-    let summary = fluxmoe_sim::run_over(
+    let run = fluxmoe_sim::run_over(
         &file,
         &model_path,
-        false,
+        args.resume,
         &mut |rec| {
             eprintln!(
                 "round {}: accepted {:?}, failed {}, virtual {:.1}s",
@@ -73,8 +99,19 @@ pub fn coordinator(args: &CoordinatorArgs) -> Result<()> {
                 .map_err(fluxmoe_fed::Error::from)?;
             Ok(Box::new(t))
         },
-    )
-    .context("deployed run")?;
+        Some(&stop),
+    );
+    let summary = match run {
+        Err(fluxmoe_sim::Error::Interrupted { round, dir }) => {
+            eprintln!(
+                "coordinator: stopped after round {round}; checkpoint in {}; participants keep \
+                 retrying: start the coordinator again with --resume to continue",
+                dir.display()
+            );
+            return Ok(());
+        }
+        other => other.context("deployed run")?,
+    };
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
 }
@@ -84,6 +121,8 @@ pub struct ParticipantArgs {
     pub config: PathBuf,
     pub id: u32,
     pub token_file: PathBuf,
+    /// Give up when the coordinator has been unreachable this long.
+    pub connect_timeout_s: u64,
 }
 
 pub fn participant(args: &ParticipantArgs) -> Result<()> {
@@ -107,7 +146,7 @@ pub fn participant(args: &ParticipantArgs) -> Result<()> {
         token,
         profile: member.profile,
         max_payload_bytes: MAX_PAYLOAD_BYTES,
-        connect_timeout: Duration::from_secs(300),
+        connect_timeout: Duration::from_secs(args.connect_timeout_s),
     };
     let mut participant = member.participant;
     let answered = fluxmoe_deploy::serve(&cfg, &mut participant, initial)?;

@@ -52,6 +52,15 @@ enum Command {
         /// Wall seconds to wait for every participant to register.
         #[arg(long, default_value_t = 3600)]
         wait_s: u64,
+        /// Start once this many participants have registered (default: all of the
+        /// config's); the others join late and are sampled from the next round.
+        #[arg(long)]
+        min_participants: Option<usize>,
+        /// Continue from the output folder's last checkpoint (after a SIGTERM, which
+        /// finishes the round in progress and saves one, or a crash); participants
+        /// that kept running reconnect and register again.
+        #[arg(long)]
+        resume: bool,
     },
     /// Take part in a run coordinated by `fluxmoe coordinator`: the data shard and
     /// device profile are participant ID's of CONFIG, as in the simulation.
@@ -66,6 +75,10 @@ enum Command {
         /// A file holding this participant's token.
         #[arg(long)]
         token_file: PathBuf,
+        /// Give up when the coordinator has been unreachable this many seconds (at
+        /// the start, or mid-run while it restarts).
+        #[arg(long, default_value_t = 600)]
+        connect_timeout_s: u64,
     },
     /// A federated fine-tuning run (in-process simulation); without CONFIG, the built-in
     /// quickstart (examples/quickstart.toml).
@@ -447,23 +460,29 @@ fn run(cli: Cli) -> Result<()> {
             tokens,
             reply_timeout_s,
             wait_s,
+            min_participants,
+            resume,
         }) => deploy::coordinator(&deploy::CoordinatorArgs {
             config,
             listen,
             tokens,
             reply_timeout_s,
             wait_s,
+            min_participants,
+            resume,
         }),
         Some(Command::Participant {
             coordinator,
             config,
             id,
             token_file,
+            connect_timeout_s,
         }) => deploy::participant(&deploy::ParticipantArgs {
             coordinator,
             config,
             id,
             token_file,
+            connect_timeout_s,
         }),
         Some(Command::Export { run, model, out }) => {
             let round = fluxmoe_sim::export(&run, model.as_deref(), &out)?;

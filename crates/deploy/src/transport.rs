@@ -36,6 +36,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -73,6 +74,10 @@ pub struct GrpcTransportConfig {
     pub max_payload_bytes: usize,
     /// How long a `NextTask` call waits for work before answering "wait".
     pub poll_interval: Duration,
+    /// Set when the run stops to be resumed later (SIGTERM): dropping the transport
+    /// then does not tell participants the run is done, so they keep retrying until
+    /// the coordinator is back.
+    pub suspend: Option<Arc<AtomicBool>>,
 }
 
 /// A task posted to one participant and not yet answered.
@@ -250,6 +255,7 @@ pub struct GrpcTransport {
     local_addr: SocketAddr,
     reply_timeout: Duration,
     digests: Digests,
+    suspend: Option<Arc<AtomicBool>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     /// The server task, awaited on drop so in-flight answers (the last "done"s) are
     /// delivered before the runtime stops.
@@ -304,6 +310,7 @@ impl GrpcTransport {
             local_addr,
             reply_timeout: cfg.reply_timeout,
             digests: Digests::new(),
+            suspend: cfg.suspend,
             shutdown: Some(tx),
             server: Some(server),
             runtime: Some(runtime),
@@ -572,26 +579,31 @@ fn from_json<T: serde::de::DeserializeOwned>(
 }
 
 impl Drop for GrpcTransport {
-    /// Tell every participant the run is done, give them up to 5 s to hear it, stop
-    /// the server gracefully (up to 5 s more for calls in flight).
+    /// Tell every participant the run is done (unless the run is suspended), give
+    /// them up to 5 s to hear it, stop the server gracefully (up to 5 s more for calls
+    /// in flight).
     fn drop(&mut self) {
+        if self
+            .suspend
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::SeqCst))
         {
+            tracing::info!("suspended: participants keep waiting for the coordinator");
+        } else {
+            self.shared.lock().done = true;
+            self.shared.posted.notify_waiters();
+            let start = Instant::now();
+            let grace = Duration::from_secs(5);
             let mut state = self.shared.lock();
-            state.done = true;
+            while state.dismissed.len() < state.profiles.len() && start.elapsed() < grace {
+                state = self
+                    .shared
+                    .changed
+                    .wait_timeout(state, grace.saturating_sub(start.elapsed()))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
         }
-        self.shared.posted.notify_waiters();
-        let start = Instant::now();
-        let grace = Duration::from_secs(5);
-        let mut state = self.shared.lock();
-        while state.dismissed.len() < state.profiles.len() && start.elapsed() < grace {
-            state = self
-                .shared
-                .changed
-                .wait_timeout(state, grace.saturating_sub(start.elapsed()))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        drop(state);
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

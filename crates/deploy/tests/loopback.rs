@@ -33,6 +33,7 @@ fn bind(n: u32, reply_timeout: Duration) -> GrpcTransport {
         reply_timeout,
         max_payload_bytes: 1 << 30,
         poll_interval: Duration::from_millis(500),
+        suspend: None,
     })
     .unwrap()
 }
@@ -75,12 +76,19 @@ fn assert_deployment_matches_simulation(
         })
         .collect();
     let mut transport = Some(transport);
-    run_over(&file, &model, false, &mut |_| {}, &mut |_members| {
-        let t = transport.take().expect("the transport is built once");
-        t.wait_for_participants(3, Duration::from_secs(60))
-            .map_err(fluxmoe_fed::Error::from)?;
-        Ok(Box::new(t))
-    })
+    run_over(
+        &file,
+        &model,
+        false,
+        &mut |_| {},
+        &mut |_members| {
+            let t = transport.take().expect("the transport is built once");
+            t.wait_for_participants(3, Duration::from_secs(60))
+                .map_err(fluxmoe_fed::Error::from)?;
+            Ok(Box::new(t))
+        },
+        None,
+    )
     .unwrap();
     let answered: usize = participants
         .into_iter()

@@ -14,6 +14,13 @@ pub enum Error {
     Method(#[from] fluxmoe_flux::Error),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// The run was asked to stop (SIGTERM): it finished its round and saved a
+    /// checkpoint, from which `resume` continues it.
+    #[error(
+        "stopped on request after round {round}; the checkpoint in {} continues it (resume)",
+        dir.display()
+    )]
+    Interrupted { round: u32, dir: std::path::PathBuf },
     #[error("{}: {source}", path.display())]
     Io {
         path: std::path::PathBuf,

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use candle_core::Device;
@@ -91,17 +92,24 @@ pub fn run(
     resume: bool,
     on_round: &mut dyn FnMut(&RoundRecord),
 ) -> Result<RunSummary> {
-    run_over(file, model_path, resume, on_round, &mut |members| {
-        let mut transport = LocalTransport::new(LocalTransportConfig {
-            dropout: file.fleet.dropout,
-            seed: file.seed,
-            workers: file.rounds.workers,
-        })?;
-        for m in members {
-            transport.add(m.id, Box::new(m.participant), m.profile)?;
-        }
-        Ok(Box::new(transport))
-    })
+    run_over(
+        file,
+        model_path,
+        resume,
+        on_round,
+        &mut |members| {
+            let mut transport = LocalTransport::new(LocalTransportConfig {
+                dropout: file.fleet.dropout,
+                seed: file.seed,
+                workers: file.rounds.workers,
+            })?;
+            for m in members {
+                transport.add(m.id, Box::new(m.participant), m.profile)?;
+            }
+            Ok(Box::new(transport))
+        },
+        None,
+    )
 }
 
 /// The participants of `file`'s run, as [`run`] builds them: participant `i` trains on
@@ -235,13 +243,16 @@ impl Setup {
     }
 }
 
-/// [`run`] over the transport `transport` makes from the run's participants.
+/// [`run`] over the transport `transport` makes from the run's participants. When
+/// `interrupt` is set (a signal handler sets it), the run stops after the round in
+/// progress, saves a checkpoint and returns [`Error::Interrupted`].
 pub fn run_over(
     file: &RunFile,
     model_path: &Path,
     resume: bool,
     on_round: &mut dyn FnMut(&RoundRecord),
     transport: &mut TransportBuilder<'_>,
+    interrupt: Option<&AtomicBool>,
 ) -> Result<RunSummary> {
     let Setup {
         lm,
@@ -371,7 +382,8 @@ pub fn run_over(
             writeln!(f, "{}", rec.to_json_line()?).map_err(|e| io(&metrics_path, e))?;
             on_round(&rec);
             let every = file.rounds.checkpoint_every;
-            if every > 0 && rec.round.0 % every == 0 {
+            let stop = interrupt.is_some_and(|i| i.load(Ordering::SeqCst));
+            if stop || (every > 0 && rec.round.0 % every == 0) {
                 let state = coordinator.state(strategy.as_ref(), &clock)?;
                 save_checkpoint(
                     &ckpt_dir,
@@ -379,6 +391,13 @@ pub fn run_over(
                     coordinator.global(),
                     coordinator.previous(),
                 )?;
+            }
+            if stop && !coordinator.finished() {
+                tracing::info!(round = rec.round.0, "stopping on request; checkpoint saved");
+                return Err(Error::Interrupted {
+                    round: rec.round.0,
+                    dir: ckpt_dir,
+                });
             }
         }
     }
