@@ -69,6 +69,7 @@ pub fn coordinator(args: &CoordinatorArgs) -> Result<()> {
         tokens,
         reply_timeout: Duration::from_secs(args.reply_timeout_s),
         max_payload_bytes: MAX_PAYLOAD_BYTES,
+        max_delta_norm: file.train.max_delta_norm,
         poll_interval: Duration::from_secs(20),
         suspend: Some(Arc::clone(&stop)),
     })?;

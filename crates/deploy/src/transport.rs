@@ -29,7 +29,8 @@
 //!
 //! Before anything is aggregated an upload is checked: the payload is size-limited and
 //! checksummed ([`crate::codec`]), its deltas must be for tensors the participant was
-//! told to tune this round, with the global tensor's shape and dtype, and finite. Dropping the
+//! told to tune this round, with the global tensor's shape and dtype, finite, and
+//! within `max_delta_norm` when one is set. Dropping the
 //! transport tells every participant the run is done, waits briefly for them to hear
 //! it, and stops the server.
 
@@ -72,6 +73,8 @@ pub struct GrpcTransportConfig {
     pub reply_timeout: Duration,
     /// Largest upload accepted, in bytes.
     pub max_payload_bytes: usize,
+    /// Refuse an update with a delta whose L2 norm exceeds this (`None`: no bound).
+    pub max_delta_norm: Option<f64>,
     /// How long a `NextTask` call waits for work before answering "wait".
     pub poll_interval: Duration,
     /// Set when the run stops to be resumed later (SIGTERM): dropping the transport
@@ -130,6 +133,7 @@ struct Shared {
     posted: tokio::sync::Notify,
     tokens: Tokens,
     max_payload_bytes: usize,
+    max_delta_norm: Option<f64>,
     poll_interval: Duration,
     pulls: PullLog,
     /// Payload records of the tensors pulled, by name and tensor (see [`Digests`]).
@@ -284,6 +288,7 @@ impl GrpcTransport {
             posted: tokio::sync::Notify::new(),
             tokens: cfg.tokens,
             max_payload_bytes: cfg.max_payload_bytes,
+            max_delta_norm: cfg.max_delta_norm,
             poll_interval: cfg.poll_interval,
             pulls: PullLog::default(),
             records: Mutex::new(HashMap::new()),
@@ -720,18 +725,28 @@ impl Service {
                     t.dims()
                 )));
             }
-            if !all_finite(t).map_err(|e| refuse(e.to_string()))? {
+            // In f64 no finite f32/f16 value overflows when squared: a non-finite sum
+            // means NaN or Inf in the delta itself.
+            let sq_norm = squared_norm(t).map_err(|e| refuse(e.to_string()))?;
+            if !sq_norm.is_finite() {
                 return Err(refuse("holds NaN or infinite values".into()));
+            }
+            if let Some(max) = self.shared.max_delta_norm {
+                if sq_norm.sqrt() > max {
+                    return Err(refuse(format!(
+                        "L2 norm {} above the bound {max}",
+                        sq_norm.sqrt()
+                    )));
+                }
             }
         }
         Ok(())
     }
 }
 
-/// Whether every element of `t` is finite.
-fn all_finite(t: &Tensor) -> candle_core::Result<bool> {
-    let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    Ok(values.iter().all(|x| x.is_finite()))
+/// The squared L2 norm of `t`, summed in f64.
+fn squared_norm(t: &Tensor) -> candle_core::Result<f64> {
+    t.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()
 }
 
 #[tonic::async_trait]

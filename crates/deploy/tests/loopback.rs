@@ -27,11 +27,16 @@ fn token(id: ParticipantId) -> String {
 }
 
 fn bind(n: u32, reply_timeout: Duration) -> GrpcTransport {
+    bind_bounded(n, reply_timeout, None)
+}
+
+fn bind_bounded(n: u32, reply_timeout: Duration, max_delta_norm: Option<f64>) -> GrpcTransport {
     GrpcTransport::bind(GrpcTransportConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         tokens: Tokens::from_pairs((0..n).map(|i| (ParticipantId(i), token(ParticipantId(i))))),
         reply_timeout,
         max_payload_bytes: 1 << 30,
+        max_delta_norm,
         poll_interval: Duration::from_millis(500),
         suspend: None,
     })
@@ -224,8 +229,8 @@ fn unit_profile() -> DeviceProfile {
 }
 
 #[test]
-fn bad_tokens_unassigned_or_nan_updates_and_silent_participants_fail_cleanly() {
-    let mut transport = bind(4, Duration::from_secs(2));
+fn bad_tokens_unassigned_nan_or_oversized_updates_and_silent_participants_fail_cleanly() {
+    let mut transport = bind_bounded(5, Duration::from_secs(2), Some(10.0));
     // A wrong token is refused at registration.
     let mut intruder = serve_cfg(&transport, ParticipantId(0), unit_profile());
     intruder.token = "guess".into();
@@ -253,12 +258,14 @@ fn bad_tokens_unassigned_or_nan_updates_and_silent_participants_fail_cleanly() {
             Tensor::new(&[3.0f32], &Device::Cpu).unwrap(),
         ),
     ]);
-    // 0 answers properly, 1 sends a delta it was not assigned, 2 is too slow, 3 sends NaN.
+    // 0 answers properly, 1 sends a delta it was not assigned, 2 is too slow, 3 sends
+    // NaN, 4 a delta of norm 100·√2, beyond the bound of 10.
     let specs = [
         (0, vec!["a"], 0, 1.0),
         (1, vec!["a", "b"], 0, 1.0),
         (2, vec!["a"], 4, 1.0),
         (3, vec!["a"], 0, f64::NAN),
+        (4, vec!["a"], 0, 100.0),
     ];
     let threads: Vec<_> = specs
         .into_iter()
@@ -276,11 +283,11 @@ fn bad_tokens_unassigned_or_nan_updates_and_silent_participants_fail_cleanly() {
         })
         .collect();
     transport
-        .wait_for_participants(4, Duration::from_secs(30))
+        .wait_for_participants(5, Duration::from_secs(30))
         .unwrap();
     assert_eq!(
         transport.pool(),
-        (0..4).map(ParticipantId).collect::<Vec<_>>()
+        (0..5).map(ParticipantId).collect::<Vec<_>>()
     );
     let ins = TrainIns {
         round: Round(1),
@@ -288,7 +295,7 @@ fn bad_tokens_unassigned_or_nan_updates_and_silent_participants_fail_cleanly() {
         params: BTreeMap::new(),
         changed: None,
     };
-    let msgs = (0..4).map(|i| (ParticipantId(i), ins.clone())).collect();
+    let msgs = (0..5).map(|i| (ParticipantId(i), ins.clone())).collect();
     let ex = transport.send_and_receive(msgs, &global, None).unwrap();
     assert_eq!(ex.replies.len(), 1);
     let reply = &ex.replies[0];
@@ -307,8 +314,15 @@ fn bad_tokens_unassigned_or_nan_updates_and_silent_participants_fail_cleanly() {
         vec![
             (1, FailureKind::Error),
             (2, FailureKind::Deadline),
-            (3, FailureKind::Error)
+            (3, FailureKind::Error),
+            (4, FailureKind::Error)
         ]
+    );
+    assert!(
+        ex.failures[3].reason.contains("delta `a`: L2 norm 141.42")
+            && ex.failures[3].reason.contains("above the bound 10"),
+        "{}",
+        ex.failures[3].reason
     );
     assert!(
         ex.failures[2].reason.contains("NaN or infinite"),

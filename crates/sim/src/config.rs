@@ -104,6 +104,11 @@ pub struct TrainSection {
     /// What participants tune: `experts` (every routed expert), `all`, or
     /// comma-separated name globs.
     pub trainable: String,
+    /// Refuse a participant's update whole if one of its deltas has an L2 norm above
+    /// this (a guard against broken or hostile participants; unset: no bound). The
+    /// aggregation checks it; a deployment's coordinator also checks it on arrival.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_delta_norm: Option<f64>,
 }
 
 impl Default for TrainSection {
@@ -114,6 +119,7 @@ impl Default for TrainSection {
             max_grad_norm: 1.0,
             fedprox_mu: 0.0,
             trainable: "experts".into(),
+            max_delta_norm: None,
         }
     }
 }
@@ -283,6 +289,11 @@ impl RunFile {
         }
         if self.rounds.workers == 0 {
             return bad("rounds.workers", "must be >= 1".into());
+        }
+        if let Some(max) = self.train.max_delta_norm {
+            if !(max.is_finite() && max > 0.0) {
+                return bad("train.max_delta_norm", format!("must be > 0, got {max}"));
+            }
         }
         let mu = self.train.fedprox_mu;
         if !(mu.is_finite() && mu >= 0.0) {

@@ -254,6 +254,8 @@ pub fn run_over(
     transport: &mut TransportBuilder<'_>,
     interrupt: Option<&AtomicBool>,
 ) -> Result<RunSummary> {
+    // A config built in code has not been through `RunFile::load`'s checks.
+    file.validate()?;
     let Setup {
         lm,
         tokenizer,
@@ -269,7 +271,7 @@ pub fn run_over(
     let cfg = lm.checkpoint.config.clone();
     let mut transport = transport(members)?;
     let aggregate = AggregateConfig {
-        max_delta_norm: None,
+        max_delta_norm: file.train.max_delta_norm,
     };
     let mut strategy: Box<dyn Strategy> = match file.method.name.as_str() {
         "fedavg-full" => Box::new(FedAvgFull::new(FedAvgFullConfig {

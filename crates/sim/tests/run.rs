@@ -128,6 +128,12 @@ fn bad_configs_are_errors_naming_the_key() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("partition.scheme"), "{err}");
+    let mut cfg = config(root, "n", 1);
+    cfg.train.max_delta_norm = Some(-1.0);
+    let err = run(&cfg, &model, false, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("train.max_delta_norm"), "{err}");
     let err = run(
         &config(root, "z", 1),
         &root.join("nope"),
@@ -451,4 +457,33 @@ fn custom_and_weighted_fleets_assign_profiles() {
         err.contains("fleet.profiles") && err.contains("desktop"),
         "{err}"
     );
+}
+
+#[test]
+fn updates_beyond_max_delta_norm_are_rejected_and_the_global_keeps_its_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let model = model_dir(root);
+    let mut cfg = config(root, "bounded", 2);
+    cfg.train.max_delta_norm = Some(1e-12);
+    let mut rounds = Vec::new();
+    run(&cfg, &model, false, &mut |rec| rounds.push(rec.clone())).unwrap();
+    assert_eq!(rounds.len(), 2);
+    for rec in &rounds {
+        assert!(rec.accepted.is_empty(), "{rec:?}");
+        assert!(!rec.global_updated, "{rec:?}");
+        assert!(
+            rec.dropped
+                .iter()
+                .any(|f| f.reason.contains("above max_delta_norm")),
+            "{:?}",
+            rec.dropped
+        );
+    }
+    // A generous bound changes nothing.
+    let mut loose = config(root, "loose", 2);
+    loose.train.max_delta_norm = Some(1e9);
+    run(&loose, &model, false, &mut |_| {}).unwrap();
+    run(&config(root, "free", 2), &model, false, &mut |_| {}).unwrap();
+    assert_eq!(final_bytes(root, "loose"), final_bytes(root, "free"));
 }
