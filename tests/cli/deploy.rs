@@ -50,7 +50,12 @@ impl Deployment {
     }
 
     fn coordinator(&self, extra: &[&str]) -> Child {
+        self.coordinator_env(extra, &[])
+    }
+
+    fn coordinator_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Child {
         Command::new(env!("CARGO_BIN_EXE_fluxmoe"))
+            .envs(env.iter().copied())
             .args([
                 "coordinator",
                 "--config",
@@ -166,7 +171,10 @@ fn signal(child: &Child, sig: &str) {
 fn coordinator_and_participant_processes_match_the_simulation() {
     let tmp = tempfile::tempdir().unwrap();
     let d = Deployment::new(tmp.path(), 2);
-    let coordinator = d.coordinator(&[]);
+    let coordinator = d.coordinator_env(
+        &["--log-format", "json"],
+        &[("RUST_LOG", "fluxmoe::round=info")],
+    );
     let participants = d.participants();
     let intruder = d.participant(1, "guess").wait_with_output().unwrap();
     assert_eq!(intruder.status.code(), Some(2));
@@ -177,6 +185,18 @@ fn coordinator_and_participant_processes_match_the_simulation() {
     );
     let c = coordinator.wait_with_output().unwrap();
     assert!(c.status.success(), "{}", stderr(&c));
+    // One structured event per round, as JSON lines.
+    let rounds: Vec<serde_json::Value> = stderr(&c)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "round finished")
+        .collect();
+    assert_eq!(rounds.len(), 2, "{}", stderr(&c));
+    for (i, r) in rounds.iter().enumerate() {
+        assert_eq!(r["fields"]["round"], i as u64 + 1, "{r}");
+        assert!(r["fields"]["virtual_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["fields"]["accepted"].is_string(), "{r}");
+    }
     d.assert_matches_simulation(participants);
 }
 

@@ -90,7 +90,21 @@ pub fn coordinator(args: &CoordinatorArgs) -> Result<()> {
                 rec.accepted.iter().map(|p| p.0).collect::<Vec<_>>(),
                 rec.dropped.len(),
                 rec.virtual_time_end
-            )
+            );
+            // The same, structured (`RUST_LOG=fluxmoe::round=info --log-format json`).
+            tracing::info!(
+                target: "fluxmoe::round",
+                round = rec.round.0,
+                sampled = ?rec.participants.iter().map(|p| p.0).collect::<Vec<_>>(),
+                accepted = ?rec.accepted.iter().map(|p| p.0).collect::<Vec<_>>(),
+                failed = ?rec.dropped.iter().map(|f| (f.participant.0, f.reason.as_str())).collect::<Vec<_>>(),
+                eval = rec.eval,
+                virtual_s = rec.virtual_time_end,
+                wall_s = rec.wall_seconds,
+                bytes_up = rec.bytes_up,
+                bytes_down = rec.bytes_down,
+                "round finished"
+            );
         },
         &mut |_members| {
             let Some(t) = transport.take() else {
