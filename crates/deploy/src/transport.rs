@@ -44,8 +44,8 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Tensor, TensorId};
 use fluxmoe_fed::transport::{check_recipients, settle_profile, settle_train};
 use fluxmoe_fed::{
-    DeviceProfile, Exchange, Failure, FailureKind, Global, ParticipantId, ProfileExchange,
-    ProfileIns, ProfileReply, TrainIns, Transport,
+    DeviceProfile, Exchange, Failure, FailureKind, Global, MeasuredRss, ParticipantId,
+    ProfileExchange, ProfileIns, ProfileReply, TrainIns, Transport,
 };
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -559,7 +559,13 @@ impl Transport for GrpcTransport {
                         Ok(from_json::<ReplyMeta>(&json, id)?.join(deltas))
                     });
                     settle_train(
-                        &mut out, id, trained, &profile, measured_s, None, deadline_s,
+                        &mut out,
+                        id,
+                        trained,
+                        &profile,
+                        measured_s,
+                        MeasuredRss::default(),
+                        deadline_s,
                     );
                 }
                 Err(late) => out.failures.push(late),

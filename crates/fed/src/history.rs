@@ -36,9 +36,21 @@ pub struct ParticipantTime {
     /// Measured wall seconds of its profiling call.
     #[serde(default)]
     pub profile_measured_s: f64,
-    /// Peak resident memory of the process while it trained (Linux), bytes.
+    /// Peak resident memory of the process while it trained (Linux, measured when
+    /// participants train one at a time), bytes.
     #[serde(default)]
     pub peak_rss_bytes: Option<u64>,
+    /// Resident memory of the process when its training call started, bytes: the
+    /// participant's own peak is `peak_rss_bytes − rss_start_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_start_bytes: Option<u64>,
+}
+
+/// Measured resident memory of one training call (see [`ParticipantTime`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct MeasuredRss {
+    pub start_bytes: Option<u64>,
+    pub peak_bytes: Option<u64>,
 }
 
 impl ParticipantTime {
@@ -91,6 +103,7 @@ impl RoundRecord {
             t.measured_s = 0.0;
             t.profile_measured_s = 0.0;
             t.peak_rss_bytes = None;
+            t.rss_start_bytes = None;
         }
         r
     }

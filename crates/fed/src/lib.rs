@@ -44,7 +44,7 @@ pub use cost::{PhaseTimes, WorkCost};
 pub use device::{Assignment, DeviceProfile, FleetConfig};
 pub use error::{Error, Result};
 pub use fedavg_full::{FedAvgFull, FedAvgFullConfig};
-pub use history::{History, ParticipantTime, RoundRecord, TargetHit};
+pub use history::{History, MeasuredRss, ParticipantTime, RoundRecord, TargetHit};
 pub use ids::{ParticipantId, Round};
 pub use server_opt::{ServerOptimizer, ServerOptimizerConfig, ServerOptimizerState};
 pub use state::{load_checkpoint, load_previous, save_checkpoint, CoordinatorState};

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::DeviceProfile;
 use crate::error::{Error, Result};
-use crate::history::ParticipantTime;
+use crate::history::{MeasuredRss, ParticipantTime};
 use crate::ids::ParticipantId;
 use crate::seed::{dropout_stream, round_rng};
 use crate::wire::{Failure, FailureKind, Global, ProfileIns, ProfileReply, TrainIns, TrainReply};
@@ -220,7 +220,7 @@ pub fn settle_train(
     trained: Result<TrainReply>,
     profile: &DeviceProfile,
     measured_s: f64,
-    peak_rss_bytes: Option<u64>,
+    rss: MeasuredRss,
     deadline_s: Option<f64>,
 ) {
     let reply = match trained {
@@ -261,7 +261,8 @@ pub fn settle_train(
         profile_hidden_s: 0.0,
         measured_s,
         profile_measured_s: 0.0,
-        peak_rss_bytes,
+        peak_rss_bytes: rss.peak_bytes,
+        rss_start_bytes: rss.start_bytes,
     });
     match deadline_s {
         Some(deadline) if phases.total > deadline => out.failures.push(Failure::new(
@@ -334,25 +335,26 @@ impl Transport for LocalTransport {
             .map(|(id, m)| (*id, m))
             .collect();
         let train = |id: ParticipantId, member: &mut Member, measure_peak: bool| {
+            let mut rss = MeasuredRss::default();
             if measure_peak {
                 crate::measure::reset_peak_rss();
+                rss.start_bytes = crate::measure::rss_bytes();
             }
             let start = std::time::Instant::now();
             let trained = member.participant.train(&jobs[&id], global);
             let measured_s = start.elapsed().as_secs_f64();
-            let peak = if measure_peak {
-                crate::measure::peak_rss_bytes()
-            } else {
-                None
-            };
+            if measure_peak {
+                rss.peak_bytes = crate::measure::peak_rss_bytes();
+            }
             tracing::debug!(
                 participant = %id,
                 measured_s,
-                peak_rss = ?peak,
+                rss_start = ?rss.start_bytes,
+                peak_rss = ?rss.peak_bytes,
                 rss_after = ?crate::measure::rss_bytes(),
                 "participant trained"
             );
-            (id, trained, measured_s, peak)
+            (id, trained, measured_s, rss)
         };
         let mut results = if workers == 1 {
             members
@@ -392,7 +394,7 @@ impl Transport for LocalTransport {
                                 participant: id,
                                 msg: "its worker thread panicked".into(),
                             };
-                            (id, Err(e), 0.0, None)
+                            (id, Err(e), 0.0, MeasuredRss::default())
                         })),
                     }
                 }
@@ -400,17 +402,9 @@ impl Transport for LocalTransport {
             })
         };
         results.sort_by_key(|r| r.0);
-        for (id, trained, measured_s, peak_rss_bytes) in results {
+        for (id, trained, measured_s, rss) in results {
             let profile = &self.members[&id].profile;
-            settle_train(
-                &mut out,
-                id,
-                trained,
-                profile,
-                measured_s,
-                peak_rss_bytes,
-                deadline_s,
-            );
+            settle_train(&mut out, id, trained, profile, measured_s, rss, deadline_s);
         }
         out.failures.sort_by_key(|f| f.participant);
         Ok(out)

@@ -45,7 +45,9 @@ fn run_writes_metrics_summary_and_final_model_deterministically() {
     let t = &first["times"][0];
     assert!(t["measured_s"].as_f64().unwrap() > 0.0, "{t}");
     if cfg!(target_os = "linux") {
-        assert!(t["peak_rss_bytes"].as_u64().unwrap() > 1 << 20, "{t}");
+        let peak = t["peak_rss_bytes"].as_u64().unwrap();
+        let start = t["rss_start_bytes"].as_u64().unwrap();
+        assert!(peak > 1 << 20 && start > 1 << 20 && start <= peak, "{t}");
     }
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(root.join("a/summary.json")).unwrap())
