@@ -33,6 +33,31 @@ impl LoadOptions {
     pub const LENIENT: LoadOptions = LoadOptions {
         skip_malformed: true,
     };
+
+    /// What every loader does with one parsed record: keep it (push it onto `out`),
+    /// or, when it is malformed (a record error) and these options skip malformed
+    /// records, log it and count it in `n_skipped`; any other error is returned.
+    pub fn keep<T>(self, parsed: Result<T>, out: &mut Vec<T>, n_skipped: &mut usize) -> Result<()> {
+        match parsed {
+            Ok(record) => {
+                out.push(record);
+                Ok(())
+            }
+            Err(e) => self.skip(e, n_skipped),
+        }
+    }
+
+    /// A malformed record: skipped (logged, counted in `n_skipped`) when these
+    /// options allow it and `err` is a record error, else returned.
+    pub fn skip(self, err: Error, n_skipped: &mut usize) -> Result<()> {
+        if self.skip_malformed && err.is_record_error() {
+            tracing::warn!("skipping malformed record: {err}");
+            *n_skipped += 1;
+            Ok(())
+        } else {
+            Err(err)
+        }
+    }
 }
 
 /// A loaded task plus how many malformed records were skipped.
@@ -111,14 +136,7 @@ pub fn read_jsonl(
                 msg: e.to_string(),
             }),
         };
-        match res {
-            Ok(ex) => examples.push(ex),
-            Err(e) if opts.skip_malformed && e.is_record_error() => {
-                tracing::warn!("skipping malformed record: {e}");
-                n_skipped += 1;
-            }
-            Err(e) => return Err(e),
-        }
+        opts.keep(res, &mut examples, &mut n_skipped)?;
     }
     if n_skipped > 0 {
         tracing::warn!("{}: skipped {n_skipped} malformed records", path.display());

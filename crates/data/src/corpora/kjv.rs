@@ -12,7 +12,7 @@
 
 use std::path::Path;
 
-use super::{read_text, skip_or_fail, Corpus, LoadedCorpus};
+use super::{read_text, Corpus, LoadedCorpus};
 use crate::error::{Error, Result};
 use crate::jsonl::LoadOptions;
 
@@ -51,7 +51,7 @@ pub fn load(path: &Path, opts: LoadOptions) -> Result<LoadedCorpus> {
         let (chapter, verse) = match parse_verse_line(line) {
             Ok(parsed) => parsed,
             Err(msg) => {
-                skip_or_fail(Error::record(path, idx + 1, msg), opts, &mut n_skipped)?;
+                opts.skip(Error::record(path, idx + 1, msg), &mut n_skipped)?;
                 continue;
             }
         };

@@ -237,18 +237,6 @@ pub fn load_dir(kind: CorpusKind, dir: &Path, opts: LoadOptions) -> Result<Loade
     }
 }
 
-/// Pushes `err` as a skipped record (logged and counted) when `opts` allows it,
-/// else returns it.
-fn skip_or_fail(err: Error, opts: LoadOptions, n_skipped: &mut usize) -> Result<()> {
-    if opts.skip_malformed && err.is_record_error() {
-        tracing::warn!("skipping malformed record: {err}");
-        *n_skipped += 1;
-        Ok(())
-    } else {
-        Err(err)
-    }
-}
-
 /// Reads a whole UTF-8 file, naming it in the error.
 fn read_text(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| Error::io(path, e))

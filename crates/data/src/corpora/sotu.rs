@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::{read_text, skip_or_fail, Corpus, LoadedCorpus};
+use super::{read_text, Corpus, LoadedCorpus};
 use crate::error::{Error, Result};
 use crate::jsonl::LoadOptions;
 
@@ -73,10 +73,11 @@ pub fn load(dir: &Path, opts: LoadOptions) -> Result<LoadedCorpus> {
     let mut documents = Vec::with_capacity(files.len());
     let mut n_skipped = 0;
     for path in files {
-        match json_text(&path, &read_text(&path)?) {
-            Ok(text) => documents.push(text),
-            Err(err) => skip_or_fail(err, opts, &mut n_skipped)?,
-        }
+        opts.keep(
+            json_text(&path, &read_text(&path)?),
+            &mut documents,
+            &mut n_skipped,
+        )?;
     }
     Ok(LoadedCorpus {
         corpus: Corpus::new(NAME, documents)?,

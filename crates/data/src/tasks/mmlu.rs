@@ -172,14 +172,8 @@ fn load_subject(path: &Path, opts: LoadOptions, out: &mut Vec<Example>) -> Resul
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut n_skipped = 0;
     for record in parse_csv(path, &text)? {
-        match parse_record(path, &subject, record.line, &record.fields) {
-            Ok(ex) => out.push(ex),
-            Err(e) if opts.skip_malformed && e.is_record_error() => {
-                tracing::warn!("skipping malformed record: {e}");
-                n_skipped += 1;
-            }
-            Err(e) => return Err(e),
-        }
+        let parsed = parse_record(path, &subject, record.line, &record.fields);
+        opts.keep(parsed, out, &mut n_skipped)?;
     }
     Ok(n_skipped)
 }

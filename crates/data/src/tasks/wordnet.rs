@@ -233,17 +233,8 @@ pub fn read_synsets(dir: &Path, opts: LoadOptions) -> Result<(Vec<Synset>, usize
             if line.starts_with("  ") || line.trim().is_empty() {
                 continue;
             }
-            match parse_synset_line(line) {
-                Ok(synset) => synsets.push(synset),
-                Err(msg) => {
-                    let err = Error::record(&path, idx + 1, msg);
-                    if !opts.skip_malformed {
-                        return Err(err);
-                    }
-                    tracing::warn!("skipping malformed record: {err}");
-                    n_skipped += 1;
-                }
-            }
+            let parsed = parse_synset_line(line).map_err(|msg| Error::record(&path, idx + 1, msg));
+            opts.keep(parsed, &mut synsets, &mut n_skipped)?;
         }
     }
     Ok((synsets, n_skipped))

@@ -89,14 +89,11 @@ fn read_rows(
     for (i, row) in rows.enumerate() {
         let n = i + 1;
         let row = row.map_err(|e| format_err(path, format!("row {n}: cannot read: {e}")))?;
-        match parse_row(path, n, &row, rows_per_subject) {
-            Ok(ex) => out.push(ex),
-            Err(e) if opts.skip_malformed && e.is_record_error() => {
-                tracing::warn!("skipping malformed record: {e}");
-                n_skipped += 1;
-            }
-            Err(e) => return Err(e),
-        }
+        opts.keep(
+            parse_row(path, n, &row, rows_per_subject),
+            out,
+            &mut n_skipped,
+        )?;
     }
     Ok(n_skipped)
 }
