@@ -303,11 +303,20 @@ fn a_sibling_runs_initial_metric_is_reused_only_when_its_key_matches() {
     plant("c", &key);
     let c = run(&other, &model, false, &mut |_| {}).unwrap();
     assert_ne!(c.initial_metric, 0.123456);
+    // ... and scored exactly as a run with nothing planted scores it.
+    let mut fresh = other.clone();
+    fresh.output = root.join("c-fresh");
+    let c_fresh = run(&fresh, &model, false, &mut |_| {}).unwrap();
+    assert_eq!(c.initial_metric, c_fresh.initial_metric);
+    // A planted file that is not valid JSON is ignored the same way.
+    std::fs::create_dir_all(root.join("e")).unwrap();
+    std::fs::write(root.join("e/initial.json"), "{ not json").unwrap();
+    let e = run(&config(root, "e", 1), &model, false, &mut |_| {}).unwrap();
+    assert_eq!(e.initial_metric, measured);
     // The method does not enter the key.
     let mut flux = config(root, "d", 1);
     flux.method.name = "flux".into();
     assert_eq!(fluxmoe_sim::run::initial_key(&flux, &model), key);
-    assert!(measured.is_finite());
 }
 
 #[test]
