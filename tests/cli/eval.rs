@@ -51,24 +51,21 @@ fn metric_line(out: &str) -> (String, f64, f64, f64, usize) {
     )
 }
 
+/// `fluxmoe eval --model MODEL --task TASK` followed by `extra`.
+fn eval(model: &Path, task: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["eval", "--model", model.to_str().unwrap(), "--task", task];
+    args.extend_from_slice(extra);
+    fluxmoe(&args)
+}
+
 #[test]
 fn prints_the_metric_with_a_95_percent_interval() {
     let dir = tempfile::tempdir().unwrap();
     let model = model_dir(dir.path());
     let gen = task_file(dir.path(), false);
     let task = format!("jsonl-em:{}", gen.display());
-    let args = [
-        "eval",
-        "--model",
-        model.to_str().unwrap(),
-        "--task",
-        &task,
-        "--limit",
-        "3",
-        "--max-new-tokens",
-        "2",
-    ];
-    let o = fluxmoe(&args);
+    let extra = ["--limit", "3", "--max-new-tokens", "2"];
+    let o = eval(&model, &task, &extra);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     assert!(out.contains("format   plain"), "{out}");
@@ -80,20 +77,15 @@ fn prints_the_metric_with_a_95_percent_interval() {
         "{out}"
     );
     // Same seed, same answer.
-    assert_eq!(stdout(&fluxmoe(&args)), out);
+    assert_eq!(stdout(&eval(&model, &task, &extra)), out);
 
     // Multiple choice: accuracy by log-likelihood over the options.
     let mc = task_file(dir.path(), true);
-    let task = format!("jsonl:{}", mc.display());
-    let o = fluxmoe(&[
-        "eval",
-        "--model",
-        model.to_str().unwrap(),
-        "--task",
-        &task,
-        "--limit",
-        "4",
-    ]);
+    let o = eval(
+        &model,
+        &format!("jsonl:{}", mc.display()),
+        &["--limit", "4"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let (metric, mean, lower, upper, n) = metric_line(&stdout(&o));
     assert_eq!((metric.as_str(), n), ("accuracy", 4));
@@ -107,26 +99,15 @@ fn bad_limits_and_tasks_are_errors_naming_them() {
     let dir = tempfile::tempdir().unwrap();
     let model = model_dir(dir.path());
     let gen = task_file(dir.path(), false);
-    let task = format!("jsonl-em:{}", gen.display());
-    let o = fluxmoe(&[
-        "eval",
-        "--model",
-        model.to_str().unwrap(),
-        "--task",
-        &task,
-        "--limit",
-        "0",
-    ]);
+    let o = eval(
+        &model,
+        &format!("jsonl-em:{}", gen.display()),
+        &["--limit", "0"],
+    );
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("limit"), "{}", stderr(&o));
     let missing = format!("jsonl-em:{}", dir.path().join("nope.jsonl").display());
-    let o = fluxmoe(&[
-        "eval",
-        "--model",
-        model.to_str().unwrap(),
-        "--task",
-        &missing,
-    ]);
+    let o = eval(&model, &missing, &[]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("nope.jsonl"), "{}", stderr(&o));
 }
