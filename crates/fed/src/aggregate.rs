@@ -131,6 +131,18 @@ pub fn mean_deltas(
     replies: &[TrainReply],
     cfg: &AggregateConfig,
 ) -> Result<(BTreeMap<String, MeanDelta>, AggregateReport)> {
+    mean_assigned_deltas(global, replies, cfg, |_| None)
+}
+
+/// [`mean_deltas`] for a strategy that says which tensors each participant may update:
+/// a reply `unassigned` finds a reason against (typically a delta for a tensor it was
+/// not given) is rejected whole with that reason before anything else is checked.
+pub fn mean_assigned_deltas(
+    global: &Global,
+    replies: &[TrainReply],
+    cfg: &AggregateConfig,
+    unassigned: impl Fn(&TrainReply) -> Option<String>,
+) -> Result<(BTreeMap<String, MeanDelta>, AggregateReport)> {
     let mut order: Vec<usize> = (0..replies.len()).collect();
     order.sort_by_key(|&i| replies[i].participant);
 
@@ -139,6 +151,15 @@ pub fn mean_deltas(
     let mut previous: Option<ParticipantId> = None;
     for &i in &order {
         let reply = &replies[i];
+        if let Some(reason) = unassigned(reply) {
+            tracing::warn!(participant = %reply.participant, %reason, "reply rejected");
+            report.rejected.push(Failure::new(
+                reply.participant,
+                FailureKind::Rejected,
+                reason,
+            ));
+            continue;
+        }
         let is_duplicate = previous == Some(reply.participant);
         previous = Some(reply.participant);
         let reason = if is_duplicate {

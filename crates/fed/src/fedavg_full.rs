@@ -13,12 +13,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
-use crate::aggregate::{mean_deltas, AggregateConfig};
+use crate::aggregate::{mean_assigned_deltas, AggregateConfig};
 use crate::error::{Error, Result};
 use crate::ids::{ParticipantId, Round};
 use crate::server_opt::{ServerOptimizer, ServerOptimizerConfig, ServerOptimizerState};
 use crate::strategy::{Strategy, TrainOutcome};
-use crate::wire::{Failure, FailureKind, Global, Scalar, TrainIns, TrainReply};
+use crate::wire::{Failure, Global, Scalar, TrainIns, TrainReply};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FedAvgFullConfig {
@@ -147,21 +147,17 @@ impl Strategy for FedAvgFull {
         failures: Vec<Failure>,
     ) -> Result<TrainOutcome> {
         let trainable: BTreeSet<String> = self.trainable(global)?.into_iter().collect();
-        let mut rejected = Vec::new();
-        let mut valid = Vec::with_capacity(replies.len());
-        for reply in replies {
-            match reply.deltas.keys().find(|n| !trainable.contains(*n)) {
-                Some(name) if global.contains_key(name) => rejected.push(Failure::new(
-                    reply.participant,
-                    FailureKind::Rejected,
-                    format!("delta for non-trainable tensor `{name}`"),
-                )),
-                _ => valid.push(reply),
-            }
-        }
-        let (means, report) = mean_deltas(global, &valid, &self.cfg.aggregate)?;
-        rejected.extend(report.rejected);
-        rejected.sort_by_key(|f| f.participant);
+        // (A delta for a tensor the global lacks is the aggregation's own rejection.)
+        let unassigned = |reply: &TrainReply| {
+            reply
+                .deltas
+                .keys()
+                .find(|n| !trainable.contains(*n) && global.contains_key(*n))
+                .map(|name| format!("delta for non-trainable tensor `{name}`"))
+        };
+        let (means, report) =
+            mean_assigned_deltas(global, &replies, &self.cfg.aggregate, unassigned)?;
+        let rejected = report.rejected;
         let mut cost = report.cost;
         let next = if report.accepted.len() < self.cfg.min_replies {
             tracing::warn!(
@@ -204,6 +200,7 @@ mod tests {
     use super::*;
     use crate::cost::WorkCost;
     use crate::seed::{round_rng, STREAM_SAMPLE};
+    use crate::wire::FailureKind;
     use candle_core::{Device, Tensor};
 
     fn cfg(

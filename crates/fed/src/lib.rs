@@ -37,7 +37,9 @@ pub mod tensor_data;
 pub mod transport;
 pub mod wire;
 
-pub use aggregate::{fedavg, mean_deltas, AggregateConfig, AggregateReport, MeanDelta};
+pub use aggregate::{
+    fedavg, mean_assigned_deltas, mean_deltas, AggregateConfig, AggregateReport, MeanDelta,
+};
 pub use clock::{Clock, VirtualClock};
 pub use coordinator::{Coordinator, Download, Evaluator, RunConfig, TargetConfig};
 pub use cost::{PhaseTimes, WorkCost};

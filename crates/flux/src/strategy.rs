@@ -11,11 +11,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use fluxmoe_fed::aggregate::{mean_deltas, AggregateConfig};
+use fluxmoe_fed::aggregate::{mean_assigned_deltas, AggregateConfig};
 use fluxmoe_fed::server_opt::{ServerOptimizer, ServerOptimizerConfig, ServerOptimizerState};
-use fluxmoe_fed::wire::{
-    Failure, FailureKind, ProfileIns, ProfileReply, Scalar, TrainIns, TrainReply,
-};
+use fluxmoe_fed::wire::{Failure, ProfileIns, ProfileReply, Scalar, TrainIns, TrainReply};
 use fluxmoe_fed::{Global, ParticipantId, Round, Strategy, TrainOutcome};
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -645,27 +643,17 @@ impl Strategy for ExpertStrategy {
         replies: Vec<TrainReply>,
         _failures: Vec<Failure>,
     ) -> fluxmoe_fed::Result<TrainOutcome> {
-        let mut rejected = Vec::new();
-        let mut valid = Vec::new();
-        for reply in replies {
+        let unassigned = |reply: &TrainReply| {
             let allowed = self.assigned.get(&reply.participant);
-            match reply
+            reply
                 .deltas
                 .keys()
                 .find(|n| !allowed.is_some_and(|a| a.contains(*n)))
-            {
-                Some(name) => rejected.push(Failure::new(
-                    reply.participant,
-                    FailureKind::Rejected,
-                    format!("delta for `{name}`, which it was not assigned"),
-                )),
-                None => valid.push(reply),
-            }
-        }
-        let (means, report) = mean_deltas(global, &valid, &self.aggregate)?;
-        rejected.extend(report.rejected);
-        rejected.sort_by_key(|f| f.participant);
-        for reply in valid
+                .map(|name| format!("delta for `{name}`, which it was not assigned"))
+        };
+        let (means, report) = mean_assigned_deltas(global, &replies, &self.aggregate, unassigned)?;
+        let rejected = report.rejected;
+        for reply in replies
             .iter()
             .filter(|r| report.accepted.contains(&r.participant))
         {
