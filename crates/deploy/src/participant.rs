@@ -20,6 +20,10 @@
 //! participant patches it: what it receives in a round is what changed since the
 //! global its copy reflects.
 //!
+//! The channel is TLS for an `https://` URL ([`crate::tls`]); a failed handshake
+//! (an untrusted coordinator, a client certificate refused) ends `serve` at once with
+//! the reason, instead of retrying like a coordinator that is not up yet.
+//!
 //! One tokio current-thread runtime drives the calls; `train` and `profile` run on it
 //! directly (the participant has nothing else to do meanwhile).
 
@@ -30,7 +34,7 @@ use candle_core::Tensor;
 use fluxmoe_fed::{DeviceProfile, Global, Participant, ParticipantId, ProfileIns, TrainIns};
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Request;
 
 use crate::chunks::{to_chunks, ChunkReceiver, Payload};
@@ -42,13 +46,16 @@ use crate::proto::{
     TensorDigest, Which,
 };
 use crate::reply::ReplyMeta;
+use crate::tls::{tls_failure, ClientTls};
 use crate::tokens::{AUTHORIZATION, PARTICIPANT};
 
 /// How a participant reaches its coordinator.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
-    /// The coordinator, e.g. `http://127.0.0.1:50051`.
+    /// The coordinator, e.g. `http://127.0.0.1:50051`, or `https://...` for TLS.
     pub url: String,
+    /// TLS settings for an `https://` URL (the platform's roots when `None`).
+    pub tls: Option<ClientTls>,
     pub id: ParticipantId,
     pub token: String,
     /// Reported at registration; the coordinator charges virtual time with it.
@@ -196,13 +203,20 @@ impl Held {
 }
 
 async fn connect(cfg: &ServeConfig) -> Result<Client> {
-    let endpoint = Endpoint::from_shared(cfg.url.clone())
-        .map_err(|e| Error::Config(format!("coordinator URL `{}`: {e}", cfg.url)))?;
+    let endpoint = crate::tls::endpoint(&cfg.url, cfg.tls.as_ref())?;
     let start = Instant::now();
     let mut backoff = Duration::from_millis(50);
     let channel = loop {
         match endpoint.connect().await {
             Ok(channel) => break channel,
+            // Retrying does not heal a failed handshake.
+            Err(e) if tls_failure(&e).is_some() => {
+                return Err(Error::Connection(format!(
+                    "{}: TLS handshake failed: {}",
+                    cfg.url,
+                    tls_failure(&e).unwrap_or_default()
+                )))
+            }
             Err(e) if start.elapsed() + backoff < cfg.connect_timeout => {
                 tracing::debug!(url = %cfg.url, error = %e, ?backoff, "coordinator not reachable yet");
                 tokio::time::sleep(backoff).await;
@@ -210,8 +224,10 @@ async fn connect(cfg: &ServeConfig) -> Result<Client> {
             }
             Err(e) => {
                 return Err(Error::Connection(format!(
-                    "{} unreachable for {:?}: {e}",
-                    cfg.url, cfg.connect_timeout
+                    "{} unreachable for {:?}: {}",
+                    cfg.url,
+                    cfg.connect_timeout,
+                    crate::error::chain(&e)
                 )))
             }
         }
@@ -249,10 +265,7 @@ async fn serve_async(
             device_profile_json: profile_json,
         })
         .await
-        .map_err(|status| Error::Status {
-            call: "Register",
-            status,
-        })?;
+        .map_err(|status| crate::tls::first_call_failed(&cfg.url, "Register", status))?;
     tracing::info!(participant = %cfg.id, url = %cfg.url, "registered");
     let mut answered = 0;
     loop {

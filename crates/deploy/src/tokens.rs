@@ -5,9 +5,19 @@
 //! `authorization: Bearer <token>` and `x-fluxmoe-participant: <id>` metadata
 //! ([`AUTHORIZATION`], [`PARTICIPANT`]); a call whose token is missing or is not the
 //! one of its participant is refused with `Unauthenticated` and logged.
+//!
+//! Revocation: with a [`TokensFile`], the coordinator re-reads the file (at most once
+//! per `check_every`, on incoming calls and while a round waits for answers) and the
+//! tokens it holds then are those in force. Removing a participant's line (or changing
+//! its token) revokes it: its next call is refused, and the transport fails its open
+//! task and drops it from the pool ([`LiveTokens::refresh`] says who lost their
+//! token). A file that becomes unreadable or malformed changes nothing: the previous
+//! tokens stay in force and the problem is logged once (`tracing::error!`).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use fluxmoe_fed::ParticipantId;
 use tonic::metadata::MetadataMap;
@@ -20,7 +30,7 @@ pub const AUTHORIZATION: &str = "authorization";
 pub const PARTICIPANT: &str = "x-fluxmoe-participant";
 
 /// Each participant's token.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tokens(BTreeMap<ParticipantId, String>);
 
 impl Tokens {
@@ -88,6 +98,118 @@ impl Tokens {
                 "participant {id} has no token on this coordinator"
             ))),
         }
+    }
+}
+
+impl Tokens {
+    /// The participants of `self` whose token `new` removes or changes.
+    fn lost_in(&self, new: &Tokens) -> Vec<ParticipantId> {
+        self.0
+            .iter()
+            .filter(|(id, token)| new.0.get(id) != Some(token))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+}
+
+/// The tokens file a coordinator re-reads when it changes.
+#[derive(Clone, Debug)]
+pub struct TokensFile {
+    pub path: PathBuf,
+    /// The file is read at most this often (on incoming calls).
+    pub check_every: Duration,
+}
+
+/// The tokens in force: fixed, or re-read from a [`TokensFile`] when it changes.
+#[derive(Debug)]
+pub struct LiveTokens {
+    current: RwLock<Tokens>,
+    watch: Option<Watch>,
+}
+
+#[derive(Debug)]
+struct Watch {
+    file: TokensFile,
+    last: Mutex<LastRead>,
+}
+
+/// What the last look at the file found, so a change is acted on (or its problem
+/// logged) once.
+#[derive(Debug)]
+struct LastRead {
+    at: Instant,
+    /// The text last read, or the read error.
+    seen: Option<std::result::Result<String, String>>,
+}
+
+impl LiveTokens {
+    /// `tokens` in force until `file` (if any) changes.
+    pub fn new(tokens: Tokens, file: Option<TokensFile>) -> Self {
+        let watch = file.map(|file| Watch {
+            file,
+            last: Mutex::new(LastRead {
+                at: Instant::now(),
+                seen: None,
+            }),
+        });
+        LiveTokens {
+            current: RwLock::new(tokens),
+            watch,
+        }
+    }
+
+    /// How often the file is checked, when there is one.
+    pub fn check_every(&self) -> Option<Duration> {
+        self.watch.as_ref().map(|w| w.file.check_every)
+    }
+
+    /// The participant a call's metadata authenticates under the tokens in force.
+    pub fn authenticate(
+        &self,
+        metadata: &MetadataMap,
+    ) -> std::result::Result<ParticipantId, tonic::Status> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .authenticate(metadata)
+    }
+
+    /// Re-read the tokens file if it is due for a check. When the file changed and
+    /// parses, its tokens come into force and the participants whose token it removed
+    /// or changed are returned; otherwise (not due, unchanged, unreadable, malformed)
+    /// `None` and the tokens in force stay.
+    pub fn refresh(&self) -> Option<Vec<ParticipantId>> {
+        let watch = self.watch.as_ref()?;
+        let mut last = watch.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.seen.is_some() && last.at.elapsed() < watch.file.check_every {
+            return None;
+        }
+        last.at = Instant::now();
+        let path = &watch.file.path;
+        let seen = std::fs::read_to_string(path).map_err(|e| e.to_string());
+        if last.seen.as_ref() == Some(&seen) {
+            return None;
+        }
+        last.seen = Some(seen.clone());
+        let source = path.display().to_string();
+        let parsed = seen
+            .map_err(|e| format!("{source}: {e}"))
+            .and_then(|text| Tokens::parse(&text, &source).map_err(|e| e.to_string()));
+        let new = match parsed {
+            Ok(new) => new,
+            Err(why) => {
+                tracing::error!(reason = %why, "tokens file not reloaded; the previous tokens stay in force");
+                return None;
+            }
+        };
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if *current == new {
+            return None;
+        }
+        let lost = current.lost_in(&new);
+        tracing::info!(file = %path.display(), participants = new.0.len(), "tokens file reloaded");
+        *current = new;
+        Some(lost)
     }
 }
 
