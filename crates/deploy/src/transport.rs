@@ -988,6 +988,12 @@ impl Federation for Service {
         let (task_id, answer) = self.read_upload(id, request.into_inner()).await?;
         {
             let mut state = self.shared.lock();
+            // Revoked during the upload: its failure stands.
+            if state.revoked.contains(&id) {
+                return Err(Status::unauthenticated(format!(
+                    "participant {id}'s token was revoked"
+                )));
+            }
             if state.pending.get(&id).is_none_or(|p| p.task_id != task_id) {
                 return Err(Status::failed_precondition(format!(
                     "participant {id}: task {task_id} closed during the upload"
