@@ -52,6 +52,8 @@ enum Command {
         /// Wall seconds to wait for every participant to register.
         #[arg(long, default_value_t = 3600)]
         wait_s: u64,
+        #[command(flatten)]
+        tls: deploy::ServerTlsArgs,
     },
     /// Take part in a run coordinated by `fluxmoe coordinator`: the data shard and
     /// device profile are participant ID's of CONFIG, as in the simulation.
@@ -66,6 +68,28 @@ enum Command {
         /// A file holding this participant's token.
         #[arg(long)]
         token_file: PathBuf,
+        #[command(flatten)]
+        tls: deploy::ClientTlsArgs,
+    },
+    /// How a running coordinator's run stands: registered participants (device, task,
+    /// last seen), round, phase (idle, profiling, training, done).
+    Status {
+        /// The coordinator, e.g. https://10.0.0.1:50051
+        url: String,
+        /// The id and token file to authenticate with (any line of the coordinator's
+        /// tokens file; an operator's line may use an id no participant has).
+        #[arg(long)]
+        id: u32,
+        #[arg(long)]
+        token_file: PathBuf,
+        #[command(flatten)]
+        tls: deploy::ClientTlsArgs,
+        /// Print JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 10)]
+        timeout_s: u64,
     },
     /// A federated fine-tuning run (in-process simulation); without CONFIG, the built-in
     /// quickstart (examples/quickstart.toml).
@@ -447,23 +471,42 @@ fn run(cli: Cli) -> Result<()> {
             tokens,
             reply_timeout_s,
             wait_s,
+            tls,
         }) => deploy::coordinator(&deploy::CoordinatorArgs {
             config,
             listen,
             tokens,
             reply_timeout_s,
             wait_s,
+            tls,
         }),
         Some(Command::Participant {
             coordinator,
             config,
             id,
             token_file,
+            tls,
         }) => deploy::participant(&deploy::ParticipantArgs {
             coordinator,
             config,
             id,
             token_file,
+            tls,
+        }),
+        Some(Command::Status {
+            url,
+            id,
+            token_file,
+            tls,
+            json,
+            timeout_s,
+        }) => deploy::status(&deploy::StatusArgs {
+            url,
+            id,
+            token_file,
+            tls,
+            json,
+            timeout_s,
         }),
         Some(Command::Export { run, model, out }) => {
             let round = fluxmoe_sim::export(&run, model.as_deref(), &out)?;
