@@ -42,7 +42,10 @@ pub(crate) fn describe(status: &tonic::Status) -> String {
     if let Some(tls) = crate::tls::tls_failure(status) {
         text.push_str(&format!(" (TLS: {tls})"));
     } else if let Some(source) = std::error::Error::source(status) {
-        text.push_str(&format!(" ({})", chain(source)));
+        let causes = chain(source);
+        let repeated = format!("{}: ", status.message());
+        let causes = causes.strip_prefix(&repeated).unwrap_or(&causes);
+        text.push_str(&format!(" ({causes})"));
     }
     text
 }

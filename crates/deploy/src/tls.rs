@@ -217,22 +217,31 @@ pub fn tls_failure(err: &(dyn std::error::Error + 'static)) -> Option<String> {
 /// `status`. Under TLS 1.3 a client's handshake ends before the server checks the
 /// client's certificate, so a coordinator requiring mutual TLS refuses a participant
 /// without a certificate of its CA by closing the connection: the client only sees
-/// the connection closed at its first call, which is said here.
+/// the connection closed at its first call, which is said here (as is the likely
+/// cause of the same over plain HTTP: a coordinator that serves TLS).
 pub fn first_call_failed(url: &str, call: &'static str, status: tonic::Status) -> Error {
     use tonic::Code;
-    let closed = matches!(
-        status.code(),
-        Code::Cancelled | Code::Unavailable | Code::Unknown
-    );
-    if url.starts_with("https://") && closed && tls_failure(&status).is_none() {
-        return Error::Connection(format!(
-            "{url}: the coordinator closed the connection at {call} ({}); under mutual TLS this \
-             is how it refuses a client without a certificate (--tls-cert, --tls-key) or with \
-             one not signed by its client CA",
-            crate::error::describe(&status)
-        ));
+    let https = url.starts_with("https://");
+    // Over plain HTTP to a TLS server the connection may also end in an HTTP/2
+    // protocol error (the server's TLS alert read as a frame).
+    let closed = match status.code() {
+        Code::Cancelled | Code::Unavailable | Code::Unknown => true,
+        Code::Internal => !https,
+        _ => false,
+    };
+    if !closed || tls_failure(&status).is_some() {
+        return Error::Status { call, status };
     }
-    Error::Status { call, status }
+    let why = if https {
+        "under mutual TLS this is how it refuses a client without a certificate (--tls-cert, \
+         --tls-key) or with one not signed by its client CA"
+    } else {
+        "if it serves TLS, the URL must start with https://"
+    };
+    Error::Connection(format!(
+        "{url}: the coordinator closed the connection at {call} ({}); {why}",
+        crate::error::describe(&status)
+    ))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>> {

@@ -7,12 +7,13 @@
 //! one of its participant is refused with `Unauthenticated` and logged.
 //!
 //! Revocation: with a [`TokensFile`], the coordinator re-reads the file (at most once
-//! per `check_every`, on incoming calls and while a round waits for answers) and the
-//! tokens it holds then are those in force. Removing a participant's line (or changing
-//! its token) revokes it: its next call is refused, and the transport fails its open
-//! task and drops it from the pool ([`LiveTokens::refresh`] says who lost their
-//! token). A file that becomes unreadable or malformed changes nothing: the previous
-//! tokens stay in force and the problem is logged once (`tracing::error!`).
+//! per `check_every`, on incoming calls, when the pool is asked for and while a round
+//! waits for answers); once two checks in a row read the same changed text, its
+//! tokens are those in force. Removing a participant's line (or changing its token)
+//! revokes it: its next call is refused, and the transport fails its open task and
+//! drops it from the pool ([`LiveTokens::refresh`] says who lost their token). A file
+//! that becomes unreadable, malformed or empty changes nothing: the previous tokens
+//! stay in force and the problem is logged once (`tracing::error!`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -133,14 +134,18 @@ struct Watch {
     last: Mutex<LastRead>,
 }
 
-/// What the last look at the file found, so a change is acted on (or its problem
-/// logged) once.
+/// What the file held at the last checks, so a change is acted on (or its problem
+/// logged) once, and only once it has settled.
 #[derive(Debug)]
 struct LastRead {
-    at: Instant,
-    /// The text last read, or the read error.
-    seen: Option<std::result::Result<String, String>>,
+    at: Option<Instant>,
+    /// The text read at the last check, or the read error.
+    seen: Option<FileText>,
+    /// The text last acted on (taken into force, or refused and logged).
+    settled: Option<FileText>,
 }
+
+type FileText = std::result::Result<String, String>;
 
 impl LiveTokens {
     /// `tokens` in force until `file` (if any) changes.
@@ -148,8 +153,9 @@ impl LiveTokens {
         let watch = file.map(|file| Watch {
             file,
             last: Mutex::new(LastRead {
-                at: Instant::now(),
+                at: None,
                 seen: None,
+                settled: None,
             }),
         });
         LiveTokens {
@@ -174,28 +180,31 @@ impl LiveTokens {
             .authenticate(metadata)
     }
 
-    /// Re-read the tokens file if it is due for a check. When the file changed and
-    /// parses, its tokens come into force and the participants whose token it removed
-    /// or changed are returned; otherwise (not due, unchanged, unreadable, malformed)
-    /// `None` and the tokens in force stay.
+    /// Re-read the tokens file if it is due for a check. A change is acted on once
+    /// two checks in a row read the same text (a file caught mid-write is not taken
+    /// for the new tokens): if it parses and holds at least one token, its tokens come
+    /// into force and the participants whose token it removed or changed are
+    /// returned. Otherwise (not due, unchanged, not settled, unreadable, malformed,
+    /// empty) `None`, and the tokens in force stay.
     pub fn refresh(&self) -> Option<Vec<ParticipantId>> {
         let watch = self.watch.as_ref()?;
         let mut last = watch.last.lock().unwrap_or_else(|e| e.into_inner());
-        if last.seen.is_some() && last.at.elapsed() < watch.file.check_every {
+        if last
+            .at
+            .is_some_and(|at| at.elapsed() < watch.file.check_every)
+        {
             return None;
         }
-        last.at = Instant::now();
+        last.at = Some(Instant::now());
         let path = &watch.file.path;
-        let seen = std::fs::read_to_string(path).map_err(|e| e.to_string());
-        if last.seen.as_ref() == Some(&seen) {
+        let read = std::fs::read_to_string(path).map_err(|e| e.to_string());
+        let settled = last.seen.as_ref() == Some(&read);
+        last.seen = Some(read.clone());
+        if !settled || last.settled.as_ref() == Some(&read) {
             return None;
         }
-        last.seen = Some(seen.clone());
-        let source = path.display().to_string();
-        let parsed = seen
-            .map_err(|e| format!("{source}: {e}"))
-            .and_then(|text| Tokens::parse(&text, &source).map_err(|e| e.to_string()));
-        let new = match parsed {
+        last.settled = Some(read.clone());
+        let new = match parse_reloaded(read, path) {
             Ok(new) => new,
             Err(why) => {
                 tracing::error!(reason = %why, "tokens file not reloaded; the previous tokens stay in force");
@@ -211,6 +220,20 @@ impl LiveTokens {
         *current = new;
         Some(lost)
     }
+}
+
+/// The tokens of a re-read tokens file, or why they are not taken: unreadable,
+/// malformed, or empty (rather a mistake or a write in progress than "revoke all").
+fn parse_reloaded(read: FileText, path: &Path) -> std::result::Result<Tokens, String> {
+    let source = path.display().to_string();
+    let text = read.map_err(|e| format!("{source}: {e}"))?;
+    let tokens = Tokens::parse(&text, &source).map_err(|e| e.to_string())?;
+    if tokens.0.is_empty() {
+        return Err(format!(
+            "{source} holds no token (to stop the run, stop the coordinator)"
+        ));
+    }
+    Ok(tokens)
 }
 
 /// Equality whose time does not depend on where the inputs first differ.
@@ -259,5 +282,52 @@ mod tests {
             let err = Tokens::parse(text, "t").unwrap_err().to_string();
             assert!(err.contains(why), "{err}");
         }
+    }
+
+    #[test]
+    fn a_tokens_file_change_applies_once_settled_and_a_bad_one_changes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("tokens.txt");
+        std::fs::write(&path, "0 alpha\n1 beta\n2 gamma\n").unwrap();
+        let live = LiveTokens::new(
+            Tokens::parse("0 alpha\n1 beta\n2 gamma\n", "t").unwrap(),
+            Some(TokensFile {
+                path: path.clone(),
+                check_every: Duration::ZERO,
+            }),
+        );
+        let ok = |live: &LiveTokens, id: &str, token: &str| {
+            live.authenticate(&metadata(id, Some(&format!("Bearer {token}"))))
+                .is_ok()
+        };
+        // The file as it was: nothing changes.
+        assert_eq!((live.refresh(), live.refresh()), (None, None));
+        // 1 removed, 2's token changed: seen once, then taken.
+        std::fs::write(&path, "0 alpha\n2 delta\n").unwrap();
+        assert_eq!(live.refresh(), None);
+        assert!(ok(&live, "1", "beta"));
+        assert_eq!(
+            live.refresh(),
+            Some(vec![ParticipantId(1), ParticipantId(2)])
+        );
+        assert!(!ok(&live, "1", "beta") && !ok(&live, "2", "gamma"));
+        assert!(ok(&live, "2", "delta") && ok(&live, "0", "alpha"));
+        assert_eq!(live.refresh(), None);
+        // Malformed, empty, missing: the tokens in force stay.
+        for bad in [Some("0 alpha\nnot a line\n"), Some("# nobody\n"), None] {
+            match bad {
+                Some(text) => std::fs::write(&path, text).unwrap(),
+                None => std::fs::remove_file(&path).unwrap(),
+            }
+            assert_eq!((live.refresh(), live.refresh()), (None, None));
+            assert!(ok(&live, "2", "delta") && ok(&live, "0", "alpha"));
+        }
+        // Fixed again: 2 goes.
+        std::fs::write(&path, "0 alpha\n").unwrap();
+        assert_eq!(live.refresh(), None);
+        assert_eq!(live.refresh(), Some(vec![ParticipantId(2)]));
+        // Without a file, nothing is ever re-read.
+        let fixed = LiveTokens::new(Tokens::default(), None);
+        assert_eq!((fixed.refresh(), fixed.check_every()), (None, None));
     }
 }

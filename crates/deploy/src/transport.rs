@@ -487,6 +487,7 @@ impl GrpcTransport {
         std::result::Result<Received, Failure>,
     )> {
         let ids: Vec<ParticipantId> = tasks.iter().map(|(id, _)| *id).collect();
+        self.shared.refresh_tokens();
         {
             let mut state = self.shared.lock();
             for (id, mut task) in tasks {
@@ -576,6 +577,8 @@ fn task(
 
 impl Transport for GrpcTransport {
     fn pool(&self) -> Vec<ParticipantId> {
+        // Asked before each round's sampling: a revocation applies from there.
+        self.shared.refresh_tokens();
         self.shared.lock().active().collect()
     }
 

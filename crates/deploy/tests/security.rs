@@ -251,6 +251,21 @@ fn a_participant_that_does_not_trust_the_coordinator_fails_at_once() {
         "{err}"
     );
 
+    // Plain HTTP to a TLS coordinator, and TLS to a plain one.
+    let mut plain = serve_cfg(&transport, 0, None);
+    plain.connect_timeout = Duration::from_secs(2);
+    let (err, _) = refused(plain);
+    println!("http to TLS: {err}");
+    assert!(err.contains("must start with https://"), "{err}");
+    let plain_transport = bind(&[0], None, None, Duration::from_secs(30));
+    let mut tls_to_plain = serve_cfg(&plain_transport, 0, Some(client_tls(&ca, None)));
+    tls_to_plain.url = format!("https://{}", plain_transport.local_addr());
+    let (err, took) = refused(tls_to_plain);
+    println!("https to plain: {err}");
+    assert!(err.contains("TLS handshake failed"), "{err}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    drop(plain_transport);
+
     // The right CA and name (the override names one the certificate holds): it works.
     let mut tls = client_tls(&ca, None);
     tls.domain = Some("localhost".into());
@@ -271,49 +286,115 @@ fn removing_a_token_revokes_its_participant_mid_run() {
         path: path.clone(),
         check_every: Duration::from_millis(50),
     };
-    // A reply timeout the test would notice: the revoked participant must not be
-    // waited for.
+    // A reply timeout the test would notice: revoked participants are not waited for.
     let reply_timeout = Duration::from_secs(60);
     let mut transport = bind(&[0, 1, 2], None, Some(file), reply_timeout);
-    let threads: Vec<_> = (0..3)
-        .map(|i| spawn(serve_cfg(&transport, i, None), Duration::from_millis(100)))
-        .collect();
+    let [t0, t1, t2] = [0, 1, 2].map(|i| {
+        let mut toy = Toy {
+            id: ParticipantId(i),
+            sleep: Duration::ZERO,
+        };
+        // Participant 1 is slow in round 3, the round it is revoked in.
+        let slow = i == 1;
+        let cfg = serve_cfg(&transport, i, None);
+        std::thread::spawn(move || {
+            let mut p = SlowIn {
+                toy: &mut toy,
+                round: 3,
+                sleep: if slow {
+                    Duration::from_secs(4)
+                } else {
+                    Duration::ZERO
+                },
+            };
+            serve(&cfg, &mut p, global())
+        })
+    });
     transport
         .wait_for_participants(3, Duration::from_secs(20))
         .unwrap();
     let (replied, failed) = round(&mut transport, 1, &[0, 1, 2]);
     assert_eq!((replied, failed.len()), (vec![0, 1, 2], 0));
 
-    // Participant 2's line goes; its task of round 2 fails at once.
+    // Between rounds: participant 2's line goes. Once the change has settled (two
+    // checks reading it), 2 is out of the pool, a task for it fails at once, and its
+    // process is refused from its next call on.
     std::fs::write(&path, tokens_text(&[0, 1])).unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    let start = Instant::now();
+    wait_for_pool(&transport, &[0, 1]);
     let (replied, failed) = round(&mut transport, 2, &[0, 1, 2]);
-    assert!(start.elapsed() < reply_timeout / 4, "{:?}", start.elapsed());
     assert_eq!(replied, vec![0, 1]);
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert_eq!((failed[0].0, failed[0].1), (2, FailureKind::Error));
     assert!(failed[0].2.contains("token was revoked"), "{}", failed[0].2);
-    assert_eq!(transport.pool(), vec![ParticipantId(0), ParticipantId(1)]);
-
-    // Its process is refused from then on and stops.
-    let mut threads = threads.into_iter();
-    let (t0, t1, t2) = (
-        threads.next().unwrap(),
-        threads.next().unwrap(),
-        threads.next().unwrap(),
-    );
     let err = t2.join().unwrap().unwrap_err().to_string();
     assert!(err.contains("Unauthenticated"), "{err}");
 
-    // A malformed tokens file changes nothing: the others go on.
-    std::fs::write(&path, "0 secret-0\nnot a line of tokens\n").unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    let (replied, failed) = round(&mut transport, 3, &[0, 1]);
-    assert_eq!((replied, failed.len()), (vec![0, 1], 0));
+    // Mid-round: participant 1 trains for 4 s; its line goes meanwhile. The round
+    // ends with 1 failed well before 1 would have answered.
+    let start = Instant::now();
+    let exchange = std::thread::spawn(move || {
+        let out = round(&mut transport, 3, &[0, 1]);
+        (transport, out)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(&path, tokens_text(&[0])).unwrap();
+    let (mut transport, (replied, failed)) = exchange.join().unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(replied, vec![0]);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(
+        failed[0].0 == 1 && failed[0].2.contains("token was revoked"),
+        "{failed:?}"
+    );
+    assert_eq!(transport.pool(), vec![ParticipantId(0)]);
+
+    // A malformed or empty tokens file changes nothing: 0 goes on.
+    for bad in ["0 secret-0\nnot a line of tokens\n", ""] {
+        std::fs::write(&path, bad).unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(transport.pool(), vec![ParticipantId(0)]);
+    }
+    let (replied, failed) = round(&mut transport, 4, &[0]);
+    assert_eq!((replied, failed.len()), (vec![0], 0));
+    // 1's upload, when it comes after its revocation, is refused.
+    let err = t1.join().unwrap().unwrap_err().to_string();
+    assert!(err.contains("Unauthenticated"), "{err}");
     drop(transport);
-    assert_eq!(t0.join().unwrap().unwrap(), 3);
-    assert_eq!(t1.join().unwrap().unwrap(), 3);
+    assert_eq!(t0.join().unwrap().unwrap(), 4);
+}
+
+/// Poll the pool (which re-reads the tokens file when due) until it is `ids`.
+fn wait_for_pool(transport: &GrpcTransport, ids: &[u32]) {
+    let want: Vec<ParticipantId> = ids.iter().map(|&i| ParticipantId(i)).collect();
+    let start = Instant::now();
+    while transport.pool() != want {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            transport.pool()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `toy`, sleeping `sleep` before training in round `round`.
+struct SlowIn<'a> {
+    toy: &'a mut Toy,
+    round: u32,
+    sleep: Duration,
+}
+
+impl Participant for SlowIn<'_> {
+    fn train(&mut self, ins: &TrainIns, global: &Global) -> fluxmoe_fed::Result<TrainReply> {
+        if ins.round.0 == self.round {
+            std::thread::sleep(self.sleep);
+        }
+        self.toy.train(ins, global)
+    }
 }
 
 #[test]
