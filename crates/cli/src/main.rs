@@ -43,7 +43,8 @@ enum Command {
         /// Address to listen on, e.g. 0.0.0.0:50051.
         #[arg(long)]
         listen: std::net::SocketAddr,
-        /// One `<participant id> <token>` per line.
+        /// One `<participant id> <token>` per line; re-read when it changes, so
+        /// removing a line revokes that participant.
         #[arg(long)]
         tokens: PathBuf,
         /// Wall seconds a round waits for its answers.
