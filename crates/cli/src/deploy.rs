@@ -7,6 +7,13 @@
 //! and partitioned with the run's seed, and participant `i` keeps shard `i` and the
 //! `i`-th device of the fleet assignment), so with the same config and seed a
 //! deployment trains what the simulation trains.
+//!
+//! TLS: the coordinator serves TLS given `--tls-cert`/`--tls-key` (and requires
+//! participants' certificates given `--client-ca`); a participant trusts `--ca-cert`.
+//! Every PEM file is read and checked before the run config is loaded, so a bad file
+//! fails at once, by name. The coordinator re-reads its tokens file every second on
+//! incoming calls: removing a line revokes that participant. `fluxmoe status` asks a
+//! running coordinator how its run stands.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,7 +22,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use fluxmoe_deploy::{GrpcTransport, GrpcTransportConfig, ServeConfig, Tokens};
+use fluxmoe_deploy::status::{query, StatusQuery};
+use fluxmoe_deploy::{
+    CaCertificates, ClientTls, GrpcTransport, GrpcTransportConfig, Identity, ServeConfig,
+    ServerTls, Tokens, TokensFile,
+};
 use fluxmoe_fed::ParticipantId;
 use fluxmoe_sim::RunFile;
 
@@ -25,10 +36,74 @@ use crate::run::resolve_model;
 /// under `download = "everything"`, in every training task).
 const MAX_PAYLOAD_BYTES: usize = 64 << 30;
 
+/// The coordinator's TLS files.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ServerTlsArgs {
+    /// Serve TLS with this certificate (PEM, the chain leaf first).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require every participant to present a certificate signed by this CA (PEM):
+    /// mutual TLS.
+    #[arg(long, requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+}
+
+impl ServerTlsArgs {
+    fn read(&self) -> Result<Option<ServerTls>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        Ok(Some(ServerTls::read(cert, key, self.client_ca.as_deref())?))
+    }
+}
+
+/// A client's TLS files (participant, `fluxmoe status`).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ClientTlsArgs {
+    /// Trust this CA certificate (PEM) for the coordinator's certificate. Without it an
+    /// https:// coordinator is checked against the platform's roots.
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
+    /// Check the coordinator's certificate against this name instead of the URL's host.
+    #[arg(long)]
+    pub tls_domain: Option<String>,
+    /// Present this certificate (PEM) to a coordinator that requires one (mutual TLS).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl ClientTlsArgs {
+    fn read(&self) -> Result<Option<ClientTls>> {
+        if self.ca_cert.is_none() && self.tls_domain.is_none() && self.tls_cert.is_none() {
+            return Ok(None);
+        }
+        let identity = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(Identity::read(cert, key)?),
+            _ => None,
+        };
+        Ok(Some(ClientTls {
+            ca: self
+                .ca_cert
+                .as_deref()
+                .map(CaCertificates::read)
+                .transpose()?,
+            domain: self.tls_domain.clone(),
+            identity,
+        }))
+    }
+}
+
 pub struct CoordinatorArgs {
     pub config: PathBuf,
     pub listen: SocketAddr,
     pub tokens: PathBuf,
+    pub tls: ServerTlsArgs,
     /// Wall seconds a round waits for its answers.
     pub reply_timeout_s: u64,
     /// Wall seconds to wait for every participant to register before round 1.
@@ -55,18 +130,31 @@ fn stop_on_signals() -> Result<Arc<AtomicBool>> {
 }
 
 pub fn coordinator(args: &CoordinatorArgs) -> Result<()> {
+    let tls = args.tls.read()?;
+    let tokens = Tokens::read(&args.tokens)?;
     let file = RunFile::load(&args.config)?;
     let model_path = resolve_model(&file.model.path)?;
-    let tokens = Tokens::read(&args.tokens)?;
     let all = file.partition.participants;
     let n = args.min_participants.unwrap_or(all);
     if n == 0 || n > all {
         bail!("--min-participants {n}: the config has {all} participants");
     }
     let stop = stop_on_signals()?;
+    if tls.is_none() && !args.listen.ip().is_loopback() {
+        eprintln!(
+            "coordinator: warning: serving without TLS on {}: tokens and tensors travel in \
+             clear (see --tls-cert, --tls-key)",
+            args.listen
+        );
+    }
     let transport = GrpcTransport::bind(GrpcTransportConfig {
         listen: args.listen,
         tokens,
+        tokens_file: Some(TokensFile {
+            path: args.tokens.clone(),
+            check_every: Duration::from_secs(1),
+        }),
+        tls,
         reply_timeout: Duration::from_secs(args.reply_timeout_s),
         max_payload_bytes: MAX_PAYLOAD_BYTES,
         max_delta_norm: file.train.max_delta_norm,
@@ -138,9 +226,13 @@ pub struct ParticipantArgs {
     pub token_file: PathBuf,
     /// Give up when the coordinator has been unreachable this long.
     pub connect_timeout_s: u64,
+    pub tls: ClientTlsArgs,
 }
 
 pub fn participant(args: &ParticipantArgs) -> Result<()> {
+    let tls = args.tls.read()?;
+    // Refuse TLS files with an http:// URL before the (long) model load.
+    fluxmoe_deploy::tls::endpoint(&args.coordinator, tls.as_ref())?;
     let file = RunFile::load(&args.config)?;
     let model_path = resolve_model(&file.model.path)?;
     let token = read_token(&args.token_file)?;
@@ -157,6 +249,7 @@ pub fn participant(args: &ParticipantArgs) -> Result<()> {
     };
     let cfg = ServeConfig {
         url: args.coordinator.clone(),
+        tls,
         id,
         token,
         profile: member.profile,
@@ -166,6 +259,32 @@ pub fn participant(args: &ParticipantArgs) -> Result<()> {
     let mut participant = member.participant;
     let answered = fluxmoe_deploy::serve(&cfg, &mut participant, initial)?;
     eprintln!("participant {id}: run finished after {answered} tasks");
+    Ok(())
+}
+
+pub struct StatusArgs {
+    pub url: String,
+    pub id: u32,
+    pub token_file: PathBuf,
+    pub tls: ClientTlsArgs,
+    pub json: bool,
+    pub timeout_s: u64,
+}
+
+/// `fluxmoe status`: print how the coordinator's run stands.
+pub fn status(args: &StatusArgs) -> Result<()> {
+    let report = query(&StatusQuery {
+        url: args.url.clone(),
+        tls: args.tls.read()?,
+        id: ParticipantId(args.id),
+        token: read_token(&args.token_file)?,
+        timeout: Duration::from_secs(args.timeout_s),
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
     Ok(())
 }
 

@@ -47,7 +47,8 @@ enum Command {
         /// Address to listen on, e.g. 0.0.0.0:50051.
         #[arg(long)]
         listen: std::net::SocketAddr,
-        /// One `<participant id> <token>` per line.
+        /// One `<participant id> <token>` per line; re-read when it changes, so
+        /// removing a line revokes that participant.
         #[arg(long)]
         tokens: PathBuf,
         /// Wall seconds a round waits for its answers.
@@ -65,6 +66,8 @@ enum Command {
         /// that kept running reconnect and register again.
         #[arg(long)]
         resume: bool,
+        #[command(flatten)]
+        tls: deploy::ServerTlsArgs,
     },
     /// Take part in a run coordinated by `fluxmoe coordinator`: the data shard and
     /// device profile are participant ID's of CONFIG, as in the simulation.
@@ -83,6 +86,28 @@ enum Command {
         /// the start, or mid-run while it restarts).
         #[arg(long, default_value_t = 600)]
         connect_timeout_s: u64,
+        #[command(flatten)]
+        tls: deploy::ClientTlsArgs,
+    },
+    /// How a running coordinator's run stands: registered participants (device, task,
+    /// last seen), round, phase (idle, profiling, training, done).
+    Status {
+        /// The coordinator, e.g. https://10.0.0.1:50051
+        url: String,
+        /// The id and token file to authenticate with (any line of the coordinator's
+        /// tokens file; an operator's line may use an id no participant has).
+        #[arg(long)]
+        id: u32,
+        #[arg(long)]
+        token_file: PathBuf,
+        #[command(flatten)]
+        tls: deploy::ClientTlsArgs,
+        /// Print JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 10)]
+        timeout_s: u64,
     },
     /// A federated fine-tuning run (in-process simulation); without CONFIG, the built-in
     /// quickstart (examples/quickstart.toml).
@@ -476,6 +501,7 @@ fn run(cli: Cli) -> Result<()> {
             wait_s,
             min_participants,
             resume,
+            tls,
         }) => deploy::coordinator(&deploy::CoordinatorArgs {
             config,
             listen,
@@ -484,6 +510,7 @@ fn run(cli: Cli) -> Result<()> {
             wait_s,
             min_participants,
             resume,
+            tls,
         }),
         Some(Command::Participant {
             coordinator,
@@ -491,12 +518,29 @@ fn run(cli: Cli) -> Result<()> {
             id,
             token_file,
             connect_timeout_s,
+            tls,
         }) => deploy::participant(&deploy::ParticipantArgs {
             coordinator,
             config,
             id,
             token_file,
             connect_timeout_s,
+            tls,
+        }),
+        Some(Command::Status {
+            url,
+            id,
+            token_file,
+            tls,
+            json,
+            timeout_s,
+        }) => deploy::status(&deploy::StatusArgs {
+            url,
+            id,
+            token_file,
+            tls,
+            json,
+            timeout_s,
         }),
         Some(Command::Export { run, model, out }) => {
             let round = fluxmoe_sim::export(&run, model.as_deref(), &out)?;

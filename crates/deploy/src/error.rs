@@ -24,14 +24,45 @@ pub enum Error {
     /// The connection could not be made or was lost.
     #[error("connection: {0}")]
     Connection(String),
-    /// The coordinator answered a call with an error status.
-    #[error("coordinator refused {call}: {status}")]
+    /// The coordinator answered a call with an error status (or the call failed on
+    /// the way: the status then carries the cause, a TLS failure for instance).
+    #[error("coordinator refused {call}: {}", describe(status))]
     Status {
         call: &'static str,
         status: tonic::Status,
     },
     #[error(transparent)]
     Fed(#[from] fluxmoe_fed::Error),
+}
+
+/// A status as `Code: message`, then its causes (a failed TLS handshake, a lost
+/// connection), without tonic's metadata dump.
+pub(crate) fn describe(status: &tonic::Status) -> String {
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    if let Some(tls) = crate::tls::tls_failure(status) {
+        text.push_str(&format!(" (TLS: {tls})"));
+    } else if let Some(source) = std::error::Error::source(status) {
+        let causes = chain(source);
+        let repeated = format!("{}: ", status.message());
+        let causes = causes.strip_prefix(&repeated).unwrap_or(&causes);
+        text.push_str(&format!(" ({causes})"));
+    }
+    text
+}
+
+/// An error and its sources, `outer: inner: ...`, each said once.
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut next = err.source();
+    while let Some(e) = next {
+        let more = e.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        next = e.source();
+    }
+    text
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

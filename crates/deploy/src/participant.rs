@@ -26,6 +26,10 @@
 //! registers again. A task that closed meanwhile (its round timed out, or the
 //! coordinator restarted) is dropped, and the loop asks for the next one.
 //!
+//! The channel is TLS for an `https://` URL ([`crate::tls`]); a failed handshake
+//! (an untrusted coordinator, a client certificate refused) ends `serve` at once with
+//! the reason, instead of retrying like a coordinator that is not up yet.
+//!
 //! One tokio current-thread runtime drives the calls; `train` and `profile` run on it
 //! directly (the participant has nothing else to do meanwhile).
 
@@ -37,7 +41,7 @@ use candle_core::Tensor;
 use fluxmoe_fed::{DeviceProfile, Global, Participant, ParticipantId, ProfileIns, TrainIns};
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Request;
 
 use crate::chunks::{to_chunks, ChunkReceiver, Payload};
@@ -49,13 +53,16 @@ use crate::proto::{
     TaskKind, TensorDigest, Which,
 };
 use crate::reply::ReplyMeta;
+use crate::tls::{tls_failure, ClientTls};
 use crate::tokens::{AUTHORIZATION, PARTICIPANT};
 
 /// How a participant reaches its coordinator.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
-    /// The coordinator, e.g. `http://127.0.0.1:50051`.
+    /// The coordinator, e.g. `http://127.0.0.1:50051`, or `https://...` for TLS.
     pub url: String,
+    /// TLS settings for an `https://` URL (the platform's roots when `None`).
+    pub tls: Option<ClientTls>,
     pub id: ParticipantId,
     pub token: String,
     /// Reported at registration; the coordinator charges virtual time with it.
@@ -235,13 +242,20 @@ fn is_connection(status: &tonic::Status) -> bool {
 }
 
 async fn connect(cfg: &ServeConfig) -> Result<Client> {
-    let endpoint = Endpoint::from_shared(cfg.url.clone())
-        .map_err(|e| Error::Config(format!("coordinator URL `{}`: {e}", cfg.url)))?;
+    let endpoint = crate::tls::endpoint(&cfg.url, cfg.tls.as_ref())?;
     let start = Instant::now();
     let mut backoff = Duration::from_millis(50);
     let channel = loop {
         match endpoint.connect().await {
             Ok(channel) => break channel,
+            // Retrying does not heal a failed handshake.
+            Err(e) if tls_failure(&e).is_some() => {
+                return Err(Error::Connection(format!(
+                    "{}: TLS handshake failed: {}",
+                    cfg.url,
+                    tls_failure(&e).unwrap_or_default()
+                )))
+            }
             Err(e) if start.elapsed() + backoff < cfg.connect_timeout => {
                 tracing::debug!(url = %cfg.url, error = %e, ?backoff, "coordinator not reachable yet");
                 tokio::time::sleep(backoff).await;
@@ -249,8 +263,10 @@ async fn connect(cfg: &ServeConfig) -> Result<Client> {
             }
             Err(e) => {
                 return Err(Error::Connection(format!(
-                    "{} unreachable for {:?}: {e}",
-                    cfg.url, cfg.connect_timeout
+                    "{} unreachable for {:?}: {}",
+                    cfg.url,
+                    cfg.connect_timeout,
+                    crate::error::chain(&e)
                 )))
             }
         }
@@ -282,14 +298,14 @@ async fn serve_async(
 ) -> Result<usize> {
     let mut client = connect(cfg).await?;
     let mut retry = Retry::new(cfg.connect_timeout);
-    register(&mut client, cfg, &mut retry).await?;
+    register(&mut client, cfg, &mut retry, true).await?;
     let mut answered = 0;
     loop {
         let task = match client.next_task(NextTaskRequest {}).await {
             Ok(task) => task.into_inner(),
             Err(status) if status.code() == tonic::Code::NotFound => {
                 tracing::info!(participant = %cfg.id, "the coordinator does not know this participant (it restarted): registering again");
-                register(&mut client, cfg, &mut retry).await?;
+                register(&mut client, cfg, &mut retry, false).await?;
                 continue;
             }
             Err(status) => {
@@ -420,7 +436,16 @@ fn refused_copy(cfg: &ServeConfig, msg: String) -> String {
 }
 
 /// Register (again, after a coordinator restart) with the device profile.
-async fn register(client: &mut Client, cfg: &ServeConfig, retry: &mut Retry) -> Result<()> {
+/// Register, retrying while the coordinator is unreachable. The `first`
+/// registration runs on the connection just made, so a connection closed under it is
+/// the coordinator refusing this client (mutual TLS) or a TLS coordinator reached over
+/// `http://`: retrying does not heal that, and the error says so.
+async fn register(
+    client: &mut Client,
+    cfg: &ServeConfig,
+    retry: &mut Retry,
+    first: bool,
+) -> Result<()> {
     let device_profile_json = serde_json::to_string(&cfg.profile)
         .map_err(|e| Error::Config(format!("device profile: {e}")))?;
     loop {
@@ -432,6 +457,9 @@ async fn register(client: &mut Client, cfg: &ServeConfig, retry: &mut Retry) -> 
                 retry.reset();
                 tracing::info!(participant = %cfg.id, url = %cfg.url, "registered");
                 return Ok(());
+            }
+            Err(status) if first => {
+                return Err(crate::tls::first_call_failed(&cfg.url, "Register", status))
             }
             Err(status) => retry.wait("Register", status).await?,
         }

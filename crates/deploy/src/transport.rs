@@ -33,6 +33,13 @@
 //! within `max_delta_norm` when one is set. Dropping the
 //! transport tells every participant the run is done, waits briefly for them to hear
 //! it, and stops the server.
+//!
+//! Security and operation: the server speaks TLS (optionally mutual) when given a
+//! [`ServerTls`] and warns when it serves plain on a non-loopback address. Tokens come
+//! from [`LiveTokens`]: with a tokens file, a participant whose line is removed is
+//! revoked: refused from its next call on, its open task failed at once (the round
+//! does not wait for it), and out of the pool. The `Status` call reports the
+//! registered participants, the round, the phase and whether the run is done.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -56,11 +63,13 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::proto::federation_server::{Federation, FederationServer};
 use crate::proto::{
-    reply_part, Chunk, NextTaskRequest, PullRequest, PushAck, RegisterReply, RegisterRequest,
-    ReplyPart, Task, TaskKind, TensorDigest, Which,
+    reply_part, Chunk, NextTaskRequest, ParticipantStatus, Phase, PullRequest, PushAck,
+    RegisterReply, RegisterRequest, ReplyPart, StatusReply, StatusRequest, Task, TaskKind,
+    TensorDigest, Which,
 };
 use crate::reply::ReplyMeta;
-use crate::tokens::Tokens;
+use crate::tls::ServerTls;
+use crate::tokens::{LiveTokens, Tokens, TokensFile};
 
 /// How the coordinator serves its participants.
 #[derive(Clone, Debug)]
@@ -69,6 +78,11 @@ pub struct GrpcTransportConfig {
     /// [`GrpcTransport::local_addr`]).
     pub listen: SocketAddr,
     pub tokens: Tokens,
+    /// Re-read the tokens from this file when it changes (revocation); `tokens` are
+    /// in force until then.
+    pub tokens_file: Option<TokensFile>,
+    /// Serve TLS (mutual when it names a client CA); plain HTTP/2 when `None`.
+    pub tls: Option<ServerTls>,
     /// Wall-clock time the coordinator waits for a round's answers.
     pub reply_timeout: Duration,
     /// Largest upload accepted, in bytes.
@@ -123,6 +137,42 @@ struct State {
     done: bool,
     /// Participants told the run is done.
     dismissed: BTreeSet<ParticipantId>,
+    /// Registered participants whose token was revoked: out of the pool.
+    revoked: BTreeSet<ParticipantId>,
+    /// When each participant last called (`Status` aside).
+    last_seen: BTreeMap<ParticipantId, Instant>,
+    /// The round of the last tasks posted.
+    round: u32,
+}
+
+impl State {
+    /// Registered participants that are not revoked.
+    fn active(&self) -> impl Iterator<Item = ParticipantId> + '_ {
+        self.profiles
+            .keys()
+            .copied()
+            .filter(|id| !self.revoked.contains(id))
+    }
+
+    /// Answer the open task of every revoked participant with its failure, so the
+    /// round does not wait for it.
+    fn fail_revoked(&mut self) {
+        let open: Vec<ParticipantId> = self
+            .pending
+            .keys()
+            .copied()
+            .filter(|id| self.revoked.contains(id) && !self.answers.contains_key(id))
+            .collect();
+        for id in open {
+            self.answers.insert(
+                id,
+                Answer {
+                    result: Err(format!("participant {id}'s token was revoked")),
+                    measured_s: 0.0,
+                },
+            );
+        }
+    }
 }
 
 struct Shared {
@@ -131,7 +181,10 @@ struct Shared {
     changed: Condvar,
     /// Wakes participants waiting in `NextTask`.
     posted: tokio::sync::Notify,
-    tokens: Tokens,
+    tokens: LiveTokens,
+    /// What `Status` reports about the channel: TLS, mutual TLS.
+    tls: (bool, bool),
+    started: Instant,
     max_payload_bytes: usize,
     max_delta_norm: Option<f64>,
     poll_interval: Duration,
@@ -251,6 +304,94 @@ impl Shared {
         }
         Payload::from_records(records)
     }
+
+    /// Re-read the tokens file if due; revoke the registered participants whose token
+    /// it removed or changed.
+    fn refresh_tokens(&self) {
+        let Some(lost) = self.tokens.refresh() else {
+            return;
+        };
+        let mut state = self.lock();
+        for id in lost {
+            if state.profiles.contains_key(&id) && state.revoked.insert(id) {
+                tracing::warn!(participant = %id, "token revoked: the participant is out of the run");
+            }
+        }
+        state.fail_revoked();
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    /// The participant a call authenticates, under the tokens in force (re-read
+    /// first if due); a revoked participant is refused until it registers again.
+    /// Every authenticated call but `Status` counts as the participant being seen.
+    fn authenticate(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        call: Call,
+    ) -> std::result::Result<ParticipantId, Status> {
+        self.refresh_tokens();
+        let id = self.tokens.authenticate(metadata)?;
+        if call == Call::Status {
+            return Ok(id);
+        }
+        let mut state = self.lock();
+        if call != Call::Register && state.revoked.contains(&id) {
+            tracing::warn!(participant = %id, "refused a call of a revoked participant");
+            return Err(Status::unauthenticated(format!(
+                "participant {id}'s token was revoked"
+            )));
+        }
+        state.last_seen.insert(id, Instant::now());
+        Ok(id)
+    }
+
+    /// The coordinator's state for `Status`.
+    fn status(&self) -> StatusReply {
+        let state = self.lock();
+        let open = state.pending.values().next();
+        let phase = match open.map(|p| p.kind) {
+            _ if state.done => Phase::Done,
+            Some(TaskKind::Profile) => Phase::Profiling,
+            Some(_) => Phase::Training,
+            None => Phase::Idle,
+        };
+        let participants = state
+            .profiles
+            .iter()
+            .map(|(id, profile)| {
+                let answered = state.answers.contains_key(id);
+                ParticipantStatus {
+                    id: id.0,
+                    device: profile.name.clone(),
+                    task_pending: state.pending.contains_key(id) && !answered,
+                    answered: state.pending.contains_key(id) && answered,
+                    revoked: state.revoked.contains(id),
+                    last_seen_s_ago: state
+                        .last_seen
+                        .get(id)
+                        .map_or(f64::NAN, |t| t.elapsed().as_secs_f64()),
+                }
+            })
+            .collect();
+        StatusReply {
+            participants,
+            round: open.map_or(state.round, |p| p.round),
+            phase: phase as i32,
+            done: state.done,
+            uptime_s: self.started.elapsed().as_secs_f64(),
+            tls: self.tls.0,
+            mutual_tls: self.tls.1,
+        }
+    }
+}
+
+/// Which call is being authenticated.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Register,
+    Status,
+    Other,
 }
 
 /// The coordinator's transport over gRPC.
@@ -282,11 +423,17 @@ impl GrpcTransport {
         let local_addr = listener
             .local_addr()
             .map_err(|e| Error::Connection(format!("listening socket: {e}")))?;
+        let mut builder = server_builder(cfg.tls.as_ref(), local_addr)?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             posted: tokio::sync::Notify::new(),
-            tokens: cfg.tokens,
+            tokens: LiveTokens::new(cfg.tokens, cfg.tokens_file),
+            tls: (
+                cfg.tls.is_some(),
+                cfg.tls.as_ref().is_some_and(ServerTls::mutual),
+            ),
+            started: Instant::now(),
             max_payload_bytes: cfg.max_payload_bytes,
             max_delta_norm: cfg.max_delta_norm,
             poll_interval: cfg.poll_interval,
@@ -299,7 +446,7 @@ impl GrpcTransport {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = runtime.spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            let served = tonic::transport::Server::builder()
+            let served = builder
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = rx.await;
@@ -309,7 +456,7 @@ impl GrpcTransport {
                 tracing::error!(error = %e, "the gRPC server stopped");
             }
         });
-        tracing::info!(%local_addr, "coordinator listening");
+        tracing::info!(%local_addr, tls = cfg.tls.is_some(), "coordinator listening");
         Ok(GrpcTransport {
             shared,
             local_addr,
@@ -337,12 +484,12 @@ impl GrpcTransport {
     pub fn wait_for_participants(&self, n: usize, timeout: Duration) -> Result<()> {
         let start = Instant::now();
         let mut state = self.shared.lock();
-        while state.profiles.len() < n {
+        while state.active().count() < n {
             let left = timeout.saturating_sub(start.elapsed());
             if left.is_zero() {
                 return Err(Error::Connection(format!(
                     "{} of {n} participants registered within {timeout:?}",
-                    state.profiles.len()
+                    state.active().count()
                 )));
             }
             state = self
@@ -368,17 +515,23 @@ impl GrpcTransport {
         std::result::Result<Received, Failure>,
     )> {
         let ids: Vec<ParticipantId> = tasks.iter().map(|(id, _)| *id).collect();
+        self.shared.refresh_tokens();
         {
             let mut state = self.shared.lock();
             for (id, mut task) in tasks {
                 state.next_task_id += 1;
                 task.task_id = state.next_task_id;
                 state.answers.remove(&id);
+                state.round = task.round;
                 state.pending.insert(id, task);
             }
+            state.fail_revoked();
         }
         self.shared.posted.notify_waiters();
         let start = Instant::now();
+        // With a tokens file, wake up to re-read it: a participant revoked meanwhile
+        // fails now rather than at the timeout.
+        let tick = self.shared.tokens.check_every().unwrap_or(Duration::MAX);
         let mut state = self.shared.lock();
         while !ids.iter().all(|id| state.answers.contains_key(id)) {
             let left = self.reply_timeout.saturating_sub(start.elapsed());
@@ -388,9 +541,12 @@ impl GrpcTransport {
             state = self
                 .shared
                 .changed
-                .wait_timeout(state, left)
+                .wait_timeout(state, left.min(tick))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+            drop(state);
+            self.shared.refresh_tokens();
+            state = self.shared.lock();
         }
         ids.into_iter()
             .map(|id| {
@@ -418,7 +574,8 @@ impl GrpcTransport {
     }
 
     fn known(&self) -> impl Fn(ParticipantId) -> bool {
-        let known: Vec<ParticipantId> = self.pool();
+        // Revoked participants stay known: a task for one fails at once.
+        let known: Vec<ParticipantId> = self.shared.lock().profiles.keys().copied().collect();
         move |id| known.binary_search(&id).is_ok()
     }
 }
@@ -456,7 +613,9 @@ fn task(
 
 impl Transport for GrpcTransport {
     fn pool(&self) -> Vec<ParticipantId> {
-        self.shared.lock().profiles.keys().copied().collect()
+        // Asked before each round's sampling: a revocation applies from there.
+        self.shared.refresh_tokens();
+        self.shared.lock().active().collect()
     }
 
     fn profile(
@@ -606,7 +765,8 @@ impl Drop for GrpcTransport {
             let start = Instant::now();
             let grace = Duration::from_secs(5);
             let mut state = self.shared.lock();
-            while state.dismissed.len() < state.profiles.len() && start.elapsed() < grace {
+            while state.active().any(|id| !state.dismissed.contains(&id)) && start.elapsed() < grace
+            {
                 state = self
                     .shared
                     .changed
@@ -761,7 +921,9 @@ impl Federation for Service {
         &self,
         request: Request<RegisterRequest>,
     ) -> std::result::Result<Response<RegisterReply>, Status> {
-        let id = self.shared.tokens.authenticate(request.metadata())?;
+        let id = self
+            .shared
+            .authenticate(request.metadata(), Call::Register)?;
         let profile: DeviceProfile =
             serde_json::from_str(&request.get_ref().device_profile_json)
                 .map_err(|e| Status::invalid_argument(format!("device profile: {e}")))?;
@@ -769,7 +931,11 @@ impl Federation for Service {
             .validate()
             .map_err(|e| Status::invalid_argument(format!("device profile: {e}")))?;
         tracing::info!(participant = %id, device = %profile.name, "participant registered");
-        self.shared.lock().profiles.insert(id, profile);
+        {
+            let mut state = self.shared.lock();
+            state.profiles.insert(id, profile);
+            state.revoked.remove(&id);
+        }
         self.shared.changed.notify_all();
         Ok(Response::new(RegisterReply {}))
     }
@@ -778,7 +944,7 @@ impl Federation for Service {
         &self,
         request: Request<NextTaskRequest>,
     ) -> std::result::Result<Response<Task>, Status> {
-        let id = self.shared.tokens.authenticate(request.metadata())?;
+        let id = self.shared.authenticate(request.metadata(), Call::Other)?;
         let deadline = tokio::time::Instant::now() + self.shared.poll_interval;
         loop {
             let notified = self.shared.posted.notified();
@@ -830,7 +996,7 @@ impl Federation for Service {
         &self,
         request: Request<PullRequest>,
     ) -> std::result::Result<Response<ChunkStream>, Status> {
-        let id = self.shared.tokens.authenticate(request.metadata())?;
+        let id = self.shared.authenticate(request.metadata(), Call::Other)?;
         let req = request.into_inner();
         let which = match Which::try_from(req.which) {
             Ok(w @ (Which::Model | Which::Current)) => w,
@@ -914,10 +1080,16 @@ impl Federation for Service {
         &self,
         request: Request<Streaming<ReplyPart>>,
     ) -> std::result::Result<Response<PushAck>, Status> {
-        let id = self.shared.tokens.authenticate(request.metadata())?;
+        let id = self.shared.authenticate(request.metadata(), Call::Other)?;
         let (task_id, answer) = self.read_upload(id, request.into_inner()).await?;
         {
             let mut state = self.shared.lock();
+            // Revoked during the upload: its failure stands.
+            if state.revoked.contains(&id) {
+                return Err(Status::unauthenticated(format!(
+                    "participant {id}'s token was revoked"
+                )));
+            }
             if state.pending.get(&id).is_none_or(|p| p.task_id != task_id) {
                 return Err(Status::failed_precondition(format!(
                     "participant {id}: task {task_id} closed during the upload"
@@ -928,5 +1100,35 @@ impl Federation for Service {
         tracing::debug!(participant = %id, task_id, "answer received");
         self.shared.changed.notify_all();
         Ok(Response::new(PushAck {}))
+    }
+
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> std::result::Result<Response<StatusReply>, Status> {
+        self.shared.authenticate(request.metadata(), Call::Status)?;
+        Ok(Response::new(self.shared.status()))
+    }
+}
+
+/// The server, TLS when `tls` is given; plain on a non-loopback address is warned about.
+fn server_builder(
+    tls: Option<&ServerTls>,
+    local_addr: SocketAddr,
+) -> Result<tonic::transport::Server> {
+    let server = tonic::transport::Server::builder();
+    match tls {
+        Some(tls) => server
+            .tls_config(tls.to_tonic())
+            .map_err(|e| Error::Config(format!("TLS: {}", crate::error::chain(&e)))),
+        None => {
+            if !local_addr.ip().is_loopback() {
+                tracing::warn!(
+                    %local_addr,
+                    "serving without TLS on a non-loopback address: tokens and tensors travel in clear"
+                );
+            }
+            Ok(server)
+        }
     }
 }

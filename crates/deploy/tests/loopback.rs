@@ -1,7 +1,8 @@
 //! The deployment over loopback: coordinator and three participants talking gRPC
 //! (participants on threads of this process) against the simulation of the same
-//! config and seed, what travels under each `fleet.download`, plus the failure modes
-//! of the transport and of a participant's copy of the global.
+//! config and seed (over plain HTTP/2 and over mutual TLS), what travels under each
+//! `fleet.download`, plus the failure modes of the transport and of a participant's
+//! copy of the global.
 //!
 //! The model, task and config helpers are the simulation tests' (`common`).
 
@@ -11,7 +12,10 @@ use std::time::Duration;
 
 use candle_core::{Device, Tensor};
 use fluxmoe_deploy::proto::TaskKind;
-use fluxmoe_deploy::{serve, GrpcTransport, GrpcTransportConfig, Pull, ServeConfig, Tokens};
+use fluxmoe_deploy::{
+    serve, CaCertificates, ClientTls, GrpcTransport, GrpcTransportConfig, Identity, Pull,
+    ServeConfig, ServerTls, Tokens,
+};
 use fluxmoe_fed::{
     DeviceProfile, Download, FailureKind, Global, Participant, ParticipantId, Round, TrainIns,
     TrainReply, Transport, WorkCost,
@@ -22,18 +26,35 @@ use fluxmoe_sim::{run, run_over, RunFile};
 mod common;
 use common::{config, final_bytes, method_config, model_dir, records};
 
+mod certs;
+
 fn token(id: ParticipantId) -> String {
     format!("secret-{}", id.0)
 }
 
 fn bind(n: u32, reply_timeout: Duration) -> GrpcTransport {
-    bind_bounded(n, reply_timeout, None)
+    bind_with(n, reply_timeout, None, None)
 }
 
 fn bind_bounded(n: u32, reply_timeout: Duration, max_delta_norm: Option<f64>) -> GrpcTransport {
+    bind_with(n, reply_timeout, max_delta_norm, None)
+}
+
+fn bind_tls(n: u32, reply_timeout: Duration, tls: Option<ServerTls>) -> GrpcTransport {
+    bind_with(n, reply_timeout, None, tls)
+}
+
+fn bind_with(
+    n: u32,
+    reply_timeout: Duration,
+    max_delta_norm: Option<f64>,
+    tls: Option<ServerTls>,
+) -> GrpcTransport {
     GrpcTransport::bind(GrpcTransportConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         tokens: Tokens::from_pairs((0..n).map(|i| (ParticipantId(i), token(ParticipantId(i))))),
+        tokens_file: None,
+        tls,
         reply_timeout,
         max_payload_bytes: 1 << 30,
         max_delta_norm,
@@ -46,6 +67,7 @@ fn bind_bounded(n: u32, reply_timeout: Duration, max_delta_norm: Option<f64>) ->
 fn serve_cfg(transport: &GrpcTransport, id: ParticipantId, profile: DeviceProfile) -> ServeConfig {
     ServeConfig {
         url: format!("http://{}", transport.local_addr()),
+        tls: None,
         id,
         token: token(id),
         profile,
@@ -61,20 +83,54 @@ fn serve_cfg(transport: &GrpcTransport, id: ParticipantId, profile: DeviceProfil
 fn assert_deployment_matches_simulation(
     make: impl Fn(&Path, &str) -> RunFile,
 ) -> (Vec<Pull>, usize) {
+    assert_deployment_matches_simulation_over(make, None)
+}
+
+/// Mutual TLS settings: the coordinator's (a server certificate for 127.0.0.1,
+/// participants' certificates required) and a participant's (the CA, its certificate).
+fn mutual_tls() -> (ServerTls, ClientTls) {
+    let ca = certs::Ca::new("fluxmoe test CA");
+    let server = ca.server(&[]);
+    let client = ca.client("participant");
+    let ca_pem = CaCertificates::from_pem(ca.pem.cert.clone(), "ca").unwrap();
+    let server_tls = ServerTls {
+        identity: Identity::from_pem(server.cert, server.key, "server", "server key").unwrap(),
+        client_ca: Some(ca_pem.clone()),
+    };
+    let client_tls = ClientTls {
+        ca: Some(ca_pem),
+        domain: None,
+        identity: Some(
+            Identity::from_pem(client.cert, client.key, "client", "client key").unwrap(),
+        ),
+    };
+    (server_tls, client_tls)
+}
+
+/// [`assert_deployment_matches_simulation`], over TLS when `tls` is given.
+fn assert_deployment_matches_simulation_over(
+    make: impl Fn(&Path, &str) -> RunFile,
+    tls: Option<(ServerTls, ClientTls)>,
+) -> (Vec<Pull>, usize) {
+    let (server_tls, client_tls) = tls.unzip();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let model = model_dir(root);
     run(&make(root, "sim"), &model, false, &mut |_| {}).unwrap();
 
     let file = make(root, "deployed");
-    let transport = bind(3, Duration::from_secs(300));
+    let transport = bind_tls(3, Duration::from_secs(300), server_tls);
     let pulls = transport.pulls();
     let (members, initial) = fluxmoe_sim::members_and_initial(&file, &model).unwrap();
     let n_tensors = initial.len();
     let participants: Vec<_> = members
         .into_iter()
         .map(|m| {
-            let cfg = serve_cfg(&transport, m.id, m.profile);
+            let mut cfg = serve_cfg(&transport, m.id, m.profile);
+            if let Some(tls) = &client_tls {
+                cfg.url = format!("https://{}", transport.local_addr());
+                cfg.tls = Some(tls.clone());
+            }
             let mut participant = m.participant;
             let initial = initial.clone();
             std::thread::spawn(move || serve(&cfg, &mut participant, initial))
@@ -122,6 +178,15 @@ fn fedavg_full_over_loopback_matches_the_simulation_bit_for_bit() {
     // (there is nothing to pull), and something does in round 2.
     assert!(train_pulls(&pulls, 1).is_empty(), "{pulls:?}");
     assert!(!train_pulls(&pulls, 2).is_empty(), "{pulls:?}");
+}
+
+#[test]
+fn fedavg_full_over_mutual_tls_matches_the_simulation_bit_for_bit() {
+    let (pulls, _) = assert_deployment_matches_simulation_over(
+        |root, out| config(root, out, 2),
+        Some(mutual_tls()),
+    );
+    assert!(train_pulls(&pulls, 2).len() >= 2, "{pulls:?}");
 }
 
 #[test]
