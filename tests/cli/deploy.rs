@@ -78,6 +78,10 @@ impl Deployment {
     }
 
     fn participant(&self, id: u32, token: &str) -> Child {
+        self.participant_with(id, token, &[])
+    }
+
+    fn participant_with(&self, id: u32, token: &str, extra: &[&str]) -> Child {
         let file = self.dir.join(format!("p{id}-{token}.token"));
         std::fs::write(&file, token).unwrap();
         let id = id.to_string();
@@ -99,6 +103,7 @@ impl Deployment {
                 "--connect-timeout-s",
                 "120",
             ])
+            .args(extra)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
@@ -490,4 +495,51 @@ fn coordinator_and_participants_over_mutual_tls_with_status() {
         assert!(o.status.success(), "{}", stderr(&o));
     }
     assert!(dir.join("deployed").exists());
+}
+
+#[test]
+fn a_participant_trains_on_its_own_data_when_given_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Deployment::new(tmp.path(), 2);
+    // A file the run's task does not contain: products instead of sums.
+    let own = d.dir.join("own.jsonl");
+    let lines: Vec<String> = (0..12)
+        .map(|i| {
+            serde_json::json!({"prompt": format!("{i}*3="), "response": format!("{}", i * 3)})
+                .to_string()
+        })
+        .collect();
+    std::fs::write(&own, lines.join("\n")).unwrap();
+    let data = format!("jsonl-em:{}", own.display());
+    // A missing file is refused by name before anything connects.
+    let missing = format!("jsonl-em:{}", d.dir.join("nope.jsonl").display());
+    let o = d
+        .participant_with(2, "t2", &["--data", &missing])
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("nope.jsonl"), "{}", stderr(&o));
+
+    let mut coordinator = d.coordinator(&[]);
+    let lines = stderr_lines(&mut coordinator);
+    let others = [d.participant(0, "t0"), d.participant(1, "t1")];
+    let own_data = d.participant_with(2, "t2", &["--data", &data]);
+    let mut seen = wait_for(&lines, "round 2:");
+    seen.extend(lines.iter());
+    assert!(coordinator.wait().unwrap().success(), "{seen:#?}");
+    for p in others.into_iter().chain([own_data]) {
+        let o = p.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    // Participant 2 was sampled (this seed samples it in round 1) and trained on its
+    // products, so the result is not the simulation's.
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("round 1:") && l.contains("2]")),
+        "{seen:#?}"
+    );
+    assert_ne!(
+        common::final_bytes(&d.dir, "sim"),
+        common::final_bytes(&d.dir, "deployed")
+    );
 }

@@ -227,6 +227,8 @@ pub struct ParticipantArgs {
     /// Give up when the coordinator has been unreachable this long.
     pub connect_timeout_s: u64,
     pub tls: ClientTlsArgs,
+    /// Train on this task (all of it) instead of shard `id` of the config's task.
+    pub data: Option<String>,
 }
 
 pub fn participant(args: &ParticipantArgs) -> Result<()> {
@@ -239,13 +241,20 @@ pub fn participant(args: &ParticipantArgs) -> Result<()> {
     let id = ParticipantId(args.id);
     // The participant's copy of the global starts as the model the run starts from;
     // afterwards only the tensors that changed since travel.
-    let (members, initial) = fluxmoe_sim::members_and_initial(&file, &model_path)?;
-    let Some(member) = members.into_iter().find(|m| m.id == id) else {
-        bail!(
-            "participant {id}: the config has {} participants (ids 0..{})",
-            file.partition.participants,
-            file.partition.participants
-        );
+    let (member, initial) = match &args.data {
+        Some(data) => fluxmoe_sim::member_with_own_data(&file, &model_path, id, data)
+            .with_context(|| format!("participant {id}'s data `{data}`"))?,
+        None => {
+            let (members, initial) = fluxmoe_sim::members_and_initial(&file, &model_path)?;
+            let Some(member) = members.into_iter().find(|m| m.id == id) else {
+                bail!(
+                    "participant {id}: the config has {} participants (ids 0..{})",
+                    file.partition.participants,
+                    file.partition.participants
+                );
+            };
+            (member, initial)
+        }
     };
     let cfg = ServeConfig {
         url: args.coordinator.clone(),

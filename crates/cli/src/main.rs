@@ -69,8 +69,9 @@ enum Command {
         #[command(flatten)]
         tls: deploy::ServerTlsArgs,
     },
-    /// Take part in a run coordinated by `fluxmoe coordinator`: the data shard and
-    /// device profile are participant ID's of CONFIG, as in the simulation.
+    /// Take part in a run coordinated by `fluxmoe coordinator`: the device profile is
+    /// participant ID's of CONFIG's fleet, and so is the data shard unless --data
+    /// names this participant's own data.
     Participant {
         /// e.g. http://10.0.0.1:50051
         #[arg(long)]
@@ -86,6 +87,10 @@ enum Command {
         /// the start, or mid-run while it restarts).
         #[arg(long, default_value_t = 600)]
         connect_timeout_s: u64,
+        /// Train on this task instead of shard ID of CONFIG's task: all its examples,
+        /// e.g. dolly:my-data.jsonl or jsonl:my-data.jsonl (see `fluxmoe eval --task`).
+        #[arg(long)]
+        data: Option<String>,
         #[command(flatten)]
         tls: deploy::ClientTlsArgs,
     },
@@ -518,6 +523,7 @@ fn run(cli: Cli) -> Result<()> {
             id,
             token_file,
             connect_timeout_s,
+            data,
             tls,
         }) => deploy::participant(&deploy::ParticipantArgs {
             coordinator,
@@ -526,6 +532,7 @@ fn run(cli: Cli) -> Result<()> {
             token_file,
             connect_timeout_s,
             tls,
+            data,
         }),
         Some(Command::Status {
             url,

@@ -20,6 +20,6 @@ pub mod shared_quantized;
 pub use config::RunFile;
 pub use error::{Error, Result};
 pub use run::{
-    export, members, members_and_initial, run, run_over, Member, Provenance, RunSummary,
-    TransportBuilder,
+    export, member_with_own_data, members, members_and_initial, run, run_over, Member, Provenance,
+    RunSummary, TransportBuilder,
 };

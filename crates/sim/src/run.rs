@@ -201,27 +201,7 @@ impl Setup {
         let quantized = std::sync::Arc::new(crate::shared_quantized::SharedQuantized::default());
         for ((id, profile), shard) in devices.into_iter().zip(shards) {
             memory.insert(id, profile.memory_bytes);
-            let participant = ModelParticipant {
-                id,
-                config: cfg.clone(),
-                shard,
-                last_profile_error: Default::default(),
-                quantized: std::sync::Arc::clone(&quantized),
-                training: LocalTraining {
-                    local_steps: file.rounds.local_steps,
-                    batch_size: file.rounds.batch_size,
-                    adamw: AdamWConfig {
-                        lr: file.train.lr,
-                        weight_decay: file.train.weight_decay,
-                        ..AdamWConfig::default()
-                    },
-                    max_grad_norm: file.train.max_grad_norm,
-                    fedprox_mu: file.train.fedprox_mu,
-                    pad_id,
-                    seed: file.seed,
-                    active_params: stats.active_params as f64,
-                },
-            };
+            let participant = model_participant(file, id, &cfg, &stats, shard, pad_id, &quantized);
             members.push(Member {
                 id,
                 profile,
@@ -241,6 +221,112 @@ impl Setup {
             members,
         })
     }
+}
+
+/// The participant `id` of `file`'s run training on `shard`.
+fn model_participant(
+    file: &RunFile,
+    id: ParticipantId,
+    cfg: &fluxmoe_model::ModelConfig,
+    stats: &ModelStats,
+    shard: Vec<Encoded>,
+    pad_id: u32,
+    quantized: &std::sync::Arc<crate::shared_quantized::SharedQuantized>,
+) -> ModelParticipant {
+    ModelParticipant {
+        id,
+        config: cfg.clone(),
+        shard,
+        last_profile_error: Default::default(),
+        quantized: std::sync::Arc::clone(quantized),
+        training: LocalTraining {
+            local_steps: file.rounds.local_steps,
+            batch_size: file.rounds.batch_size,
+            adamw: AdamWConfig {
+                lr: file.train.lr,
+                weight_decay: file.train.weight_decay,
+                ..AdamWConfig::default()
+            },
+            max_grad_norm: file.train.max_grad_norm,
+            fedprox_mu: file.train.fedprox_mu,
+            pad_id,
+            seed: file.seed,
+            active_params: stats.active_params as f64,
+        },
+    }
+}
+
+/// Participant `id` of `file`'s run training on its own data instead of a shard of the
+/// run's task: every example of the task `data` (a spec as `task.name` takes it, e.g.
+/// `dolly:PATH` or `jsonl:PATH`), rendered with that task's template. Its device is
+/// still the fleet's `id`-th, since the coordinator plans budgets from the config.
+/// Returns the member and the global model a fresh run starts from.
+pub fn member_with_own_data(
+    file: &RunFile,
+    model_path: &Path,
+    id: ParticipantId,
+    data: &str,
+) -> Result<(Member, Global)> {
+    let ids: Vec<ParticipantId> = (0..file.partition.participants as u32)
+        .map(ParticipantId)
+        .collect();
+    let Some((_, profile)) = fleet(file, &ids)?.into_iter().find(|(i, _)| *i == id) else {
+        return Err(Error::Config(format!(
+            "participant {id}: the config has {} participants",
+            ids.len()
+        )));
+    };
+    let lm = load_model(model_path, &Device::Cpu)?;
+    let tokenizer = lm.tokenizer.clone().ok_or_else(|| {
+        Error::Config(format!(
+            "`model.path`: {} has no tokenizer",
+            model_path.display()
+        ))
+    })?;
+    let dirs = DataDirs {
+        math: file.task.math_dir.clone(),
+        wordnet: PathBuf::from(fluxmoe_data::tasks::wordnet::DEFAULT_DIR),
+    };
+    let task = fluxmoe_data::tasks::registry::load_whole(data, &dirs, LoadOptions::STRICT)?.task;
+    let conventions = PromptConventions::new(lm.chat_template.as_deref(), &lm.eos_ids, &tokenizer);
+    let template = Template::for_task(&task.name);
+    let batch_cfg = conventions.batch_config(file.task.max_len);
+    let shard = task
+        .examples
+        .iter()
+        .map(|ex| {
+            encode(
+                &tokenizer,
+                &template.render(ex, conventions.format)?,
+                &batch_cfg,
+            )
+        })
+        .collect::<fluxmoe_data::Result<Vec<_>>>()?;
+    if shard.is_empty() {
+        return Err(Error::Config(format!(
+            "participant data `{data}` has no examples"
+        )));
+    }
+    let cfg = lm.checkpoint.config.clone();
+    let stats = ModelStats::of(&cfg, &lm.checkpoint.params);
+    let quantized = std::sync::Arc::new(crate::shared_quantized::SharedQuantized::default());
+    let participant = model_participant(
+        file,
+        id,
+        &cfg,
+        &stats,
+        shard,
+        conventions.pad_id,
+        &quantized,
+    );
+    Ok((
+        Member {
+            id,
+            profile,
+            participant,
+        },
+        initial_global(&lm),
+    ))
 }
 
 /// [`run`] over the transport `transport` makes from the run's participants. When

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use super::generic::GenericConfig;
 use super::{dolly, generic, gsm8k, math, mmlu, piqa, wordnet};
 use crate::error::{Error, Result};
-use crate::jsonl::LoadOptions;
+use crate::jsonl::{LoadOptions, Loaded};
 use crate::task::{GenerationMetric, Task};
 
 /// Where the built-in tasks' data lives.
@@ -57,6 +57,21 @@ pub fn load_train_test(
             test: test.task,
         });
     }
+    let loaded = load_whole(spec, dirs, opts)?;
+    let (train, test) = loaded.task.split(seed, 0.2)?;
+    Ok(TrainTest {
+        train,
+        test,
+        n_skipped: loaded.n_skipped,
+    })
+}
+
+/// Load every example of the task `spec`, unsplit (`math`: its training file): a
+/// deployed participant's own data, all of it for training.
+pub fn load_whole(spec: &str, dirs: &DataDirs, opts: LoadOptions) -> Result<Loaded> {
+    if spec == math::NAME {
+        return math::load(&dirs.math, math::MathSplit::Train, opts);
+    }
     let loaded = match spec.split_once(':') {
         None if spec == wordnet::DEFINE_NAME => wordnet::load_define(&dirs.wordnet, opts)?,
         None if spec == wordnet::SUPERSENSE_NAME => wordnet::load_supersense(&dirs.wordnet, opts)?,
@@ -89,12 +104,7 @@ pub fn load_train_test(
         }
         None => return Err(unknown(spec)),
     };
-    let (train, test) = loaded.task.split(seed, 0.2)?;
-    Ok(TrainTest {
-        train,
-        test,
-        n_skipped: loaded.n_skipped,
-    })
+    Ok(loaded)
 }
 
 fn unknown(spec: &str) -> Error {
