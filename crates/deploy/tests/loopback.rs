@@ -545,3 +545,89 @@ fn a_copy_that_does_not_match_the_global_is_repaired_from_the_digests() {
         assert_eq!(t.join().unwrap().unwrap(), 2);
     }
 }
+
+/// A TCP proxy to `upstream` on a free loopback port that cuts its first connection
+/// once it has forwarded `cut_after` bytes from the coordinator to the participant
+/// (later connections pass untouched). Returns the proxy's address.
+fn cutting_proxy(upstream: std::net::SocketAddr, cut_after: usize) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for (n, client) in listener.incoming().enumerate() {
+            let Ok(client) = client else { return };
+            let Ok(server) = TcpStream::connect(upstream) else {
+                return;
+            };
+            let limit = if n == 0 { cut_after } else { usize::MAX };
+            let pump = |mut from: TcpStream, mut to: TcpStream, limit: usize| {
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 16 << 10];
+                    let mut sent = 0usize;
+                    loop {
+                        let Ok(k) = from.read(&mut buf) else { break };
+                        if k == 0 || to.write_all(&buf[..k]).is_err() {
+                            break;
+                        }
+                        sent += k;
+                        if sent >= limit {
+                            break;
+                        }
+                    }
+                    let _ = from.shutdown(Shutdown::Both);
+                    let _ = to.shutdown(Shutdown::Both);
+                })
+            };
+            pump(
+                client.try_clone().unwrap(),
+                server.try_clone().unwrap(),
+                usize::MAX,
+            );
+            pump(server, client, limit);
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_pull_cut_mid_stream_resumes_at_its_next_chunk() {
+    let mut transport = bind(1, Duration::from_secs(60));
+    let pulls = transport.pulls();
+    // 4 MB to pull (the participant holds zeros, the global ones); the first
+    // connection is cut after 1.5 MB from the coordinator.
+    let n = 1 << 20;
+    let zeros = Tensor::zeros(n, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let ones = Tensor::ones(n, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let proxy = cutting_proxy(transport.local_addr(), 3 << 19);
+    let mut cfg = serve_cfg(&transport, ParticipantId(0), unit_profile());
+    cfg.url = format!("http://{proxy}");
+    let copy: Global = BTreeMap::from([("a".to_string(), zeros)]);
+    let participant = std::thread::spawn(move || serve(&cfg, &mut Echo(ParticipantId(0)), copy));
+    transport
+        .wait_for_participants(1, Duration::from_secs(30))
+        .unwrap();
+    let global: Global = BTreeMap::from([("a".to_string(), ones)]);
+    let ins = TrainIns {
+        round: Round(1),
+        trainable: vec!["a".into()],
+        params: BTreeMap::new(),
+        changed: Some(BTreeSet::from(["a".to_string()])),
+    };
+    let ex = transport
+        .send_and_receive(vec![(ParticipantId(0), ins)], &global, None)
+        .unwrap();
+    assert!(ex.failures.is_empty(), "{:?}", ex.failures);
+    // It trained on the whole tensor it pulled: its echo is all ones.
+    let echo = ex.replies[0].deltas["a"].to_vec1::<f32>().unwrap();
+    assert!(echo.len() == n && echo.iter().all(|&x| x == 1.0));
+    // Two pulls of the same payload: the first from chunk 0, the second from where the
+    // cut left it (chunks are 1 MiB: one or two had arrived).
+    let log = pulls.pulls();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[0].first_chunk, 0, "{log:?}");
+    assert!((1..4).contains(&log[1].first_chunk), "{log:?}");
+    assert_eq!(log[0].bytes, log[1].bytes);
+    drop(transport);
+    assert_eq!(participant.join().unwrap().unwrap(), 1);
+}
