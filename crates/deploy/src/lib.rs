@@ -33,7 +33,7 @@ pub use participant::{serve, ServeConfig};
 pub use status::{Report, StatusQuery};
 pub use tls::{CaCertificates, ClientTls, Identity, ServerTls};
 pub use tokens::{Tokens, TokensFile};
-pub use transport::{GrpcTransport, GrpcTransportConfig, Pull, PullLog};
+pub use transport::{GrpcTransport, GrpcTransportConfig, Pull, PullLog, Upload, UploadLog};
 
 /// The code generated from `proto/fluxmoe.proto`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

@@ -21,7 +21,7 @@
 //! Faults: a call that fails for lack of a connection (the coordinator restarting, a
 //! dropped link) is retried with exponential backoff until the coordinator has been
 //! unreachable for [`ServeConfig::connect_timeout`]; a pull resumes at the first chunk
-//! it has not received; an upload is sent again whole. A coordinator that no longer
+//! it has not received, an upload at the first chunk the coordinator did not keep. A coordinator that no longer
 //! knows this participant (it restarted) answers `NotFound`, and the participant
 //! registers again. A task that closed meanwhile (its round timed out, or the
 //! coordinator restarted) is dropped, and the loop asks for the next one.
@@ -44,13 +44,13 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::Request;
 
-use crate::chunks::{to_chunks, ChunkReceiver, Payload};
+use crate::chunks::{chunk_count, to_chunks_from, ChunkReceiver, Payload};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::proto::federation_client::FederationClient;
 use crate::proto::{
     reply_part, NextTaskRequest, PullRequest, RegisterRequest, ReplyHeader, ReplyPart, Task,
-    TaskKind, TensorDigest, Which,
+    TaskKind, TensorDigest, UploadOffsetRequest, Which,
 };
 use crate::reply::ReplyMeta;
 use crate::tls::{tls_failure, ClientTls};
@@ -532,6 +532,8 @@ fn header(task_id: u64, reply_json: String, error: String, measured_s: f64) -> R
         reply_json,
         error,
         measured_s,
+        sha256: Vec::new(),
+        first_chunk: 0,
     }
 }
 
@@ -590,22 +592,29 @@ async fn pull(
     }
 }
 
-/// Upload `header` and the payload of `deltas`, again whole when the connection
-/// breaks; whether the coordinator took it (it does not when the task closed meanwhile).
+/// Upload `header` and the payload of `deltas`; when the connection breaks, resume at
+/// the first chunk the coordinator did not keep (`UploadOffset`), or from the start if
+/// it kept none. Whether the coordinator took it (it does not when the task closed
+/// meanwhile).
 async fn push(
     client: &mut Client,
     retry: &mut Retry,
-    header: ReplyHeader,
+    mut header: ReplyHeader,
     deltas: &BTreeMap<String, Tensor>,
 ) -> Result<bool> {
     let payload = Payload::encode(deltas)?;
+    header.sha256 = payload.sha256.clone();
+    let mut first = 0;
     loop {
+        header.first_chunk = first as u64;
         let parts = std::iter::once(ReplyPart {
             part: Some(reply_part::Part::Header(header.clone())),
         })
-        .chain(to_chunks(Arc::clone(&payload)).map(|c| ReplyPart {
-            part: Some(reply_part::Part::Chunk(c)),
-        }));
+        .chain(
+            to_chunks_from(Arc::clone(&payload), first).map(|c| ReplyPart {
+                part: Some(reply_part::Part::Chunk(c)),
+            }),
+        );
         match client.push_reply(tokio_stream::iter(parts)).await {
             Ok(_) => {
                 retry.reset();
@@ -616,7 +625,21 @@ async fn push(
                 tracing::warn!(task_id = header.task_id, reason = %status.message(), "answer not taken");
                 return Ok(false);
             }
-            Err(status) => retry.wait("PushReply", status).await?,
+            // The coordinator no longer holds the chunks before `first`: start over.
+            Err(status) if status.code() == tonic::Code::OutOfRange && first > 0 => first = 0,
+            Err(status) => {
+                retry.wait("PushReply", status).await?;
+                let offset = UploadOffsetRequest {
+                    task_id: header.task_id,
+                    sha256: payload.sha256.clone(),
+                };
+                first = match client.upload_offset(offset).await {
+                    Ok(reply) => usize::try_from(reply.into_inner().chunks)
+                        .unwrap_or(0)
+                        .min(chunk_count(&payload) - 1),
+                    Err(_) => 0,
+                };
+            }
         }
     }
 }

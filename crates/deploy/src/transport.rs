@@ -65,7 +65,7 @@ use crate::proto::federation_server::{Federation, FederationServer};
 use crate::proto::{
     reply_part, Chunk, NextTaskRequest, ParticipantStatus, Phase, PullRequest, PushAck,
     RegisterReply, RegisterRequest, ReplyPart, StatusReply, StatusRequest, Task, TaskKind,
-    TensorDigest, Which,
+    TensorDigest, UploadOffsetReply, UploadOffsetRequest, Which,
 };
 use crate::reply::ReplyMeta;
 use crate::tls::ServerTls;
@@ -143,6 +143,8 @@ struct State {
     last_seen: BTreeMap<ParticipantId, Instant>,
     /// The round of the last tasks posted.
     round: u32,
+    /// Broken uploads, by participant (at most one each: its open task's).
+    partial: BTreeMap<ParticipantId, PartialUpload>,
 }
 
 impl State {
@@ -189,6 +191,7 @@ struct Shared {
     max_delta_norm: Option<f64>,
     poll_interval: Duration,
     pulls: PullLog,
+    uploads: UploadLog,
     /// Payload records of the tensors pulled, by name and tensor (see [`Digests`]).
     records: Mutex<Records>,
 }
@@ -223,6 +226,42 @@ impl PullLog {
     fn push(&self, pull: Pull) {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push(pull);
     }
+}
+
+/// One upload the coordinator received whole.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Upload {
+    pub participant: ParticipantId,
+    pub task_id: u64,
+    /// The chunk this stream started at: 0, or where a broken upload resumed.
+    pub first_chunk: usize,
+    /// Chunks of the payload.
+    pub chunks: usize,
+}
+
+/// Every upload received whole, in order (see [`GrpcTransport::uploads`]).
+#[derive(Clone, Debug, Default)]
+pub struct UploadLog(Arc<Mutex<Vec<Upload>>>);
+
+impl UploadLog {
+    /// The uploads so far.
+    pub fn uploads(&self) -> Vec<Upload> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn push(&self, upload: Upload) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(upload);
+    }
+}
+
+/// The chunks of a broken upload, kept so that the participant can resume it.
+struct PartialUpload {
+    task_id: u64,
+    sha256: Vec<u8>,
+    receiver: ChunkReceiver,
 }
 
 /// The SHA-256 of each global tensor's payload record, by name and tensor (global
@@ -438,6 +477,7 @@ impl GrpcTransport {
             max_delta_norm: cfg.max_delta_norm,
             poll_interval: cfg.poll_interval,
             pulls: PullLog::default(),
+            uploads: UploadLog::default(),
             records: Mutex::new(HashMap::new()),
         });
         let service = FederationServer::new(Service {
@@ -478,6 +518,11 @@ impl GrpcTransport {
     /// the transport): what actually travelled.
     pub fn pulls(&self) -> PullLog {
         self.shared.pulls.clone()
+    }
+
+    /// Every upload received whole so far, and later (the log outlives the transport).
+    pub fn uploads(&self) -> UploadLog {
+        self.shared.uploads.clone()
     }
 
     /// Block until at least `n` participants have registered, or fail after `timeout`.
@@ -551,6 +596,7 @@ impl GrpcTransport {
         ids.into_iter()
             .map(|id| {
                 state.pending.remove(&id);
+                state.partial.remove(&id);
                 let profile = state.profiles[&id].clone();
                 let received = match state.answers.remove(&id) {
                     Some(answer) => Ok((
@@ -824,9 +870,46 @@ impl Service {
             }
         };
         self.check_task(id, header.task_id)?;
-        let mut receiver = ChunkReceiver::new(self.shared.max_payload_bytes);
+        let first_chunk = usize::try_from(header.first_chunk).unwrap_or(usize::MAX);
+        let mut receiver = if first_chunk == 0 {
+            ChunkReceiver::new(self.shared.max_payload_bytes)
+        } else {
+            match self.shared.lock().partial.remove(&id) {
+                Some(p)
+                    if p.task_id == header.task_id
+                        && p.sha256 == header.sha256
+                        && p.receiver.received() == first_chunk =>
+                {
+                    p.receiver
+                }
+                _ => {
+                    return Err(Status::out_of_range(format!(
+                        "no broken upload of this payload holds chunks 0..{first_chunk}: \
+                         send it from chunk 0"
+                    )))
+                }
+            }
+        };
         let deltas = loop {
-            let chunk = match stream.message().await? {
+            let message = match stream.message().await {
+                Ok(m) => m,
+                Err(status) => {
+                    // The connection broke: keep what arrived for a resumed upload.
+                    if !header.sha256.is_empty() && receiver.received() > 0 {
+                        tracing::debug!(participant = %id, chunks = receiver.received(), "upload broken: kept for resumption");
+                        self.shared.lock().partial.insert(
+                            id,
+                            PartialUpload {
+                                task_id: header.task_id,
+                                sha256: header.sha256.clone(),
+                                receiver,
+                            },
+                        );
+                    }
+                    return Err(status);
+                }
+            };
+            let chunk = match message {
                 Some(ReplyPart {
                     part: Some(reply_part::Part::Chunk(c)),
                 }) => c,
@@ -844,6 +927,12 @@ impl Service {
                 break tensors;
             }
         };
+        self.shared.uploads.push(Upload {
+            participant: id,
+            task_id: header.task_id,
+            first_chunk,
+            chunks: receiver.received(),
+        });
         let result = if header.error.is_empty() {
             // A refused update fails this participant's round, not the upload call.
             match self.check_deltas(id, header.task_id, &deltas) {
@@ -1100,6 +1189,22 @@ impl Federation for Service {
         tracing::debug!(participant = %id, task_id, "answer received");
         self.shared.changed.notify_all();
         Ok(Response::new(PushAck {}))
+    }
+
+    async fn upload_offset(
+        &self,
+        request: Request<UploadOffsetRequest>,
+    ) -> std::result::Result<Response<UploadOffsetReply>, Status> {
+        let id = self.shared.authenticate(request.metadata(), Call::Other)?;
+        let req = request.into_inner();
+        let chunks = self
+            .shared
+            .lock()
+            .partial
+            .get(&id)
+            .filter(|p| p.task_id == req.task_id && p.sha256 == req.sha256)
+            .map_or(0, |p| p.receiver.received() as u64);
+        Ok(Response::new(UploadOffsetReply { chunks }))
     }
 
     async fn status(

@@ -107,6 +107,7 @@ fn decode_protos(bytes: &[u8]) {
         let _ = ReplyPart::decode(r.encode_to_vec().as_slice()).unwrap();
     }
     let _ = RegisterRequest::decode(bytes);
+    let _ = fluxmoe_deploy::proto::UploadOffsetRequest::decode(bytes);
     let _ = Chunk::decode(bytes);
 }
 
@@ -139,6 +140,8 @@ proptest! {
                 reply_json: serde_json::to_string(&reply_meta()).unwrap(),
                 error: String::new(),
                 measured_s: 1.5,
+                sha256: vec![7; 32],
+                first_chunk: 3,
             })),
         };
         for valid in [

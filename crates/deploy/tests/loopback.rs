@@ -546,10 +546,23 @@ fn a_copy_that_does_not_match_the_global_is_repaired_from_the_digests() {
     }
 }
 
+/// Which way of a connection [`cutting_proxy`] counts.
+#[derive(Clone, Copy, PartialEq)]
+enum Way {
+    /// Coordinator to participant (pulls).
+    Down,
+    /// Participant to coordinator (uploads).
+    Up,
+}
+
 /// A TCP proxy to `upstream` on a free loopback port that cuts its first connection
-/// once it has forwarded `cut_after` bytes from the coordinator to the participant
-/// (later connections pass untouched). Returns the proxy's address.
-fn cutting_proxy(upstream: std::net::SocketAddr, cut_after: usize) -> std::net::SocketAddr {
+/// once it has forwarded `cut_after` bytes the `way` it counts (later connections pass
+/// untouched). Returns the proxy's address.
+fn cutting_proxy(
+    upstream: std::net::SocketAddr,
+    way: Way,
+    cut_after: usize,
+) -> std::net::SocketAddr {
     use std::io::{Read, Write};
     use std::net::{Shutdown, TcpListener, TcpStream};
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -560,13 +573,16 @@ fn cutting_proxy(upstream: std::net::SocketAddr, cut_after: usize) -> std::net::
             let Ok(server) = TcpStream::connect(upstream) else {
                 return;
             };
-            let limit = if n == 0 { cut_after } else { usize::MAX };
+            let (up, down) = match (n, way) {
+                (0, Way::Up) => (cut_after, usize::MAX),
+                (0, Way::Down) => (usize::MAX, cut_after),
+                _ => (usize::MAX, usize::MAX),
+            };
             let pump = |mut from: TcpStream, mut to: TcpStream, limit: usize| {
                 std::thread::spawn(move || {
                     let mut buf = vec![0u8; 16 << 10];
                     let mut sent = 0usize;
-                    loop {
-                        let Ok(k) = from.read(&mut buf) else { break };
+                    while let Ok(k) = from.read(&mut buf) {
                         if k == 0 || to.write_all(&buf[..k]).is_err() {
                             break;
                         }
@@ -579,12 +595,8 @@ fn cutting_proxy(upstream: std::net::SocketAddr, cut_after: usize) -> std::net::
                     let _ = to.shutdown(Shutdown::Both);
                 })
             };
-            pump(
-                client.try_clone().unwrap(),
-                server.try_clone().unwrap(),
-                usize::MAX,
-            );
-            pump(server, client, limit);
+            pump(client.try_clone().unwrap(), server.try_clone().unwrap(), up);
+            pump(server, client, down);
         }
     });
     addr
@@ -599,7 +611,7 @@ fn a_pull_cut_mid_stream_resumes_at_its_next_chunk() {
     let n = 1 << 20;
     let zeros = Tensor::zeros(n, candle_core::DType::F32, &Device::Cpu).unwrap();
     let ones = Tensor::ones(n, candle_core::DType::F32, &Device::Cpu).unwrap();
-    let proxy = cutting_proxy(transport.local_addr(), 3 << 19);
+    let proxy = cutting_proxy(transport.local_addr(), Way::Down, 3 << 19);
     let mut cfg = serve_cfg(&transport, ParticipantId(0), unit_profile());
     cfg.url = format!("http://{proxy}");
     let copy: Global = BTreeMap::from([("a".to_string(), zeros)]);
@@ -628,6 +640,46 @@ fn a_pull_cut_mid_stream_resumes_at_its_next_chunk() {
     assert_eq!(log[0].first_chunk, 0, "{log:?}");
     assert!((1..4).contains(&log[1].first_chunk), "{log:?}");
     assert_eq!(log[0].bytes, log[1].bytes);
+    drop(transport);
+    assert_eq!(participant.join().unwrap().unwrap(), 1);
+}
+
+#[test]
+fn an_upload_cut_mid_stream_resumes_at_the_first_chunk_the_coordinator_lacks() {
+    let mut transport = bind(1, Duration::from_secs(60));
+    let uploads = transport.uploads();
+    // The participant holds the global (nothing to pull) and uploads it back as its
+    // delta: 4 MB, cut after 1.5 MB towards the coordinator.
+    let n = 1 << 20;
+    let ones = Tensor::ones(n, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let global: Global = BTreeMap::from([("a".to_string(), ones)]);
+    let proxy = cutting_proxy(transport.local_addr(), Way::Up, 3 << 19);
+    let mut cfg = serve_cfg(&transport, ParticipantId(0), unit_profile());
+    cfg.url = format!("http://{proxy}");
+    let copy = global.clone();
+    let participant = std::thread::spawn(move || serve(&cfg, &mut Echo(ParticipantId(0)), copy));
+    transport
+        .wait_for_participants(1, Duration::from_secs(30))
+        .unwrap();
+    let ins = TrainIns {
+        round: Round(1),
+        trainable: vec!["a".into()],
+        params: BTreeMap::new(),
+        changed: Some(BTreeSet::new()),
+    };
+    let ex = transport
+        .send_and_receive(vec![(ParticipantId(0), ins)], &global, None)
+        .unwrap();
+    assert!(ex.failures.is_empty(), "{:?}", ex.failures);
+    let echo = ex.replies[0].deltas["a"].to_vec1::<f32>().unwrap();
+    assert!(echo.len() == n && echo.iter().all(|&x| x == 1.0));
+    // Received whole once, by a stream that started where the broken one stopped.
+    let log = uploads.uploads();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert!(
+        log[0].first_chunk >= 1 && log[0].first_chunk < log[0].chunks,
+        "{log:?}"
+    );
     drop(transport);
     assert_eq!(participant.join().unwrap().unwrap(), 1);
 }
