@@ -296,24 +296,27 @@ async fn serve_async(
     participant: &mut dyn Participant,
     mut copy: Held,
 ) -> Result<usize> {
-    let mut client = connect(cfg).await?;
-    let mut retry = Retry::new(cfg.connect_timeout);
-    register(&mut client, cfg, &mut retry, true).await?;
+    let mut link = Link {
+        client: connect(cfg).await?,
+        cfg,
+        retry: Retry::new(cfg.connect_timeout),
+    };
+    link.register(true).await?;
     let mut answered = 0;
     loop {
-        let task = match client.next_task(NextTaskRequest {}).await {
+        let task = match link.client.next_task(NextTaskRequest {}).await {
             Ok(task) => task.into_inner(),
             Err(status) if status.code() == tonic::Code::NotFound => {
                 tracing::info!(participant = %cfg.id, "the coordinator does not know this participant (it restarted): registering again");
-                register(&mut client, cfg, &mut retry, false).await?;
+                link.register(false).await?;
                 continue;
             }
             Err(status) => {
-                retry.wait("NextTask", status).await?;
+                link.retry.wait("NextTask", status).await?;
                 continue;
             }
         };
-        retry.reset();
+        link.retry.reset();
         let kind = TaskKind::try_from(task.kind).unwrap_or(TaskKind::Unspecified);
         let answer = match kind {
             TaskKind::Wait => continue,
@@ -326,17 +329,7 @@ async fn serve_async(
             }
             TaskKind::Train => {
                 let ins: TrainIns = parse(&task.instruction_json)?;
-                let Some(model) = fetch(
-                    &mut client,
-                    cfg,
-                    &mut retry,
-                    &copy,
-                    &task,
-                    Which::Model,
-                    &ins,
-                )
-                .await?
-                else {
+                let Some(model) = link.fetch(&copy, &task, Which::Model, &ins).await? else {
                     continue;
                 };
                 let start = Instant::now();
@@ -366,31 +359,11 @@ async fn serve_async(
             }
             TaskKind::Profile => {
                 let ins: ProfileIns = parse(&task.instruction_json)?;
-                let Some(model) = fetch(
-                    &mut client,
-                    cfg,
-                    &mut retry,
-                    &copy,
-                    &task,
-                    Which::Model,
-                    &ins,
-                )
-                .await?
-                else {
+                let Some(model) = link.fetch(&copy, &task, Which::Model, &ins).await? else {
                     continue;
                 };
                 let current = if ins.stale {
-                    match fetch(
-                        &mut client,
-                        cfg,
-                        &mut retry,
-                        &copy,
-                        &task,
-                        Which::Current,
-                        &ins,
-                    )
-                    .await?
-                    {
+                    match link.fetch(&copy, &task, Which::Current, &ins).await? {
                         Some(current) => Some(current),
                         None => continue,
                     }
@@ -423,7 +396,7 @@ async fn serve_async(
             }
         };
         let (header, deltas) = answer;
-        if push(&mut client, &mut retry, header, &deltas).await? {
+        if link.push(header, &deltas).await? {
             answered += 1;
         }
     }
@@ -433,37 +406,6 @@ async fn serve_async(
 fn refused_copy(cfg: &ServeConfig, msg: String) -> String {
     tracing::warn!(participant = %cfg.id, reason = %msg, "the model received does not check out");
     format!("this participant's copy of the global model: {msg}")
-}
-
-/// Register (again, after a coordinator restart) with the device profile.
-/// Register, retrying while the coordinator is unreachable. The `first`
-/// registration runs on the connection just made, so a connection closed under it is
-/// the coordinator refusing this client (mutual TLS) or a TLS coordinator reached over
-/// `http://`: retrying does not heal that, and the error says so.
-async fn register(
-    client: &mut Client,
-    cfg: &ServeConfig,
-    retry: &mut Retry,
-    first: bool,
-) -> Result<()> {
-    let device_profile_json = serde_json::to_string(&cfg.profile)
-        .map_err(|e| Error::Config(format!("device profile: {e}")))?;
-    loop {
-        let request = RegisterRequest {
-            device_profile_json: device_profile_json.clone(),
-        };
-        match client.register(request).await {
-            Ok(_) => {
-                retry.reset();
-                tracing::info!(participant = %cfg.id, url = %cfg.url, "registered");
-                return Ok(());
-            }
-            Err(status) if first => {
-                return Err(crate::tls::first_call_failed(&cfg.url, "Register", status))
-            }
-            Err(status) => retry.wait("Register", status).await?,
-        }
-    }
 }
 
 /// What an instruction says about the tensors to pull.
@@ -492,40 +434,6 @@ impl Wants for ProfileIns {
     }
 }
 
-/// Pull what the copy lacks of the task's model (`Which::Model`, the task's `global`)
-/// or this round's global (`Which::Current`, its `current`) and check it: the model, or
-/// why it does not check out; `None` when the task closed meanwhile.
-async fn fetch(
-    client: &mut Client,
-    cfg: &ServeConfig,
-    retry: &mut Retry,
-    copy: &Held,
-    task: &Task,
-    which: Which,
-    ins: &impl Wants,
-) -> Result<Option<std::result::Result<Held, String>>> {
-    let manifest = match which {
-        Which::Current => &task.current,
-        _ => &task.global,
-    };
-    let names = copy.lacking(manifest, ins.everything())?;
-    if let Some(changed) = ins.changed() {
-        let repaired = names.iter().filter(|n| !changed.contains(*n)).count();
-        if repaired > 0 {
-            tracing::warn!(
-                participant = %cfg.id,
-                repaired,
-                "this participant's copy is not the one the coordinator accounted for: \
-                 pulling the tensors that differ"
-            );
-        }
-    }
-    let Some(received) = pull(client, cfg, retry, task.task_id, which, &names).await? else {
-        return Ok(None);
-    };
-    Ok(Some(copy.view(manifest, &names, received)))
-}
-
 fn header(task_id: u64, reply_json: String, error: String, measured_s: f64) -> ReplyHeader {
     ReplyHeader {
         task_id,
@@ -545,100 +453,168 @@ fn to_json(value: &impl serde::Serialize) -> Result<String> {
     serde_json::to_string(value).map_err(|e| Error::Protocol(format!("reply: {e}")))
 }
 
-/// Download the tensors `names` of a payload of task `task_id`, resuming at the next
-/// chunk when the stream breaks; `None` when the task closed meanwhile.
-async fn pull(
-    client: &mut Client,
-    cfg: &ServeConfig,
-    retry: &mut Retry,
-    task_id: u64,
-    which: Which,
-    names: &[String],
-) -> Result<Option<BTreeMap<String, Tensor>>> {
-    if names.is_empty() {
-        return Ok(Some(BTreeMap::new()));
-    }
-    let mut receiver = ChunkReceiver::new(cfg.max_payload_bytes);
-    loop {
-        let request = PullRequest {
-            task_id,
-            which: which as i32,
-            names: names.to_vec(),
-            first_chunk: receiver.received() as u64,
-        };
-        let broke = match client.pull_tensors(request).await {
-            Ok(stream) => {
-                let mut stream = stream.into_inner();
-                loop {
-                    match stream.message().await {
-                        Ok(Some(chunk)) => {
-                            retry.reset();
-                            if let Some(tensors) = receiver.accept(chunk)? {
-                                return Ok(Some(tensors));
-                            }
-                        }
-                        Ok(None) => return Err(ChunkReceiver::ended_early()),
-                        Err(status) => break status,
-                    }
-                }
-            }
-            Err(status) => status,
-        };
-        if broke.code() == tonic::Code::FailedPrecondition {
-            tracing::warn!(participant = %cfg.id, task_id, reason = %broke.message(), "task closed: dropped");
-            return Ok(None);
-        }
-        retry.wait("PullTensors", broke).await?;
-    }
+/// The connection to the coordinator, the participant's settings, and how lost
+/// connections are retried: what every call needs.
+struct Link<'a> {
+    client: Client,
+    cfg: &'a ServeConfig,
+    retry: Retry,
 }
 
-/// Upload `header` and the payload of `deltas`; when the connection breaks, resume at
-/// the first chunk the coordinator did not keep (`UploadOffset`), or from the start if
-/// it kept none. Whether the coordinator took it (it does not when the task closed
-/// meanwhile).
-async fn push(
-    client: &mut Client,
-    retry: &mut Retry,
-    mut header: ReplyHeader,
-    deltas: &BTreeMap<String, Tensor>,
-) -> Result<bool> {
-    let payload = Payload::encode(deltas)?;
-    header.sha256 = payload.sha256.clone();
-    let mut first = 0;
-    loop {
-        header.first_chunk = first as u64;
-        let parts = std::iter::once(ReplyPart {
-            part: Some(reply_part::Part::Header(header.clone())),
-        })
-        .chain(
-            to_chunks_from(Arc::clone(&payload), first).map(|c| ReplyPart {
-                part: Some(reply_part::Part::Chunk(c)),
-            }),
-        );
-        match client.push_reply(tokio_stream::iter(parts)).await {
-            Ok(_) => {
-                retry.reset();
-                return Ok(true);
+impl Link<'_> {
+    /// Register, retrying while the coordinator is unreachable. The `first`
+    /// registration runs on the connection just made, so a connection closed under it is
+    /// the coordinator refusing this client (mutual TLS) or a TLS coordinator reached over
+    /// `http://`: retrying does not heal that, and the error says so.
+    async fn register(&mut self, first: bool) -> Result<()> {
+        let device_profile_json = serde_json::to_string(&self.cfg.profile)
+            .map_err(|e| Error::Config(format!("device profile: {e}")))?;
+        loop {
+            let request = RegisterRequest {
+                device_profile_json: device_profile_json.clone(),
+            };
+            match self.client.register(request).await {
+                Ok(_) => {
+                    self.retry.reset();
+                    tracing::info!(participant = %self.cfg.id, url = %self.cfg.url, "registered");
+                    return Ok(());
+                }
+                Err(status) if first => {
+                    return Err(crate::tls::first_call_failed(
+                        &self.cfg.url,
+                        "Register",
+                        status,
+                    ))
+                }
+                Err(status) => self.retry.wait("Register", status).await?,
             }
-            // The round closed (timeout, restart) while this participant worked.
-            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
-                tracing::warn!(task_id = header.task_id, reason = %status.message(), "answer not taken");
-                return Ok(false);
+        }
+    }
+
+    /// Pull what the copy lacks of the task's model (`Which::Model`, the task's `global`)
+    /// or this round's global (`Which::Current`, its `current`) and check it: the model, or
+    /// why it does not check out; `None` when the task closed meanwhile.
+    async fn fetch(
+        &mut self,
+        copy: &Held,
+        task: &Task,
+        which: Which,
+        ins: &impl Wants,
+    ) -> Result<Option<std::result::Result<Held, String>>> {
+        let manifest = match which {
+            Which::Current => &task.current,
+            _ => &task.global,
+        };
+        let names = copy.lacking(manifest, ins.everything())?;
+        if let Some(changed) = ins.changed() {
+            let repaired = names.iter().filter(|n| !changed.contains(*n)).count();
+            if repaired > 0 {
+                tracing::warn!(
+                    participant = %self.cfg.id,
+                    repaired,
+                    "this participant's copy is not the one the coordinator accounted for: \
+                     pulling the tensors that differ"
+                );
             }
-            // The coordinator no longer holds the chunks before `first`: start over.
-            Err(status) if status.code() == tonic::Code::OutOfRange && first > 0 => first = 0,
-            Err(status) => {
-                retry.wait("PushReply", status).await?;
-                let offset = UploadOffsetRequest {
-                    task_id: header.task_id,
-                    sha256: payload.sha256.clone(),
-                };
-                first = match client.upload_offset(offset).await {
-                    Ok(reply) => usize::try_from(reply.into_inner().chunks)
-                        .unwrap_or(0)
-                        .min(chunk_count(&payload) - 1),
-                    Err(_) => 0,
-                };
+        }
+        let Some(received) = self.pull(task.task_id, which, &names).await? else {
+            return Ok(None);
+        };
+        Ok(Some(copy.view(manifest, &names, received)))
+    }
+
+    /// Download the tensors `names` of a payload of task `task_id`, resuming at the next
+    /// chunk when the stream breaks; `None` when the task closed meanwhile.
+    async fn pull(
+        &mut self,
+        task_id: u64,
+        which: Which,
+        names: &[String],
+    ) -> Result<Option<BTreeMap<String, Tensor>>> {
+        if names.is_empty() {
+            return Ok(Some(BTreeMap::new()));
+        }
+        let mut receiver = ChunkReceiver::new(self.cfg.max_payload_bytes);
+        loop {
+            let request = PullRequest {
+                task_id,
+                which: which as i32,
+                names: names.to_vec(),
+                first_chunk: receiver.received() as u64,
+            };
+            let broke = match self.client.pull_tensors(request).await {
+                Ok(stream) => {
+                    let mut stream = stream.into_inner();
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(chunk)) => {
+                                self.retry.reset();
+                                if let Some(tensors) = receiver.accept(chunk)? {
+                                    return Ok(Some(tensors));
+                                }
+                            }
+                            Ok(None) => return Err(ChunkReceiver::ended_early()),
+                            Err(status) => break status,
+                        }
+                    }
+                }
+                Err(status) => status,
+            };
+            if broke.code() == tonic::Code::FailedPrecondition {
+                tracing::warn!(participant = %self.cfg.id, task_id, reason = %broke.message(), "task closed: dropped");
+                return Ok(None);
+            }
+            self.retry.wait("PullTensors", broke).await?;
+        }
+    }
+
+    /// Upload `header` and the payload of `deltas`; when the connection breaks, resume at
+    /// the first chunk the coordinator did not keep (`UploadOffset`), or from the start if
+    /// it kept none. Whether the coordinator took it (it does not when the task closed
+    /// meanwhile).
+    async fn push(
+        &mut self,
+        mut header: ReplyHeader,
+        deltas: &BTreeMap<String, Tensor>,
+    ) -> Result<bool> {
+        let payload = Payload::encode(deltas)?;
+        header.sha256 = payload.sha256.clone();
+        let mut first = 0;
+        loop {
+            header.first_chunk = first as u64;
+            let parts = std::iter::once(ReplyPart {
+                part: Some(reply_part::Part::Header(header.clone())),
+            })
+            .chain(
+                to_chunks_from(Arc::clone(&payload), first).map(|c| ReplyPart {
+                    part: Some(reply_part::Part::Chunk(c)),
+                }),
+            );
+            match self.client.push_reply(tokio_stream::iter(parts)).await {
+                Ok(_) => {
+                    self.retry.reset();
+                    return Ok(true);
+                }
+                // The round closed (timeout, restart) while this participant worked.
+                Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                    tracing::warn!(task_id = header.task_id, reason = %status.message(), "answer not taken");
+                    return Ok(false);
+                }
+                // The coordinator no longer holds the chunks before `first`: start over.
+                Err(status) if status.code() == tonic::Code::OutOfRange && first > 0 => first = 0,
+                Err(status) => {
+                    self.retry.wait("PushReply", status).await?;
+                    let offset = UploadOffsetRequest {
+                        task_id: header.task_id,
+                        sha256: payload.sha256.clone(),
+                    };
+                    first = match self.client.upload_offset(offset).await {
+                        Ok(reply) => usize::try_from(reply.into_inner().chunks)
+                            .unwrap_or(0)
+                            .min(chunk_count(&payload) - 1),
+                        Err(_) => 0,
+                    };
+                }
             }
         }
     }

@@ -137,6 +137,26 @@ fn initial_global(lm: &LoadedModel) -> Global {
         .collect()
 }
 
+/// The model at `model_path` and its tokenizer (a model without one cannot run a task).
+fn model_with_tokenizer(model_path: &Path) -> Result<(LoadedModel, tokenizers::Tokenizer)> {
+    let lm = load_model(model_path, &Device::Cpu)?;
+    let tokenizer = lm.tokenizer.clone().ok_or_else(|| {
+        Error::Config(format!(
+            "`model.path`: {} has no tokenizer",
+            model_path.display()
+        ))
+    })?;
+    Ok((lm, tokenizer))
+}
+
+/// Where `file`'s built-in tasks find their data.
+fn data_dirs(file: &RunFile) -> DataDirs {
+    DataDirs {
+        math: file.task.math_dir.clone(),
+        wordnet: PathBuf::from(fluxmoe_data::tasks::wordnet::DEFAULT_DIR),
+    }
+}
+
 /// What a run is made of before a transport or coordinator exists.
 struct Setup {
     lm: LoadedModel,
@@ -155,18 +175,13 @@ impl Setup {
     /// Load the model and task, partition and tokenise the training data, and build
     /// one participant per shard.
     fn new(file: &RunFile, model_path: &Path) -> Result<Self> {
-        let lm = load_model(model_path, &Device::Cpu)?;
-        let tokenizer = lm.tokenizer.clone().ok_or_else(|| {
-            Error::Config(format!(
-                "`model.path`: {} has no tokenizer",
-                model_path.display()
-            ))
-        })?;
-        let dirs = DataDirs {
-            math: file.task.math_dir.clone(),
-            wordnet: PathBuf::from(fluxmoe_data::tasks::wordnet::DEFAULT_DIR),
-        };
-        let data = load_train_test(&file.task.name, &dirs, LoadOptions::STRICT, file.seed)?;
+        let (lm, tokenizer) = model_with_tokenizer(model_path)?;
+        let data = load_train_test(
+            &file.task.name,
+            &data_dirs(file),
+            LoadOptions::STRICT,
+            file.seed,
+        )?;
         let conventions =
             PromptConventions::new(lm.chat_template.as_deref(), &lm.eos_ids, &tokenizer);
         let (format, pad_id) = (conventions.format, conventions.pad_id);
@@ -276,18 +291,10 @@ pub fn member_with_own_data(
             ids.len()
         )));
     };
-    let lm = load_model(model_path, &Device::Cpu)?;
-    let tokenizer = lm.tokenizer.clone().ok_or_else(|| {
-        Error::Config(format!(
-            "`model.path`: {} has no tokenizer",
-            model_path.display()
-        ))
-    })?;
-    let dirs = DataDirs {
-        math: file.task.math_dir.clone(),
-        wordnet: PathBuf::from(fluxmoe_data::tasks::wordnet::DEFAULT_DIR),
-    };
-    let task = fluxmoe_data::tasks::registry::load_whole(data, &dirs, LoadOptions::STRICT)?.task;
+    let (lm, tokenizer) = model_with_tokenizer(model_path)?;
+    let task =
+        fluxmoe_data::tasks::registry::load_whole(data, &data_dirs(file), LoadOptions::STRICT)?
+            .task;
     let conventions = PromptConventions::new(lm.chat_template.as_deref(), &lm.eos_ids, &tokenizer);
     let template = Template::for_task(&task.name);
     let batch_cfg = conventions.batch_config(file.task.max_len);
