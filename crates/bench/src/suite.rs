@@ -160,24 +160,56 @@ impl Suite {
         self.runs_filtered(out, None, None)
     }
 
+    /// The runs of [`Suite::runs`] whose task is one of `tasks` and whose method key
+    /// (`flux`, `flux-int8`: a method, or a method and its variant) is one of `methods`,
+    /// each exactly or, for an entry ending in `*`, by prefix (`flux*`: FLUX and all its
+    /// variants). A filter entry that selects nothing is an error naming what exists.
     pub fn runs_filtered(
         &self,
         out: &Path,
         methods: Option<&[String]>,
         tasks: Option<&[String]>,
     ) -> Result<Vec<RunSpec>> {
+        let keys: Vec<String> = self
+            .columns()
+            .into_iter()
+            .map(|(method, variant, _)| method_key(&method, &variant))
+            .collect();
+        let selects = |entry: &str, key: &str| match entry.strip_suffix('*') {
+            Some(prefix) => key.starts_with(prefix),
+            None => key == entry,
+        };
+        for entry in methods.unwrap_or_default() {
+            if !keys.iter().any(|k| selects(entry, k)) {
+                return Err(Error::Suite(format!(
+                    "--methods `{entry}` selects no run of suite `{}` (its runs: {}; end an entry \
+                     with `*` to select by prefix)",
+                    self.name,
+                    keys.join(", ")
+                )));
+            }
+        }
+        for entry in tasks.unwrap_or_default() {
+            if !self.tasks.iter().any(|t| &t.name == entry) {
+                return Err(Error::Suite(format!(
+                    "--tasks `{entry}` is not a task of suite `{}` (its tasks: {})",
+                    self.name,
+                    self.tasks
+                        .iter()
+                        .map(|t| t.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
         let mut specs = Vec::new();
         for task in &self.tasks {
             if tasks.is_some_and(|t| !t.contains(&task.name)) {
                 continue;
             }
             for (method, variant, options) in self.columns() {
-                let key = if variant.is_empty() {
-                    method.clone()
-                } else {
-                    format!("{method}-{variant}")
-                };
-                if methods.is_some_and(|m| !m.contains(&method) && !m.contains(&key)) {
+                let key = method_key(&method, &variant);
+                if methods.is_some_and(|m| !m.iter().any(|e| selects(e, &key))) {
                     continue;
                 }
                 for &seed in &self.seeds {
@@ -260,6 +292,15 @@ impl Suite {
     }
 }
 
+/// The key of a suite column: its method, or method and variant (`flux-int8`).
+pub fn method_key(method: &str, variant: &str) -> String {
+    if variant.is_empty() {
+        method.to_string()
+    } else {
+        format!("{method}-{variant}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,6 +368,30 @@ pca_dim = 8
             )
             .unwrap();
         assert_eq!(only.len(), 2);
+        // A method's name selects its plain runs only; `*` selects by prefix.
+        let plain = s
+            .runs_filtered(Path::new("/o"), Some(&["flux".into()]), None)
+            .unwrap();
+        assert!(plain.iter().all(|r| r.variant.is_empty()), "{plain:?}");
+        let all_flux = s
+            .runs_filtered(Path::new("/o"), Some(&["flux*".into()]), None)
+            .unwrap();
+        assert!(all_flux.len() > plain.len());
+        assert!(all_flux.iter().all(|r| r.method == "flux"));
+        // Filters that select nothing are errors naming what exists.
+        let err = s
+            .runs_filtered(Path::new("/o"), Some(&["flux-int9".into()]), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("flux-int9") && err.contains("flux-int8"),
+            "{err}"
+        );
+        let err = s
+            .runs_filtered(Path::new("/o"), None, Some(&["mathh".into()]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mathh") && err.contains("math"), "{err}");
     }
 
     #[test]

@@ -329,7 +329,8 @@ enum BenchKind {
         /// A suite name from suites/ (smoke, standard, ablations) or a suite file path.
         #[arg(long)]
         suite: String,
-        /// Only these methods (or method-variant keys), comma-separated.
+        /// Only these runs, comma-separated: method keys (`flux`, `flux-int8`), or a prefix
+        /// ending in `*` (`flux*`: FLUX and all its variants).
         #[arg(long, value_delimiter = ',')]
         methods: Option<Vec<String>>,
         /// Only these tasks, comma-separated.
