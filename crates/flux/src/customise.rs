@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::merge::{
-    cosine_kmeans, layer_slots, merge_coefficients, merge_tensors, pca_project, SlotRule,
+    centred_gram, cosine_kmeans, layer_slots, merge_coefficients, merge_tensors, pca_from_gram,
+    SlotRule,
 };
 use crate::profile::Profile;
 use crate::roles::{ExpertId, Roles};
@@ -116,7 +117,9 @@ pub fn customise(
     let counts: Vec<usize> = non_tuning.iter().map(Vec::len).collect();
     let slots = layer_slots(&freqs, &counts, b_non, opts.slot_rule, opts.var_floor)?;
 
-    // Rows to cluster: the non-tuning experts of every layer that must merge.
+    // Rows to cluster: the non-tuning experts of every layer that must merge, as their
+    // own tensors (PCA needs only their Gram matrix, gathered block by block, so the
+    // experts are never copied into one matrix).
     let (mut rows, mut group, mut members) = (Vec::new(), Vec::new(), Vec::new());
     for (i, experts) in non_tuning.iter().enumerate() {
         if slots[i] >= experts.len() {
@@ -127,11 +130,7 @@ pub fn customise(
                 layer: profile.layers[i].layer,
                 expert: e,
             };
-            let flat: Vec<Tensor> = expert_tensors(&cfg, tensors, id)?
-                .iter()
-                .map(|t| t.flatten_all())
-                .collect::<candle_core::Result<_>>()?;
-            rows.push(Tensor::cat(&flat, 0)?);
+            rows.push(expert_tensors(&cfg, tensors, id)?.to_vec());
             group.push(i);
             members.push(id);
         }
@@ -143,12 +142,13 @@ pub fn customise(
     if rows.is_empty() {
         return Ok(out);
     }
-    let x = Tensor::stack(&rows, 0)?;
-    drop(rows);
-    let (n, d) = x.dims2()?;
+    let (n, d) = (
+        rows.len(),
+        rows[0].iter().map(Tensor::elem_count).sum::<usize>(),
+    );
     out.flops += 2.0 * (n * n * d) as f64;
-    let points = pca_project(&x, opts.pca_dim)?;
-    drop(x);
+    let points = pca_from_gram(centred_gram(&rows)?, opts.pca_dim)?;
+    drop(rows);
     let assignment = cosine_kmeans(&points, &group, &slots, seed, opts.kmeans_iters)?;
 
     // Per layer: clusters → slot map and merged experts.

@@ -18,7 +18,7 @@ mod pca;
 mod slots;
 
 pub use kmeans::{cosine_kmeans, masked_similarity};
-pub use pca::{jacobi_eigen, pca_project};
+pub use pca::{centred_gram, jacobi_eigen, pca_from_gram, pca_project};
 pub use slots::{layer_slots, SlotRule};
 
 use candle_core::{DType, Tensor};

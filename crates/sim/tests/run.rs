@@ -45,9 +45,12 @@ fn run_writes_metrics_summary_and_final_model_deterministically() {
     let t = &first["times"][0];
     assert!(t["measured_s"].as_f64().unwrap() > 0.0, "{t}");
     if cfg!(target_os = "linux") {
+        // Both are read from /proc, whose per-thread counters the kernel folds in
+        // lazily: with other tests' threads in this process, `start` may even exceed
+        // `peak` by a little, so only their presence and size are checked.
         let peak = t["peak_rss_bytes"].as_u64().unwrap();
         let start = t["rss_start_bytes"].as_u64().unwrap();
-        assert!(peak > 1 << 20 && start > 1 << 20 && start <= peak, "{t}");
+        assert!(peak > 1 << 20 && start > 1 << 20, "{t}");
     }
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(root.join("a/summary.json")).unwrap())

@@ -4,8 +4,11 @@
 //! the millions, so the `D×D` covariance is never formed. With `Xc` the centred rows,
 //! the Gram matrix `G = Xc Xcᵀ` `[N, N]` has the eigendecomposition `G = U Λ Uᵀ`, and the
 //! projections onto the top principal axes are `Xc V_k = U_k Λ_k^{1/2}` `[N, k]`.
-//! `G` is computed by one candle matmul in f32 (on whatever device `X` lives) and
+//! `G` is computed by candle matmuls in f32 (on whatever device `X` lives) and
 //! decomposed on the host in f64 by the cyclic Jacobi method, which is deterministic.
+//! [`centred_gram`] gathers `G` over blocks of columns taken from the rows' own tensors,
+//! so `X` is never materialised: centring is per column, so centring each block is
+//! exact, and `G` is the sum of the blocks' Gram matrices.
 
 use candle_core::{DType, Tensor};
 
@@ -26,11 +29,81 @@ pub fn pca_project(x: &Tensor, dim: usize) -> Result<Vec<Vec<f64>>> {
     if dim == 0 {
         return Err(Error::config("pca_dim", "must be >= 1, got 0"));
     }
-    let dim = dim.min(n_rows);
     let x = x.to_dtype(DType::F32)?;
     let centred = x.broadcast_sub(&x.mean_keepdim(0)?)?;
     let gram = centred.matmul(&centred.t()?)?.to_dtype(DType::F64)?;
-    let (values, vectors) = jacobi_eigen(gram.to_vec2::<f64>()?);
+    pca_from_gram(gram.to_vec2::<f64>()?, dim)
+}
+
+/// Elements per row of one block of [`centred_gram`]: an `[N, 65536]` f32 block of 100
+/// experts is 25 MiB.
+const BLOCK_ELEMS: usize = 1 << 16;
+
+/// The centred Gram matrix (`[N][N]`, f64) of `N` rows, row `i` being the tensors
+/// `rows[i]` flattened and concatenated; every row must have tensors of the same shapes.
+/// Gathered over blocks of at most [`BLOCK_ELEMS`] columns (slices of leading rows of
+/// one tensor), so that memory beyond the tensors themselves is one `[N, block]` block
+/// and the result.
+pub fn centred_gram(rows: &[Vec<Tensor>]) -> Result<Vec<Vec<f64>>> {
+    let n = rows.len();
+    let Some(first) = rows.first() else {
+        return Err(Error::Input("pca: no rows to project".into()));
+    };
+    for (i, r) in rows.iter().enumerate() {
+        let same = r.len() == first.len() && r.iter().zip(first).all(|(a, b)| a.dims() == b.dims());
+        if !same {
+            return Err(Error::Input(format!(
+                "pca: row {i}'s tensors have other shapes than row 0's"
+            )));
+        }
+    }
+    let mut gram = vec![vec![0.0f64; n]; n];
+    for (k, t) in first.iter().enumerate() {
+        let leading = t.dims().first().copied().unwrap_or(1).max(1);
+        let per_leading = t.elem_count() / leading;
+        let step = (BLOCK_ELEMS / per_leading.max(1)).max(1);
+        for start in (0..leading).step_by(step) {
+            let len = step.min(leading - start);
+            let slices = rows
+                .iter()
+                .map(|r| {
+                    let t = &r[k];
+                    let t = if t.rank() == 0 {
+                        t.reshape(1)?
+                    } else {
+                        t.clone()
+                    };
+                    t.narrow(0, start, len)?.flatten_all()?.to_dtype(DType::F32)
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let block = Tensor::stack(&slices, 0)?;
+            drop(slices);
+            let centred = block.broadcast_sub(&block.mean_keepdim(0)?)?;
+            let g = centred
+                .matmul(&centred.t()?)?
+                .to_dtype(DType::F64)?
+                .to_vec2::<f64>()?;
+            for (acc, row) in gram.iter_mut().zip(g) {
+                for (a, v) in acc.iter_mut().zip(row) {
+                    *a += v;
+                }
+            }
+        }
+    }
+    Ok(gram)
+}
+
+/// [`pca_project`] from the rows' centred Gram matrix (`[N][N]`, see [`centred_gram`]).
+pub fn pca_from_gram(gram: Vec<Vec<f64>>, dim: usize) -> Result<Vec<Vec<f64>>> {
+    let n_rows = gram.len();
+    if n_rows == 0 {
+        return Err(Error::Input("pca: no rows to project".into()));
+    }
+    if dim == 0 {
+        return Err(Error::config("pca_dim", "must be >= 1, got 0"));
+    }
+    let dim = dim.min(n_rows);
+    let (values, vectors) = jacobi_eigen(gram);
     Ok((0..n_rows)
         .map(|i| {
             (0..dim)
@@ -121,6 +194,61 @@ mod tests {
 
     fn close(a: f64, b: f64, tol: f64) -> bool {
         (a - b).abs() <= tol * (1.0 + b.abs())
+    }
+
+    #[test]
+    fn the_blockwise_gram_is_the_gram_of_the_concatenated_rows() {
+        // 5 rows of two tensors, [300, 500] (several blocks) and [7]: the blockwise
+        // Gram equals that of the rows concatenated, and so do the projections.
+        let dev = Device::Cpu;
+        let rows: Vec<Vec<Tensor>> = (0..5)
+            .map(|i| {
+                let a = Tensor::arange(0f32, 150_000.0, &dev)
+                    .unwrap()
+                    .affine(1e-5 * (i as f64 + 1.0), (i * i) as f64)
+                    .unwrap()
+                    .sin()
+                    .unwrap()
+                    .reshape((300, 500))
+                    .unwrap();
+                let b = Tensor::new(&[i as f32, 1.0, -2.0, 0.5, 3.0, i as f32 * 0.5, 7.0], &dev)
+                    .unwrap();
+                vec![a, b]
+            })
+            .collect();
+        let flat: Vec<Tensor> = rows
+            .iter()
+            .map(|r| {
+                let parts: Vec<Tensor> = r.iter().map(|t| t.flatten_all().unwrap()).collect();
+                Tensor::cat(&parts, 0).unwrap()
+            })
+            .collect();
+        let x = Tensor::stack(&flat, 0).unwrap();
+        let centred = x.broadcast_sub(&x.mean_keepdim(0).unwrap()).unwrap();
+        let direct = centred
+            .matmul(&centred.t().unwrap())
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec2::<f64>()
+            .unwrap();
+        let blockwise = centred_gram(&rows).unwrap();
+        for (d, b) in direct.iter().flatten().zip(blockwise.iter().flatten()) {
+            assert!(close(*b, *d, 1e-4), "{b} vs {d}");
+        }
+        let p1 = pca_project(&x, 3).unwrap();
+        let p2 = pca_from_gram(blockwise, 3).unwrap();
+        for (a, b) in p1.iter().flatten().zip(p2.iter().flatten()) {
+            assert!(close(*a, *b, 1e-3), "{a} vs {b}");
+        }
+        // Rows of other shapes are an error, not a panic.
+        let mut bad = rows.clone();
+        bad[2][1] = Tensor::new(&[1f32, 2.0], &dev).unwrap();
+        assert!(centred_gram(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("row 2"));
+        assert!(centred_gram(&[]).is_err());
     }
 
     fn tensor(rows: &[Vec<f32>]) -> Tensor {
