@@ -3,7 +3,12 @@
 
 use super::{fixture, fluxmoe, stderr, stdout};
 
-fn config(dir: &std::path::Path, memory_fraction: f64, profiles: &str) -> std::path::PathBuf {
+fn config(
+    dir: &std::path::Path,
+    memory_fraction: f64,
+    profiles: &str,
+    options: &str,
+) -> std::path::PathBuf {
     let path = dir.join("plan.toml");
     let text = format!(
         r#"
@@ -23,6 +28,7 @@ batch_size = 2
 name = "flux"
 [method.options]
 overhead_mib = 0.0
+{options}
 [fleet]
 profiles = [{profiles}]
 memory_fraction = {memory_fraction}
@@ -40,7 +46,7 @@ fn plan_prints_budgets_and_names_a_budget_that_does_not_fit() {
     // ~1 MB on the 12 GiB card, ~0.8 MB on the 10 GiB one: the fixture's experts are
     // 48 KiB each (tuning one costs 192 KiB) and its fixed part is about 0.5 MB.
     let rtx3060 = 12.0 * 1024.0 * 1024.0 * 1024.0;
-    let cfg = config(tmp.path(), 1.0e6 / rtx3060, r#""rtx3060", "rtx3080""#);
+    let cfg = config(tmp.path(), 1.0e6 / rtx3060, r#""rtx3060", "rtx3080""#, "");
     let o = fluxmoe(&["plan", "--config", cfg.to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
@@ -59,9 +65,34 @@ fn plan_prints_budgets_and_names_a_budget_that_does_not_fit() {
         .sum();
     assert_eq!(sum, b["memory_bytes"].as_u64().unwrap());
     // A tiny share of memory cannot hold one tuning expert: the table says so.
-    let cfg = config(tmp.path(), 1.0e-5, r#""rtx3060""#);
+    let cfg = config(tmp.path(), 1.0e-5, r#""rtx3060""#, "");
     let o = fluxmoe(&["plan", "--config", cfg.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let s = stdout(&o);
     assert!(s.contains("does not fit") && s.contains("short by"), "{s}");
+}
+
+#[test]
+fn the_median_upload_cap_brings_the_big_card_down_to_the_fleet_median() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rtx3060 = 12.0 * 1024.0 * 1024.0 * 1024.0;
+    let profiles = r#""rtx3060", "rtx3080", "rtx4090""#;
+    let b_tune = |options: &str| -> Vec<u64> {
+        let cfg = config(tmp.path(), 1.4e6 / rtx3060, profiles, options);
+        let o = fluxmoe(&["plan", "--config", cfg.to_str().unwrap(), "--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["budget"]["Ok"]["b_tune"].as_u64().unwrap())
+            .collect()
+    };
+    let free = b_tune("");
+    // Twice the 3060's memory tunes more; the 3080 less. All three upload at the same
+    // rate, so the median upload time is the 3060's and the 4090 is cut to its B_tune.
+    assert!(free[1] < free[0] && free[0] < free[2], "{free:?}");
+    let capped = b_tune(r#"tune_cap = "median-upload""#);
+    assert_eq!(capped, [free[0], free[1], free[0]]);
 }

@@ -17,7 +17,10 @@
 //! per round how many of the `B_tune` slots exploit and how many explore, so the
 //! budget must hold the round in which all of them are tuned.
 
+use std::collections::BTreeMap;
 use std::fmt;
+
+use fluxmoe_fed::{DeviceProfile, ParticipantId};
 
 use serde::{Deserialize, Serialize};
 
@@ -171,6 +174,18 @@ pub fn plan_budget(
     inputs: &MemoryInputs,
     model: &MemoryModel,
 ) -> Result<Budget> {
+    plan_budget_capped(memory_bytes, inputs, model, usize::MAX)
+}
+
+/// [`plan_budget`] with `B_tune` at most `max_b_tune` (at least 1): step 1 stops at the
+/// cap and the memory it leaves goes back to merged slots in step 2, exactly as any
+/// other leftover.
+pub fn plan_budget_capped(
+    memory_bytes: u64,
+    inputs: &MemoryInputs,
+    model: &MemoryModel,
+    max_b_tune: usize,
+) -> Result<Budget> {
     model.validate()?;
     let n = inputs.total_experts();
     if n == 0 || inputs.expert_bytes == 0 {
@@ -205,7 +220,7 @@ pub fn plan_budget(
         )));
     }
     // Largest b in [1, n] with cost(b) <= avail; cost is non-decreasing, cost(1) fits.
-    let (mut lo, mut hi) = (1usize, n);
+    let (mut lo, mut hi) = (1usize, n.min(max_b_tune.max(1)));
     while lo < hi {
         let mid = lo + (hi - lo).div_ceil(2);
         if cost(mid) <= avail {
@@ -228,6 +243,63 @@ pub fn plan_budget(
         merged_bytes,
         free_bytes: memory_bytes - fixed - tuning_bytes - merged_bytes,
     })
+}
+
+/// What bounds `B_tune` besides memory [ours].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TuneCap {
+    /// Memory alone (METHOD.md step 3).
+    #[default]
+    None,
+    /// Memory, and no more experts than the participant uploads in the fleet's median
+    /// upload time: with `t_i = B_tune_i · s_e / uplink_i` from memory alone and `T` the
+    /// (lower) median of the `t_i` over the participants whose budget fits,
+    /// `B_tune_i ≤ max(1, ⌊T · uplink_i / s_e⌋)`. A synchronous round waits for its
+    /// slowest upload, so a device with far more memory than the rest would otherwise
+    /// set every round's length; its freed memory goes to merged slots.
+    MedianUpload,
+}
+
+/// Every participant's budget (METHOD.md step 3) under `cap`; an `Err` where even one
+/// tuning expert does not fit.
+pub fn fleet_budgets(
+    devices: &BTreeMap<ParticipantId, DeviceProfile>,
+    inputs: &MemoryInputs,
+    model: &MemoryModel,
+    cap: TuneCap,
+) -> BTreeMap<ParticipantId, Result<Budget>> {
+    let mut budgets: BTreeMap<ParticipantId, Result<Budget>> = devices
+        .iter()
+        .map(|(&id, d)| (id, plan_budget(d.memory_bytes, inputs, model)))
+        .collect();
+    if cap == TuneCap::None || inputs.expert_bytes == 0 {
+        return budgets;
+    }
+    let expert = inputs.expert_bytes as f64;
+    let mut times: Vec<f64> = budgets
+        .iter()
+        .filter_map(|(id, b)| {
+            let b = b.as_ref().ok()?;
+            Some(b.b_tune as f64 * expert / devices[id].uplink_bytes_per_s)
+        })
+        .collect();
+    if times.is_empty() {
+        return budgets;
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[(times.len() - 1) / 2];
+    for (id, budget) in budgets.iter_mut() {
+        let Ok(b) = budget else { continue };
+        // The relative slack keeps a participant whose time is the median itself (or
+        // equal to it up to rounding) at its own B_tune.
+        let fits = (median * devices[id].uplink_bytes_per_s / expert * (1.0 + 1e-9)).floor();
+        let cap = (fits as usize).max(1);
+        if cap < b.b_tune {
+            *budget = plan_budget_capped(devices[id].memory_bytes, inputs, model, cap);
+        }
+    }
+    budgets
 }
 
 #[cfg(test)]
@@ -346,5 +418,76 @@ mod tests {
             plan_budget(1240 * MB, &none, &MemoryModel::default()),
             Err(Error::Input(_))
         ));
+    }
+
+    fn device(memory_mib: u64, uplink: f64) -> DeviceProfile {
+        DeviceProfile {
+            name: format!("{memory_mib} MiB"),
+            memory_bytes: memory_mib * MB,
+            train_flops: 1e12,
+            quant_forward_flops: 1e12,
+            pcie_bytes_per_s: 1e9,
+            uplink_bytes_per_s: uplink,
+            downlink_bytes_per_s: 1e7,
+        }
+    }
+
+    #[test]
+    fn a_cap_below_the_memory_bound_gives_its_memory_to_merged_slots() {
+        let free = plan_budget(1240 * MB, &inputs(), &MemoryModel::default()).unwrap();
+        assert_eq!((free.b_tune, free.b_non), (5, 4));
+        let capped = plan_budget_capped(1240 * MB, &inputs(), &MemoryModel::default(), 2).unwrap();
+        // 3 tuning experts fewer free 3 × 40 MiB = 12 merged slots.
+        assert_eq!((capped.b_tune, capped.b_non, capped.free_bytes), (2, 16, 0));
+        assert_eq!(
+            capped.fixed_bytes + capped.tuning_bytes + capped.merged_bytes + capped.free_bytes,
+            capped.memory_bytes
+        );
+        // A cap at or above the memory bound changes nothing; a cap of 0 means 1.
+        let same = plan_budget_capped(1240 * MB, &inputs(), &MemoryModel::default(), 5).unwrap();
+        assert_eq!(same, free);
+        let one = plan_budget_capped(1240 * MB, &inputs(), &MemoryModel::default(), 0).unwrap();
+        assert_eq!(one.b_tune, 1);
+    }
+
+    #[test]
+    fn the_median_upload_cap_bounds_only_the_slow_uploaders() {
+        // B_tune from memory: 1240 MiB -> 5, 1320 MiB -> 7, 1640 MiB -> 15.
+        let devices: BTreeMap<ParticipantId, DeviceProfile> = [
+            (0, device(1240, 1e6)),
+            (1, device(1320, 1e6)),
+            (2, device(1320, 1e6)),
+            (3, device(1640, 1e6)),
+            // The same memory on a link twice as fast uploads its 15 in the median time.
+            (4, device(1640, 2e6)),
+            // Cannot hold one tuning expert: no budget, and no say in the median.
+            (5, device(500, 1e6)),
+        ]
+        .into_iter()
+        .map(|(i, d)| (ParticipantId(i), d))
+        .collect();
+        let model = MemoryModel::default();
+        let none = fleet_budgets(&devices, &inputs(), &model, TuneCap::None);
+        let b_tune = |m: &BTreeMap<ParticipantId, Result<Budget>>| -> Vec<Option<usize>> {
+            m.values()
+                .map(|b| b.as_ref().ok().map(|b| b.b_tune))
+                .collect()
+        };
+        assert_eq!(
+            b_tune(&none),
+            [Some(5), Some(7), Some(7), Some(15), Some(15), None]
+        );
+        // Upload times (in expert-sizes per MB/s): 5, 7, 7, 15, 7.5; lower median 7.
+        let capped = fleet_budgets(&devices, &inputs(), &model, TuneCap::MedianUpload);
+        assert_eq!(
+            b_tune(&capped),
+            [Some(5), Some(7), Some(7), Some(7), Some(14), None]
+        );
+        // The capped participant keeps its memory: what tuning no longer holds is merged.
+        let three = capped[&ParticipantId(3)].as_ref().unwrap();
+        let uncapped = none[&ParticipantId(3)].as_ref().unwrap();
+        assert!(three.b_non > uncapped.b_non);
+        assert_eq!(three.memory_bytes, uncapped.memory_bytes);
+        assert!(matches!(capped[&ParticipantId(5)], Err(Error::Budget(_))));
     }
 }

@@ -14,12 +14,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use fluxmoe_fed::aggregate::{mean_assigned_deltas, AggregateConfig};
 use fluxmoe_fed::server_opt::{ServerOptimizer, ServerOptimizerConfig, ServerOptimizerState};
 use fluxmoe_fed::wire::{Failure, ProfileIns, ProfileReply, Scalar, TrainIns, TrainReply};
-use fluxmoe_fed::{Global, ParticipantId, Round, Strategy, TrainOutcome};
+use fluxmoe_fed::{DeviceProfile, Global, ParticipantId, Round, Strategy, TrainOutcome};
 use rand::rngs::StdRng;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::budget::{plan_budget, Budget, MemoryInputs, MemoryModel};
+use crate::budget::{fleet_budgets, Budget, MemoryInputs, MemoryModel, TuneCap};
 use crate::customise::MergeOptions;
 use crate::error::{Error, Result};
 use crate::local::Exploration;
@@ -80,6 +80,8 @@ pub struct FluxOptions {
     /// Train only on the local samples routed to a tuning expert (METHOD.md step 6).
     pub data_selection: bool,
     pub tuning_factor: f64,
+    /// What bounds `B_tune` besides memory (FLUX only).
+    pub tune_cap: TuneCap,
     /// Runtime overhead held on every device (framework, kernels, allocator), MiB.
     pub overhead_mib: f64,
 }
@@ -107,6 +109,7 @@ impl Default for FluxOptions {
             zo_sigma: 1e-3,
             data_selection: false,
             tuning_factor: MemoryModel::default().tuning_factor,
+            tune_cap: TuneCap::None,
             overhead_mib: 256.0,
         }
     }
@@ -129,6 +132,15 @@ impl FluxOptions {
             alpha: self.alpha,
             kmeans_iters: self.kmeans_iters,
             var_floor: self.var_floor,
+        }
+    }
+
+    /// The cap on `B_tune` a method plans with: [`Self::tune_cap`] under FLUX; the
+    /// baselines size their experts by memory alone.
+    pub fn tune_cap_for(&self, method: Method) -> TuneCap {
+        match method {
+            Method::Flux => self.tune_cap,
+            Method::Fmd | Method::Fmq | Method::Fmes => TuneCap::None,
         }
     }
 
@@ -286,14 +298,14 @@ pub struct ExpertStrategy {
 }
 
 impl ExpertStrategy {
-    /// `memory` gives each participant's device memory in bytes.
+    /// `devices` gives each participant's device (its memory and uplink set the budget).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         method: Method,
         opts: FluxOptions,
         per_round: usize,
         model: ExpertModel,
-        memory: &BTreeMap<ParticipantId, u64>,
+        devices: &BTreeMap<ParticipantId, DeviceProfile>,
         aggregate: AggregateConfig,
         params: BTreeMap<String, Scalar>,
     ) -> Result<Self> {
@@ -307,10 +319,10 @@ impl ExpertStrategy {
                 method.name()
             )));
         }
+        let cap = opts.tune_cap_for(method);
         let mut budgets = BTreeMap::new();
-        for (&id, &bytes) in memory {
-            let budget = plan_budget(bytes, &model.memory, &opts.memory_model())
-                .map_err(|e| Error::Budget(format!("participant {id}: {e}")));
+        for (id, budget) in fleet_budgets(devices, &model.memory, &opts.memory_model(), cap) {
+            let budget = budget.map_err(|e| Error::Budget(format!("participant {id}: {e}")));
             match (method, budget) {
                 (_, Ok(b)) => {
                     budgets.insert(id, b);
@@ -329,7 +341,10 @@ impl ExpertStrategy {
             aggregate,
             optimizer: ServerOptimizer::new(ServerOptimizerConfig::fedavg())?,
             params,
-            memory: memory.clone(),
+            memory: devices
+                .iter()
+                .map(|(&id, d)| (id, d.memory_bytes))
+                .collect(),
             tables: BTreeMap::new(),
             plans: BTreeMap::new(),
             sampled: Vec::new(),

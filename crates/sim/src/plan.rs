@@ -1,9 +1,12 @@
 //! `fluxmoe plan`: each participant's memory budget under a run config, before running
 //! it (METHOD.md step 3), so a user sees why a method tunes what it tunes.
 
+use std::collections::BTreeMap;
+
 use candle_core::Device;
 use fluxmoe_fed::ParticipantId;
-use fluxmoe_flux::budget::{plan_budget, Budget, MemoryInputs};
+use fluxmoe_flux::budget::{fleet_budgets, Budget, MemoryInputs, TuneCap};
+use fluxmoe_flux::strategy::Method;
 use fluxmoe_model::load_model;
 use fluxmoe_model::stats::ModelStats;
 use serde::Serialize;
@@ -43,14 +46,17 @@ pub fn plan(file: &RunFile, model_path: &std::path::Path) -> Result<PlanReport> 
     let ids: Vec<ParticipantId> = (0..file.partition.participants as u32)
         .map(ParticipantId)
         .collect();
-    let memory_model = file.method.options.memory_model();
-    let rows = fleet(file, &ids)?
+    let opts = &file.method.options;
+    // As `ExpertStrategy::new` plans; fedavg-full has no budget cap.
+    let cap = serde_json::from_value::<Method>(serde_json::Value::String(file.method.name.clone()))
+        .map_or(TuneCap::None, |m| opts.tune_cap_for(m));
+    let devices: BTreeMap<_, _> = fleet(file, &ids)?.into_iter().collect();
+    let rows = fleet_budgets(&devices, &model.memory, &opts.memory_model(), cap)
         .into_iter()
-        .map(|(id, device)| PlanRow {
+        .map(|(id, budget)| PlanRow {
             participant: id.0,
-            budget: plan_budget(device.memory_bytes, &model.memory, &memory_model)
-                .map_err(|e| e.to_string()),
-            device: device.name,
+            budget: budget.map_err(|e| e.to_string()),
+            device: devices[&id].name.clone(),
         })
         .collect();
     Ok(PlanReport {

@@ -17,8 +17,8 @@ use fluxmoe_data::batch::{encode, Encoded};
 use fluxmoe_data::metrics::LengthNorm;
 use fluxmoe_data::tasks::registry::{load_train_test, DataDirs};
 use fluxmoe_data::{
-    partition, DirichletConfig, EvalConfig, LoadOptions, PartitionScheme, PromptConventions,
-    PromptFormat, Template,
+    partition, DirichletConfig, EvalConfig, Example, LoadOptions, PartitionScheme,
+    PromptConventions, PromptFormat, Template,
 };
 use fluxmoe_fed::{
     load_checkpoint, load_previous, save_checkpoint, AggregateConfig, Clock, Coordinator,
@@ -167,7 +167,7 @@ struct Setup {
     stop_ids: Vec<u32>,
     trainable: Vec<String>,
     stats: ModelStats,
-    memory: BTreeMap<ParticipantId, u64>,
+    devices: BTreeMap<ParticipantId, DeviceProfile>,
     members: Vec<Member>,
 }
 
@@ -189,33 +189,24 @@ impl Setup {
         // Partition the training examples and tokenise each participant's shard.
         let groups = data.train.groups();
         let parts = partition(&scheme(file)?, &groups, file.partition.participants)?;
-        let template = Template::for_task(&data.train.name);
-        let batch_cfg = conventions.batch_config(file.task.max_len);
-        let mut shards: Vec<Vec<Encoded>> = Vec::with_capacity(parts.len());
-        for part in &parts {
-            let shard = part
-                .iter()
-                .map(|&i| {
-                    encode(
-                        &tokenizer,
-                        &template.render(&data.train.examples[i], format)?,
-                        &batch_cfg,
-                    )
-                })
-                .collect::<fluxmoe_data::Result<Vec<_>>>()?;
-            shards.push(shard);
-        }
+        let shards: Vec<Vec<Encoded>> = parts
+            .iter()
+            .map(|part| {
+                let examples = part.iter().map(|&i| &data.train.examples[i]);
+                encode_examples(examples, &data.train.name, &conventions, &tokenizer, file)
+            })
+            .collect::<Result<_>>()?;
 
         let cfg = lm.checkpoint.config.clone();
         let trainable = trainable_names(&lm, &file.train.trainable)?;
         let stats = ModelStats::of(&cfg, &lm.checkpoint.params);
         let ids: Vec<ParticipantId> = (0..shards.len() as u32).map(ParticipantId).collect();
         let devices = fleet(file, &ids)?;
-        let mut memory = BTreeMap::new();
+        let mut by_id = BTreeMap::new();
         let mut members = Vec::new();
         let quantized = std::sync::Arc::new(crate::shared_quantized::SharedQuantized::default());
         for ((id, profile), shard) in devices.into_iter().zip(shards) {
-            memory.insert(id, profile.memory_bytes);
+            by_id.insert(id, profile.clone());
             let participant = model_participant(file, id, &cfg, &stats, shard, pad_id, &quantized);
             members.push(Member {
                 id,
@@ -232,7 +223,7 @@ impl Setup {
             stop_ids: conventions.stop_ids,
             trainable,
             stats,
-            memory,
+            devices: by_id,
             members,
         })
     }
@@ -296,19 +287,7 @@ pub fn member_with_own_data(
         fluxmoe_data::tasks::registry::load_whole(data, &data_dirs(file), LoadOptions::STRICT)?
             .task;
     let conventions = PromptConventions::new(lm.chat_template.as_deref(), &lm.eos_ids, &tokenizer);
-    let template = Template::for_task(&task.name);
-    let batch_cfg = conventions.batch_config(file.task.max_len);
-    let shard = task
-        .examples
-        .iter()
-        .map(|ex| {
-            encode(
-                &tokenizer,
-                &template.render(ex, conventions.format)?,
-                &batch_cfg,
-            )
-        })
-        .collect::<fluxmoe_data::Result<Vec<_>>>()?;
+    let shard = encode_examples(&task.examples, &task.name, &conventions, &tokenizer, file)?;
     if shard.is_empty() {
         return Err(Error::Config(format!(
             "participant data `{data}` has no examples"
@@ -336,6 +315,30 @@ pub fn member_with_own_data(
     ))
 }
 
+/// Render `examples` with the training template of task `task` and tokenise them as the
+/// run's batches expect (`task.max_len`).
+fn encode_examples<'a>(
+    examples: impl IntoIterator<Item = &'a Example>,
+    task: &str,
+    conventions: &PromptConventions,
+    tokenizer: &tokenizers::Tokenizer,
+    file: &RunFile,
+) -> Result<Vec<Encoded>> {
+    let template = Template::for_task(task);
+    let batch_cfg = conventions.batch_config(file.task.max_len);
+    let encoded = examples
+        .into_iter()
+        .map(|ex| {
+            encode(
+                tokenizer,
+                &template.render(ex, conventions.format)?,
+                &batch_cfg,
+            )
+        })
+        .collect::<fluxmoe_data::Result<Vec<_>>>()?;
+    Ok(encoded)
+}
+
 /// [`run`] over the transport `transport` makes from the run's participants. When
 /// `interrupt` is set (a signal handler sets it), the run stops after the round in
 /// progress, saves a checkpoint and returns [`Error::Interrupted`].
@@ -358,7 +361,7 @@ pub fn run_over(
         stop_ids,
         trainable,
         stats,
-        memory,
+        devices,
         members,
     } = Setup::new(file, model_path)?;
     let cfg = lm.checkpoint.config.clone();
@@ -384,7 +387,7 @@ pub fn run_over(
                 file.method.options.clone(),
                 file.rounds.per_round,
                 model,
-                &memory,
+                &devices,
                 aggregate,
                 BTreeMap::new(),
             )?)
