@@ -329,7 +329,8 @@ async fn serve_async(
             }
             TaskKind::Train => {
                 let ins: TrainIns = parse(&task.instruction_json)?;
-                let Some(model) = link.fetch(&copy, &task, Which::Model, &ins).await? else {
+                let wants = Wants::of_train(&ins);
+                let Some(model) = link.fetch(&copy, &task, Which::Model, wants).await? else {
                     continue;
                 };
                 let start = Instant::now();
@@ -359,11 +360,17 @@ async fn serve_async(
             }
             TaskKind::Profile => {
                 let ins: ProfileIns = parse(&task.instruction_json)?;
-                let Some(model) = link.fetch(&copy, &task, Which::Model, &ins).await? else {
+                let Some(model) = link
+                    .fetch(&copy, &task, Which::Model, Wants::PROFILE)
+                    .await?
+                else {
                     continue;
                 };
                 let current = if ins.stale {
-                    match link.fetch(&copy, &task, Which::Current, &ins).await? {
+                    match link
+                        .fetch(&copy, &task, Which::Current, Wants::PROFILE)
+                        .await?
+                    {
                         Some(current) => Some(current),
                         None => continue,
                     }
@@ -405,33 +412,42 @@ async fn serve_async(
 /// The reason a task failed when the model received does not check out.
 fn refused_copy(cfg: &ServeConfig, msg: String) -> String {
     tracing::warn!(participant = %cfg.id, reason = %msg, "the model received does not check out");
-    format!("this participant's copy of the global model: {msg}")
+    msg
+}
+
+/// How a pull ended.
+enum Pulled {
+    Tensors(BTreeMap<String, Tensor>),
+    /// The task closed meanwhile.
+    Closed,
+    /// The payload did not decode or check out, twice.
+    Corrupt(String),
 }
 
 /// What an instruction says about the tensors to pull.
-trait Wants {
-    /// Whether the run sends every tensor every round (no copy is kept).
-    fn everything(&self) -> bool;
-    /// The tensors that changed since the copy the coordinator accounts for, when known.
-    fn changed(&self) -> Option<&std::collections::BTreeSet<String>>;
+#[derive(Clone, Copy)]
+enum Wants<'a> {
+    /// Every tensor: the run keeps no copy between rounds.
+    Everything,
+    /// What the copy lacks; `changed` names the tensors that changed since the copy the
+    /// coordinator accounts for, when it knows.
+    Lacking {
+        changed: Option<&'a std::collections::BTreeSet<String>>,
+    },
 }
 
-impl Wants for TrainIns {
-    fn everything(&self) -> bool {
-        self.changed.is_none()
+impl<'a> Wants<'a> {
+    fn of_train(ins: &'a TrainIns) -> Self {
+        match &ins.changed {
+            None => Wants::Everything,
+            Some(changed) => Wants::Lacking {
+                changed: Some(changed),
+            },
+        }
     }
-    fn changed(&self) -> Option<&std::collections::BTreeSet<String>> {
-        self.changed.as_ref()
-    }
-}
 
-impl Wants for ProfileIns {
-    fn everything(&self) -> bool {
-        false
-    }
-    fn changed(&self) -> Option<&std::collections::BTreeSet<String>> {
-        None
-    }
+    /// A profile names no changes: the copy pulls whatever it lacks.
+    const PROFILE: Wants<'static> = Wants::Lacking { changed: None };
 }
 
 fn header(task_id: u64, reply_json: String, error: String, measured_s: f64) -> ReplyHeader {
@@ -499,14 +515,17 @@ impl Link<'_> {
         copy: &Held,
         task: &Task,
         which: Which,
-        ins: &impl Wants,
+        wants: Wants<'_>,
     ) -> Result<Option<std::result::Result<Held, String>>> {
         let manifest = match which {
             Which::Current => &task.current,
             _ => &task.global,
         };
-        let names = copy.lacking(manifest, ins.everything())?;
-        if let Some(changed) = ins.changed() {
+        let names = copy.lacking(manifest, matches!(wants, Wants::Everything))?;
+        if let Wants::Lacking {
+            changed: Some(changed),
+        } = wants
+        {
             let repaired = names.iter().filter(|n| !changed.contains(*n)).count();
             if repaired > 0 {
                 tracing::warn!(
@@ -517,24 +536,30 @@ impl Link<'_> {
                 );
             }
         }
-        let Some(received) = self.pull(task.task_id, which, &names).await? else {
-            return Ok(None);
-        };
-        Ok(Some(copy.view(manifest, &names, received)))
+        Ok(match self.pull(task.task_id, which, &names).await? {
+            Pulled::Closed => None,
+            Pulled::Corrupt(msg) => Some(Err(format!(
+                "the payload pulled for task {} did not check out twice: {msg}",
+                task.task_id
+            ))),
+            Pulled::Tensors(received) => Some(
+                copy.view(manifest, &names, received)
+                    .map_err(|msg| format!("this participant's copy of the global model: {msg}")),
+            ),
+        })
     }
 
     /// Download the tensors `names` of a payload of task `task_id`, resuming at the next
-    /// chunk when the stream breaks; `None` when the task closed meanwhile.
-    async fn pull(
-        &mut self,
-        task_id: u64,
-        which: Which,
-        names: &[String],
-    ) -> Result<Option<BTreeMap<String, Tensor>>> {
+    /// chunk when the stream breaks. A payload that does not decode or check out (its
+    /// SHA-256) is pulled once more from the start; a second bad one fails the task, not
+    /// this participant.
+    async fn pull(&mut self, task_id: u64, which: Which, names: &[String]) -> Result<Pulled> {
         if names.is_empty() {
-            return Ok(Some(BTreeMap::new()));
+            return Ok(Pulled::Tensors(BTreeMap::new()));
         }
         let mut receiver = ChunkReceiver::new(self.cfg.max_payload_bytes);
+        let mut corrupt = 0;
+        let mut restart = false;
         loop {
             let request = PullRequest {
                 task_id,
@@ -549,8 +574,17 @@ impl Link<'_> {
                         match stream.message().await {
                             Ok(Some(chunk)) => {
                                 self.retry.reset();
-                                if let Some(tensors) = receiver.accept(chunk)? {
-                                    return Ok(Some(tensors));
+                                match receiver.accept(chunk) {
+                                    Ok(None) => {}
+                                    Ok(Some(tensors)) => return Ok(Pulled::Tensors(tensors)),
+                                    Err(e) if corrupt == 0 => {
+                                        corrupt += 1;
+                                        tracing::warn!(participant = %self.cfg.id, task_id, reason = %e, "the payload pulled does not check out: pulling it again from the start");
+                                        receiver = ChunkReceiver::new(self.cfg.max_payload_bytes);
+                                        restart = true;
+                                        break tonic::Status::data_loss(e.to_string());
+                                    }
+                                    Err(e) => return Ok(Pulled::Corrupt(e.to_string())),
                                 }
                             }
                             Ok(None) => return Err(ChunkReceiver::ended_early()),
@@ -562,7 +596,10 @@ impl Link<'_> {
             };
             if broke.code() == tonic::Code::FailedPrecondition {
                 tracing::warn!(participant = %self.cfg.id, task_id, reason = %broke.message(), "task closed: dropped");
-                return Ok(None);
+                return Ok(Pulled::Closed);
+            }
+            if std::mem::take(&mut restart) {
+                continue;
             }
             self.retry.wait("PullTensors", broke).await?;
         }

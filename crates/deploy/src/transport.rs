@@ -635,6 +635,19 @@ struct Models {
     current_digests: Arc<Vec<TensorDigest>>,
 }
 
+impl Models {
+    /// A task on `model` itself: its current model is the same one, held once.
+    fn of(model: Global, digests: Arc<Vec<TensorDigest>>) -> Models {
+        let model = Arc::new(model);
+        Models {
+            current: Arc::clone(&model),
+            model,
+            global: digests,
+            current_digests: Arc::default(),
+        }
+    }
+}
+
 fn task(
     kind: TaskKind,
     round: u32,
@@ -672,12 +685,7 @@ impl Transport for GrpcTransport {
     ) -> fluxmoe_fed::Result<ProfileExchange> {
         check_recipients(&mut msgs, self.known())?;
         let stale = msgs.iter().any(|(_, ins)| ins.stale);
-        let fresh = Models {
-            model: Arc::new(current.clone()),
-            global: manifest(&mut self.digests, current)?,
-            current: Arc::new(current.clone()),
-            current_digests: Arc::default(),
-        };
+        let fresh = Models::of(current.clone(), manifest(&mut self.digests, current)?);
         let stale = if stale {
             Some(Models {
                 model: Arc::new(previous.clone()),
@@ -733,12 +741,7 @@ impl Transport for GrpcTransport {
                 ));
             }
         }
-        let models = Models {
-            model: Arc::new(global.clone()),
-            global: manifest(&mut self.digests, global)?,
-            current: Arc::new(global.clone()),
-            current_digests: Arc::default(),
-        };
+        let models = Models::of(global.clone(), manifest(&mut self.digests, global)?);
         keep_live(&mut self.digests, &[global]);
         self.shared.keep_records(&[global]);
         let mut tasks = Vec::with_capacity(msgs.len());

@@ -546,7 +546,7 @@ fn a_copy_that_does_not_match_the_global_is_repaired_from_the_digests() {
     }
 }
 
-/// Which way of a connection [`cutting_proxy`] counts.
+/// Which way of a connection [`faulty_proxy`] harms.
 #[derive(Clone, Copy, PartialEq)]
 enum Way {
     /// Coordinator to participant (pulls).
@@ -555,14 +555,19 @@ enum Way {
     Up,
 }
 
-/// A TCP proxy to `upstream` on a free loopback port that cuts its first connection
-/// once it has forwarded `cut_after` bytes the `way` it counts (later connections pass
-/// untouched). Returns the proxy's address.
-fn cutting_proxy(
-    upstream: std::net::SocketAddr,
-    way: Way,
-    cut_after: usize,
-) -> std::net::SocketAddr {
+/// What [`faulty_proxy`] does to the first connection.
+#[derive(Clone)]
+enum Fault {
+    /// Cut it once this many bytes have gone through.
+    Cut(usize),
+    /// Flip the low bit of the byte at each of these stream offsets (ascending).
+    Flip(Vec<usize>),
+}
+
+/// A TCP proxy to `upstream` on a free loopback port that applies `fault` to the
+/// bytes of its first connection going `way` (later connections, and the other way,
+/// pass untouched). Returns the proxy's address.
+fn faulty_proxy(upstream: std::net::SocketAddr, way: Way, fault: Fault) -> std::net::SocketAddr {
     use std::io::{Read, Write};
     use std::net::{Shutdown, TcpListener, TcpStream};
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -573,21 +578,31 @@ fn cutting_proxy(
             let Ok(server) = TcpStream::connect(upstream) else {
                 return;
             };
+            let harmless = Fault::Flip(Vec::new());
             let (up, down) = match (n, way) {
-                (0, Way::Up) => (cut_after, usize::MAX),
-                (0, Way::Down) => (usize::MAX, cut_after),
-                _ => (usize::MAX, usize::MAX),
+                (0, Way::Up) => (fault.clone(), harmless),
+                (0, Way::Down) => (harmless, fault.clone()),
+                _ => (harmless.clone(), harmless),
             };
-            let pump = |mut from: TcpStream, mut to: TcpStream, limit: usize| {
+            let pump = |mut from: TcpStream, mut to: TcpStream, fault: Fault| {
                 std::thread::spawn(move || {
                     let mut buf = vec![0u8; 16 << 10];
                     let mut sent = 0usize;
                     while let Ok(k) = from.read(&mut buf) {
-                        if k == 0 || to.write_all(&buf[..k]).is_err() {
+                        if k == 0 {
+                            break;
+                        }
+                        if let Fault::Flip(offsets) = &fault {
+                            for &at in offsets.iter().filter(|&&at| (sent..sent + k).contains(&at))
+                            {
+                                buf[at - sent] ^= 1;
+                            }
+                        }
+                        if to.write_all(&buf[..k]).is_err() {
                             break;
                         }
                         sent += k;
-                        if sent >= limit {
+                        if matches!(fault, Fault::Cut(limit) if sent >= limit) {
                             break;
                         }
                     }
@@ -602,32 +617,56 @@ fn cutting_proxy(
     addr
 }
 
-#[test]
-fn a_pull_cut_mid_stream_resumes_at_its_next_chunk() {
-    let mut transport = bind(1, Duration::from_secs(60));
-    let pulls = transport.pulls();
-    // 4 MB to pull (the participant holds zeros, the global ones); the first
-    // connection is cut after 1.5 MB from the coordinator.
-    let n = 1 << 20;
-    let zeros = Tensor::zeros(n, candle_core::DType::F32, &Device::Cpu).unwrap();
-    let ones = Tensor::ones(n, candle_core::DType::F32, &Device::Cpu).unwrap();
-    let proxy = cutting_proxy(transport.local_addr(), Way::Down, 3 << 19);
+/// One participant serving [`Echo`] through a [`faulty_proxy`] that harms `way` with
+/// `fault`, holding `copy`; the transport, once the participant has registered, and
+/// the participant's thread.
+fn through_proxy(
+    way: Way,
+    fault: Fault,
+    copy: Global,
+) -> (
+    GrpcTransport,
+    std::thread::JoinHandle<fluxmoe_deploy::Result<usize>>,
+) {
+    let transport = bind(1, Duration::from_secs(60));
+    let proxy = faulty_proxy(transport.local_addr(), way, fault);
     let mut cfg = serve_cfg(&transport, ParticipantId(0), unit_profile());
     cfg.url = format!("http://{proxy}");
-    let copy: Global = BTreeMap::from([("a".to_string(), zeros)]);
     let participant = std::thread::spawn(move || serve(&cfg, &mut Echo(ParticipantId(0)), copy));
     transport
         .wait_for_participants(1, Duration::from_secs(30))
         .unwrap();
-    let global: Global = BTreeMap::from([("a".to_string(), ones)]);
-    let ins = TrainIns {
-        round: Round(1),
+    (transport, participant)
+}
+
+fn filled(n: usize, value: f32) -> Tensor {
+    Tensor::full(value, n, &Device::Cpu).unwrap()
+}
+
+fn train_ins(round: u32, changed: &[&str]) -> TrainIns {
+    TrainIns {
+        round: Round(round),
         trainable: vec!["a".into()],
         params: BTreeMap::new(),
-        changed: Some(BTreeSet::from(["a".to_string()])),
-    };
+        changed: Some(changed.iter().map(|s| s.to_string()).collect()),
+    }
+}
+
+#[test]
+fn a_pull_cut_mid_stream_resumes_at_its_next_chunk() {
+    // 4 MB to pull (the participant holds zeros, the global ones); the first
+    // connection is cut after 1.5 MB from the coordinator.
+    let n = 1 << 20;
+    let copy: Global = BTreeMap::from([("a".to_string(), filled(n, 0.0))]);
+    let (mut transport, participant) = through_proxy(Way::Down, Fault::Cut(3 << 19), copy);
+    let pulls = transport.pulls();
+    let global: Global = BTreeMap::from([("a".to_string(), filled(n, 1.0))]);
     let ex = transport
-        .send_and_receive(vec![(ParticipantId(0), ins)], &global, None)
+        .send_and_receive(
+            vec![(ParticipantId(0), train_ins(1, &["a"]))],
+            &global,
+            None,
+        )
         .unwrap();
     assert!(ex.failures.is_empty(), "{:?}", ex.failures);
     // It trained on the whole tensor it pulled: its echo is all ones.
@@ -646,29 +685,14 @@ fn a_pull_cut_mid_stream_resumes_at_its_next_chunk() {
 
 #[test]
 fn an_upload_cut_mid_stream_resumes_at_the_first_chunk_the_coordinator_lacks() {
-    let mut transport = bind(1, Duration::from_secs(60));
-    let uploads = transport.uploads();
     // The participant holds the global (nothing to pull) and uploads it back as its
     // delta: 4 MB, cut after 1.5 MB towards the coordinator.
     let n = 1 << 20;
-    let ones = Tensor::ones(n, candle_core::DType::F32, &Device::Cpu).unwrap();
-    let global: Global = BTreeMap::from([("a".to_string(), ones)]);
-    let proxy = cutting_proxy(transport.local_addr(), Way::Up, 3 << 19);
-    let mut cfg = serve_cfg(&transport, ParticipantId(0), unit_profile());
-    cfg.url = format!("http://{proxy}");
-    let copy = global.clone();
-    let participant = std::thread::spawn(move || serve(&cfg, &mut Echo(ParticipantId(0)), copy));
-    transport
-        .wait_for_participants(1, Duration::from_secs(30))
-        .unwrap();
-    let ins = TrainIns {
-        round: Round(1),
-        trainable: vec!["a".into()],
-        params: BTreeMap::new(),
-        changed: Some(BTreeSet::new()),
-    };
+    let global: Global = BTreeMap::from([("a".to_string(), filled(n, 1.0))]);
+    let (mut transport, participant) = through_proxy(Way::Up, Fault::Cut(3 << 19), global.clone());
+    let uploads = transport.uploads();
     let ex = transport
-        .send_and_receive(vec![(ParticipantId(0), ins)], &global, None)
+        .send_and_receive(vec![(ParticipantId(0), train_ins(1, &[]))], &global, None)
         .unwrap();
     assert!(ex.failures.is_empty(), "{:?}", ex.failures);
     let echo = ex.replies[0].deltas["a"].to_vec1::<f32>().unwrap();
@@ -682,4 +706,63 @@ fn an_upload_cut_mid_stream_resumes_at_the_first_chunk_the_coordinator_lacks() {
     );
     drop(transport);
     assert_eq!(participant.join().unwrap().unwrap(), 1);
+}
+
+#[test]
+fn a_corrupted_pull_is_pulled_again_from_the_start() {
+    // One bit flipped 2 MiB into the first connection's stream, inside the 4 MB of
+    // ones the participant pulls: the payload's SHA-256 does not match, so the
+    // participant pulls it again, whole, and trains on the right tensor.
+    let n = 1 << 20;
+    let copy: Global = BTreeMap::from([("a".to_string(), filled(n, 0.0))]);
+    let (mut transport, participant) = through_proxy(Way::Down, Fault::Flip(vec![2 << 20]), copy);
+    let pulls = transport.pulls();
+    let global: Global = BTreeMap::from([("a".to_string(), filled(n, 1.0))]);
+    let ex = transport
+        .send_and_receive(
+            vec![(ParticipantId(0), train_ins(1, &["a"]))],
+            &global,
+            None,
+        )
+        .unwrap();
+    assert!(ex.failures.is_empty(), "{:?}", ex.failures);
+    let echo = ex.replies[0].deltas["a"].to_vec1::<f32>().unwrap();
+    assert!(echo.len() == n && echo.iter().all(|&x| x == 1.0));
+    let log = pulls.pulls();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert!(log.iter().all(|p| p.first_chunk == 0), "{log:?}");
+    drop(transport);
+    assert_eq!(participant.join().unwrap().unwrap(), 1);
+}
+
+#[test]
+fn a_payload_corrupted_twice_fails_its_task_and_the_participant_goes_on() {
+    // Bits flipped every MiB of the first connection from 2 MiB to 11 MiB: both pulls
+    // of the 4 MB payload arrive corrupted. The task fails with the reason; the
+    // participant stays and answers the next round, which needs no pull.
+    let n = 1 << 20;
+    let zeros: Global = BTreeMap::from([("a".to_string(), filled(n, 0.0))]);
+    let flips = (2..12).map(|m| m << 20).collect();
+    let (mut transport, participant) = through_proxy(Way::Down, Fault::Flip(flips), zeros.clone());
+    let ones: Global = BTreeMap::from([("a".to_string(), filled(n, 1.0))]);
+    let ex = transport
+        .send_and_receive(vec![(ParticipantId(0), train_ins(1, &["a"]))], &ones, None)
+        .unwrap();
+    assert!(ex.replies.is_empty());
+    assert_eq!(ex.failures.len(), 1, "{:?}", ex.failures);
+    let reason = &ex.failures[0].reason;
+    assert!(reason.contains("did not check out twice"), "{reason}");
+    // Round 2's global is the participant's copy: nothing to pull.
+    let ex = transport
+        .send_and_receive(vec![(ParticipantId(0), train_ins(2, &[]))], &zeros, None)
+        .unwrap();
+    assert!(ex.failures.is_empty(), "{:?}", ex.failures);
+    assert!(ex.replies[0].deltas["a"]
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .all(|&x| x == 0.0));
+    drop(transport);
+    // Both tasks answered: the first with its failure.
+    assert_eq!(participant.join().unwrap().unwrap(), 2);
 }
