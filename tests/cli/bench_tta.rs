@@ -82,6 +82,15 @@ fn smoke_suite_runs_every_method_and_resumes_without_rerunning() {
 
     // Resume: nothing is rerun, so no run's metrics file is rewritten.
     let metrics = out.join("runs/math/flux/seed0/metrics.jsonl");
+    // The binary counts heap bytes: each participant's own training peak is recorded
+    // (participants train one at a time here).
+    for line in std::fs::read_to_string(&metrics).unwrap().lines() {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        for t in record["times"].as_array().unwrap() {
+            let peak = t["heap_peak_bytes"].as_u64().unwrap_or(0);
+            assert!(peak > 0 && peak < 1 << 30, "{t}");
+        }
+    }
     let before = std::fs::metadata(&metrics).unwrap().modified().unwrap();
     let mut resumed = args.to_vec();
     resumed.push("--resume");

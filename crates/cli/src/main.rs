@@ -462,6 +462,11 @@ enum LogFormat {
     Json,
 }
 
+/// Counts heap bytes so each in-process participant's own peak memory is measured
+/// (`fluxmoe_fed::measure`).
+#[global_allocator]
+static ALLOC: fluxmoe_fed::measure::CountingAlloc = fluxmoe_fed::measure::CountingAlloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let logs = tracing_subscriber::fmt()

@@ -44,6 +44,12 @@ pub struct ParticipantTime {
     /// participant's own peak is `peak_rss_bytes − rss_start_bytes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rss_start_bytes: Option<u64>,
+    /// Most heap bytes its training call held at once above what was live when it
+    /// started: the participant's own peak, exact whatever the allocator keeps
+    /// (measured when participants train one at a time and the binary counts heap
+    /// allocations, see `measure::CountingAlloc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heap_peak_bytes: Option<u64>,
 }
 
 /// Measured resident memory of one training call (see [`ParticipantTime`]).
@@ -51,6 +57,8 @@ pub struct ParticipantTime {
 pub struct MeasuredRss {
     pub start_bytes: Option<u64>,
     pub peak_bytes: Option<u64>,
+    /// Peak live heap bytes above those live at the start.
+    pub heap_peak_bytes: Option<u64>,
 }
 
 impl ParticipantTime {
@@ -104,6 +112,7 @@ impl RoundRecord {
             t.profile_measured_s = 0.0;
             t.peak_rss_bytes = None;
             t.rss_start_bytes = None;
+            t.heap_peak_bytes = None;
         }
         r
     }

@@ -1,10 +1,97 @@
-//! Measured (not virtual) resource use of in-process participants: peak resident
-//! memory of this process, per participant, on Linux.
+//! Measured (not virtual) resource use of in-process participants, per participant.
 //!
-//! `reset_peak_rss` writes `5` to `/proc/self/clear_refs`, which resets the kernel's
-//! high-water mark `VmHWM` to the current RSS; `peak_rss_bytes` reads `VmHWM` from
-//! `/proc/self/status`. Elsewhere (or without permission) both are no-ops and the
-//! peak is `None`.
+//! Two measures:
+//! - **Resident memory** of this process on Linux. `reset_peak_rss` writes `5` to
+//!   `/proc/self/clear_refs`, which resets the kernel's high-water mark `VmHWM` to the
+//!   current RSS; `peak_rss_bytes` reads `VmHWM` from `/proc/self/status`. Elsewhere
+//!   (or without permission) both are no-ops and the peak is `None`. Memory a previous
+//!   participant freed stays resident (the allocator keeps it), so a later
+//!   participant's growth over its start understates what it used.
+//! - **Live heap bytes**, counted by [`CountingAlloc`] when a binary installs it as its
+//!   `#[global_allocator]` (the `fluxmoe` binary does): every allocation and free of
+//!   every thread, so the peak over a participant's training call minus the live bytes
+//!   at its start is exactly what that call held at most, whatever the allocator
+//!   keeps. Without it installed the heap measures are `None`.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// The system allocator, counting live heap bytes and their peak (see the module docs).
+pub struct CountingAlloc;
+
+impl CountingAlloc {
+    fn grew(by: usize) {
+        let now = LIVE.fetch_add(by, Ordering::Relaxed) + by;
+        PEAK.fetch_max(now, Ordering::Relaxed);
+    }
+
+    fn shrank(by: usize) {
+        LIVE.fetch_sub(by, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call is forwarded to `System` with the same arguments; the counters
+// are atomics and allocate nothing.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = System.alloc(layout);
+        if !p.is_null() {
+            INSTALLED.store(true, Ordering::Relaxed);
+            Self::grew(layout.size());
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = System.alloc_zeroed(layout);
+        if !p.is_null() {
+            INSTALLED.store(true, Ordering::Relaxed);
+            Self::grew(layout.size());
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout);
+        Self::shrank(layout.size());
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = System.realloc(ptr, layout, new_size);
+        if !p.is_null() {
+            if new_size >= layout.size() {
+                Self::grew(new_size - layout.size());
+            } else {
+                Self::shrank(layout.size() - new_size);
+            }
+        }
+        p
+    }
+}
+
+/// Live heap bytes now; `None` unless [`CountingAlloc`] is the global allocator.
+pub fn heap_live_bytes() -> Option<u64> {
+    INSTALLED
+        .load(Ordering::Relaxed)
+        .then(|| LIVE.load(Ordering::Relaxed) as u64)
+}
+
+/// Start a new heap-peak window at the live bytes now.
+pub fn reset_heap_peak() {
+    PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
+}
+
+/// Peak live heap bytes since the last [`reset_heap_peak`]; `None` unless
+/// [`CountingAlloc`] is the global allocator.
+pub fn heap_peak_bytes() -> Option<u64> {
+    INSTALLED
+        .load(Ordering::Relaxed)
+        .then(|| PEAK.load(Ordering::Relaxed) as u64)
+}
 
 /// Start a new peak-memory window.
 pub fn reset_peak_rss() {

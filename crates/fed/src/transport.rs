@@ -263,6 +263,7 @@ pub fn settle_train(
         profile_measured_s: 0.0,
         peak_rss_bytes: rss.peak_bytes,
         rss_start_bytes: rss.start_bytes,
+        heap_peak_bytes: rss.heap_peak_bytes,
     });
     match deadline_s {
         Some(deadline) if phases.total > deadline => out.failures.push(Failure::new(
@@ -336,21 +337,27 @@ impl Transport for LocalTransport {
             .collect();
         let train = |id: ParticipantId, member: &mut Member, measure_peak: bool| {
             let mut rss = MeasuredRss::default();
+            let heap_start = crate::measure::heap_live_bytes();
             if measure_peak {
                 crate::measure::reset_peak_rss();
                 rss.start_bytes = crate::measure::rss_bytes();
+                crate::measure::reset_heap_peak();
             }
             let start = std::time::Instant::now();
             let trained = member.participant.train(&jobs[&id], global);
             let measured_s = start.elapsed().as_secs_f64();
             if measure_peak {
                 rss.peak_bytes = crate::measure::peak_rss_bytes();
+                rss.heap_peak_bytes = crate::measure::heap_peak_bytes()
+                    .zip(heap_start)
+                    .map(|(peak, start)| peak.saturating_sub(start));
             }
             tracing::debug!(
                 participant = %id,
                 measured_s,
                 rss_start = ?rss.start_bytes,
                 peak_rss = ?rss.peak_bytes,
+                heap_peak = ?rss.heap_peak_bytes,
                 rss_after = ?crate::measure::rss_bytes(),
                 "participant trained"
             );
