@@ -82,6 +82,10 @@ pub struct RunResult {
     pub bytes_moved: u64,
     /// Largest measured peak resident memory of a participant (Linux), bytes.
     pub peak_rss_bytes: Option<u64>,
+    /// Largest heap peak of one participant's training call above its start, bytes
+    /// (its own memory; measured when participants train one at a time).
+    #[serde(default)]
+    pub participant_heap_peak_bytes: Option<u64>,
     /// Share of the virtual time spent on FLUX's own work (profiling on the critical
     /// path and merging), `None` for methods without it.
     pub overhead_share: Option<f64>,
@@ -151,6 +155,7 @@ pub fn from_records(
     let mut activation = Vec::new();
     let mut profile_critical = 0.0;
     let mut peak: Option<u64> = None;
+    let mut heap_peak: Option<u64> = None;
     for r in records {
         measured += r.wall_seconds.unwrap_or(0.0);
         if let Some(m) = r.eval {
@@ -184,6 +189,9 @@ pub fn from_records(
         for t in &r.times {
             if let Some(b) = t.peak_rss_bytes {
                 peak = Some(peak.map_or(b, |p: u64| p.max(b)));
+            }
+            if let Some(b) = t.heap_peak_bytes {
+                heap_peak = Some(heap_peak.map_or(b, |p: u64| p.max(b)));
             }
         }
         if let Ok(report) = serde_json::from_value::<RoundReport>(r.strategy.clone()) {
@@ -233,6 +241,7 @@ pub fn from_records(
         measured_s: summary.wall_seconds,
         bytes_moved: summary.bytes_up + summary.bytes_down,
         peak_rss_bytes: peak,
+        participant_heap_peak_bytes: heap_peak,
         overhead_share: (uses_profiling && summary.virtual_seconds > 0.0)
             .then(|| profile_critical / summary.virtual_seconds),
         curve,

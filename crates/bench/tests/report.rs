@@ -106,6 +106,7 @@ fn synthetic_run(method: &str, task: &str, seed: u64) -> RunResult {
         measured_s: last.measured_s,
         bytes_moved: 1_000_000 + seed,
         peak_rss_bytes: (method == "flux").then_some(512 << 20),
+        participant_heap_peak_bytes: (method == "flux").then_some(300 << 20),
         overhead_share: (method == "flux").then_some(0.04),
         curve,
         phases: PhaseBreakdown {
@@ -270,6 +271,10 @@ fn report_writes_every_file_and_each_reads_back() {
         assert_eq!(
             row[col("peak_rss_bytes")].is_empty(),
             run.peak_rss_bytes.is_none()
+        );
+        assert_eq!(
+            row[col("participant_heap_peak_bytes")].parse::<u64>().ok(),
+            run.participant_heap_peak_bytes
         );
     }
 

@@ -4,7 +4,7 @@
 
 use crate::results::{RunResult, SuiteResults};
 
-pub const COLUMNS: [&str; 18] = [
+pub const COLUMNS: [&str; 19] = [
     "method",
     "variant",
     "task",
@@ -20,6 +20,7 @@ pub const COLUMNS: [&str; 18] = [
     "initial",
     "bytes_moved",
     "peak_rss_bytes",
+    "participant_heap_peak_bytes",
     "overhead_share",
     "virtual_s",
     "measured_s",
@@ -61,6 +62,7 @@ pub fn row(r: &RunResult) -> Vec<String> {
         r.initial_metric.to_string(),
         r.bytes_moved.to_string(),
         opt(r.peak_rss_bytes),
+        opt(r.participant_heap_peak_bytes),
         opt(r.overhead_share),
         r.virtual_s.to_string(),
         r.measured_s.to_string(),

@@ -805,6 +805,7 @@ mod tests {
             measured_s: 0.0,
             bytes_moved: 0,
             peak_rss_bytes: None,
+            participant_heap_peak_bytes: None,
             overhead_share: None,
             curve: pts
                 .iter()

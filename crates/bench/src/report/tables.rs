@@ -625,6 +625,7 @@ mod tests {
             measured_s: virtual_s / 10.0,
             bytes_moved: 1000,
             peak_rss_bytes: None,
+            participant_heap_peak_bytes: None,
             overhead_share: None,
             curve: Vec::new(),
             phases: PhaseBreakdown::default(),
