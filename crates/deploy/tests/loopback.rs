@@ -282,15 +282,7 @@ impl Participant for Toy {
 }
 
 fn unit_profile() -> DeviceProfile {
-    DeviceProfile {
-        name: "unit".into(),
-        memory_bytes: 1,
-        train_flops: 1.0,
-        quant_forward_flops: 1.0,
-        pcie_bytes_per_s: 1.0,
-        uplink_bytes_per_s: 1.0,
-        downlink_bytes_per_s: 1.0,
-    }
+    DeviceProfile::uniform("unit", 1, 1.0)
 }
 
 #[test]
@@ -643,6 +635,28 @@ fn filled(n: usize, value: f32) -> Tensor {
     Tensor::full(value, n, &Device::Cpu).unwrap()
 }
 
+/// One round of participant 0 training on `global`, which names `changed` as changed;
+/// the exchange must have no failures and echo `a` as `n` values equal to `echo`.
+fn round_echoes(
+    transport: &mut GrpcTransport,
+    round: u32,
+    changed: &[&str],
+    global: &Global,
+    n: usize,
+    echo: f32,
+) {
+    let ex = transport
+        .send_and_receive(
+            vec![(ParticipantId(0), train_ins(round, changed))],
+            global,
+            None,
+        )
+        .unwrap();
+    assert!(ex.failures.is_empty(), "{:?}", ex.failures);
+    let got = ex.replies[0].deltas["a"].to_vec1::<f32>().unwrap();
+    assert!(got.len() == n && got.iter().all(|&x| x == echo));
+}
+
 fn train_ins(round: u32, changed: &[&str]) -> TrainIns {
     TrainIns {
         round: Round(round),
@@ -661,17 +675,8 @@ fn a_pull_cut_mid_stream_resumes_at_its_next_chunk() {
     let (mut transport, participant) = through_proxy(Way::Down, Fault::Cut(3 << 19), copy);
     let pulls = transport.pulls();
     let global: Global = BTreeMap::from([("a".to_string(), filled(n, 1.0))]);
-    let ex = transport
-        .send_and_receive(
-            vec![(ParticipantId(0), train_ins(1, &["a"]))],
-            &global,
-            None,
-        )
-        .unwrap();
-    assert!(ex.failures.is_empty(), "{:?}", ex.failures);
-    // It trained on the whole tensor it pulled: its echo is all ones.
-    let echo = ex.replies[0].deltas["a"].to_vec1::<f32>().unwrap();
-    assert!(echo.len() == n && echo.iter().all(|&x| x == 1.0));
+    // It trains on the whole tensor it pulled: its echo is all ones.
+    round_echoes(&mut transport, 1, &["a"], &global, n, 1.0);
     // Two pulls of the same payload: the first from chunk 0, the second from where the
     // cut left it (chunks are 1 MiB: one or two had arrived).
     let log = pulls.pulls();
@@ -691,12 +696,7 @@ fn an_upload_cut_mid_stream_resumes_at_the_first_chunk_the_coordinator_lacks() {
     let global: Global = BTreeMap::from([("a".to_string(), filled(n, 1.0))]);
     let (mut transport, participant) = through_proxy(Way::Up, Fault::Cut(3 << 19), global.clone());
     let uploads = transport.uploads();
-    let ex = transport
-        .send_and_receive(vec![(ParticipantId(0), train_ins(1, &[]))], &global, None)
-        .unwrap();
-    assert!(ex.failures.is_empty(), "{:?}", ex.failures);
-    let echo = ex.replies[0].deltas["a"].to_vec1::<f32>().unwrap();
-    assert!(echo.len() == n && echo.iter().all(|&x| x == 1.0));
+    round_echoes(&mut transport, 1, &[], &global, n, 1.0);
     // Received whole once, by a stream that started where the broken one stopped.
     let log = uploads.uploads();
     assert_eq!(log.len(), 1, "{log:?}");
@@ -718,16 +718,7 @@ fn a_corrupted_pull_is_pulled_again_from_the_start() {
     let (mut transport, participant) = through_proxy(Way::Down, Fault::Flip(vec![2 << 20]), copy);
     let pulls = transport.pulls();
     let global: Global = BTreeMap::from([("a".to_string(), filled(n, 1.0))]);
-    let ex = transport
-        .send_and_receive(
-            vec![(ParticipantId(0), train_ins(1, &["a"]))],
-            &global,
-            None,
-        )
-        .unwrap();
-    assert!(ex.failures.is_empty(), "{:?}", ex.failures);
-    let echo = ex.replies[0].deltas["a"].to_vec1::<f32>().unwrap();
-    assert!(echo.len() == n && echo.iter().all(|&x| x == 1.0));
+    round_echoes(&mut transport, 1, &["a"], &global, n, 1.0);
     let log = pulls.pulls();
     assert_eq!(log.len(), 2, "{log:?}");
     assert!(log.iter().all(|p| p.first_chunk == 0), "{log:?}");
@@ -753,15 +744,7 @@ fn a_payload_corrupted_twice_fails_its_task_and_the_participant_goes_on() {
     let reason = &ex.failures[0].reason;
     assert!(reason.contains("did not check out twice"), "{reason}");
     // Round 2's global is the participant's copy: nothing to pull.
-    let ex = transport
-        .send_and_receive(vec![(ParticipantId(0), train_ins(2, &[]))], &zeros, None)
-        .unwrap();
-    assert!(ex.failures.is_empty(), "{:?}", ex.failures);
-    assert!(ex.replies[0].deltas["a"]
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .all(|&x| x == 0.0));
+    round_echoes(&mut transport, 2, &[], &zeros, n, 0.0);
     drop(transport);
     // Both tasks answered: the first with its failure.
     assert_eq!(participant.join().unwrap().unwrap(), 2);

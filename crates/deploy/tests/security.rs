@@ -92,15 +92,7 @@ fn serve_cfg(transport: &GrpcTransport, id: u32, tls: Option<ClientTls>) -> Serv
 }
 
 fn unit_profile() -> DeviceProfile {
-    DeviceProfile {
-        name: "unit".into(),
-        memory_bytes: 1,
-        train_flops: 1.0,
-        quant_forward_flops: 1.0,
-        pcie_bytes_per_s: 1.0,
-        uplink_bytes_per_s: 1.0,
-        downlink_bytes_per_s: 1.0,
-    }
+    DeviceProfile::uniform("unit", 1, 1.0)
 }
 
 /// Returns a delta of ones for `a` after sleeping `sleep`.

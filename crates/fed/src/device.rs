@@ -82,6 +82,20 @@ impl DeviceProfile {
         Ok(())
     }
 
+    /// A device whose every rate (FLOP/s and bytes/s) is `rate`: toy fleets whose
+    /// virtual times are easy to compute by hand.
+    pub fn uniform(name: impl Into<String>, memory_bytes: u64, rate: f64) -> Self {
+        DeviceProfile {
+            name: name.into(),
+            memory_bytes,
+            train_flops: rate,
+            quant_forward_flops: rate,
+            pcie_bytes_per_s: rate,
+            uplink_bytes_per_s: rate,
+            downlink_bytes_per_s: rate,
+        }
+    }
+
     /// A consumer GPU on PCIe 4.0 x16 and a home link, from its peak tensor throughput.
     fn consumer_gpu(name: &str, memory_gib: u64, peak_tensor_flops: f64) -> Self {
         DeviceProfile {

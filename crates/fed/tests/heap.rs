@@ -46,18 +46,6 @@ impl Participant for Hog {
     }
 }
 
-fn profile() -> DeviceProfile {
-    DeviceProfile {
-        name: "unit".into(),
-        memory_bytes: 1 << 30,
-        train_flops: 1.0,
-        quant_forward_flops: 1.0,
-        pcie_bytes_per_s: 1.0,
-        uplink_bytes_per_s: 1.0,
-        downlink_bytes_per_s: 1.0,
-    }
-}
-
 #[test]
 fn each_participant_is_charged_its_own_heap_peak_even_after_a_bigger_one() {
     let global = Global::from([(
@@ -75,8 +63,12 @@ fn each_participant_is_charged_its_own_heap_peak_even_after_a_bigger_one() {
     // may keep 0's pages); the heap count charges each its own peak.
     for (i, (hold, inner)) in [(64, 32), (24, 16)].into_iter().enumerate() {
         let id = ParticipantId(i as u32);
-        t.add(id, Box::new(Hog { id, hold, inner }), profile())
-            .unwrap();
+        t.add(
+            id,
+            Box::new(Hog { id, hold, inner }),
+            DeviceProfile::uniform("unit", 1 << 30, 1.0),
+        )
+        .unwrap();
     }
     let ins = TrainIns {
         round: Round(1),
