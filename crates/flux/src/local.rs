@@ -2,10 +2,11 @@
 //! training the tuning experts while recording per-sample gradient norms (for the
 //! utility of Eq. 3), and zeroth-order probes of the exploration experts.
 //!
-//! Per step, each sample of the step's batch is a separate forward/backward pass; the
-//! step's gradient is `Σ_k (n_k / N) g_k` (n_k target tokens of sample k, N in total),
-//! which equals the gradient of the batch's token-mean loss, and `||g_k^e||²` is kept
-//! per tuning expert e.
+//! Per step, each sample of the step's batch is a separate forward/backward pass that
+//! yields `||g_k^e||²` per tuning expert e; then one backward pass through
+//! `Σ_k (n_k / N) L_k` (n_k target tokens of sample k, N in total), the batch's
+//! token-mean loss, gives the step's gradient. Twice the compute of summing the
+//! per-sample gradients, but never two gradients in memory at once.
 
 use std::collections::BTreeMap;
 
@@ -72,20 +73,19 @@ pub fn train_steps(
         if total == 0 {
             return Err(Error::Input("a training step has no target tokens".into()));
         }
-        let mut accumulated: Option<candle_core::backprop::GradStore> = None;
+        // Pass 1, each sample alone: its loss and, per tuning expert, its squared
+        // gradient norm (Eq. 3). Its gradients are dropped before the next sample: a
+        // running sum beside them would hold two gradients of every tuning expert,
+        // one more than the memory model's 4·s_e (weight, gradient, two moments).
         let mut step_loss = 0.0f64;
+        let mut last = None;
         for sample in samples {
-            let b = &sample.batch;
-            let loss = model.loss(
-                &b.input_ids,
-                b.attention_mask.as_ref(),
-                b.loss_mask.as_ref(),
-            )?;
+            let loss = sample_loss(model, sample)?;
             let value = f64::from(loss.to_scalar::<f32>()?);
             if !value.is_finite() {
                 return Err(Error::Input(format!("non-finite training loss {value}")));
             }
-            out.tokens += b.input_ids.elem_count();
+            out.tokens += sample.batch.input_ids.elem_count();
             let share = sample.targets as f64 / total as f64;
             step_loss += share * value;
             let grads = loss.backward()?;
@@ -98,32 +98,32 @@ pub fn train_steps(
                 }
                 out.sq_grad_norms.entry(*id).or_default().push(sq);
             }
-            accumulated = Some(match accumulated {
-                None => {
-                    let mut acc = grads;
-                    for (_, v) in opt.vars() {
-                        if let Some(g) = acc.remove(v.as_tensor()) {
-                            acc.insert(v.as_tensor(), (g * share)?);
-                        }
-                    }
-                    acc
-                }
-                Some(mut acc) => {
-                    for (_, v) in opt.vars() {
-                        let Some(g) = grads.get(v.as_tensor()) else {
-                            continue;
-                        };
-                        let sum = match acc.remove(v.as_tensor()) {
-                            Some(a) => (a + (g * share)?)?,
-                            None => (g * share)?,
-                        };
-                        acc.insert(v.as_tensor(), sum);
-                    }
-                    acc
-                }
-            });
+            if samples.len() == 1 {
+                last = Some(grads);
+            }
         }
-        let mut grads = accumulated.ok_or_else(|| Error::Input("an empty training step".into()))?;
+        // Pass 2, the step's gradient: one backward pass through the samples' losses
+        // weighted by their target tokens (the batch's token-mean loss), holding one
+        // gradient and the activations of the whole step, as the memory model counts.
+        // A step of one sample already has it from pass 1.
+        let mut grads = match last {
+            Some(grads) => grads,
+            None => {
+                let mut weighted: Option<Tensor> = None;
+                for sample in samples {
+                    out.tokens += sample.batch.input_ids.elem_count();
+                    let share = sample.targets as f64 / total as f64;
+                    let term = (sample_loss(model, sample)? * share)?;
+                    weighted = Some(match weighted {
+                        None => term,
+                        Some(sum) => (sum + term)?,
+                    });
+                }
+                weighted
+                    .ok_or_else(|| Error::Input("an empty training step".into()))?
+                    .backward()?
+            }
+        };
         if let Some(p) = proximal {
             p.apply(opt, &mut grads)?;
         }
@@ -138,6 +138,16 @@ pub fn train_steps(
         out.loss += step_loss / steps.len() as f64;
     }
     Ok(out)
+}
+
+/// The token-mean loss of one sample under `model`.
+fn sample_loss(model: &MoeModel, sample: &Sample) -> Result<Tensor> {
+    let b = &sample.batch;
+    Ok(model.loss(
+        &b.input_ids,
+        b.attention_mask.as_ref(),
+        b.loss_mask.as_ref(),
+    )?)
 }
 
 /// Per-row token-mean losses of `batch` under `model`.
