@@ -284,8 +284,8 @@ fn report_writes_every_file_and_each_reads_back() {
     assert!(md.contains("## Time to accuracy: FLUX speedup over each baseline"));
     assert!(md.contains("## Final metric per method"));
     assert!(md.contains("## Round-time breakdown by phase"));
-    assert!(md.contains("| arc-easy | fmd | 2 |"), "{md}");
-    assert!(md.contains("| arc-easy | fedavg-full | 2 |"), "{md}");
+    assert!(md.contains("| arc-easy | flux | fmd | 2 |"), "{md}");
+    assert!(md.contains("| arc-easy | flux | fedavg-full | 2 |"), "{md}");
 }
 
 #[test]

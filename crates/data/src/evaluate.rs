@@ -162,7 +162,8 @@ pub fn evaluate(
     };
     Ok(EvalReport {
         metric,
-        score: mean_ci(&scores)?,
+        // Every metric here scores an example in [0, 1].
+        score: mean_ci(&scores)?.within(0.0, 1.0),
         per_example: scores,
     })
 }

@@ -140,10 +140,13 @@ pub struct SeedOutcome {
     pub outcome: TtaOutcome,
 }
 
-/// FLUX against one baseline on one task, over the seeds both ran.
+/// FLUX (or one of its variants) against one baseline on one task, over the seeds
+/// both ran.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SpeedupRow {
     pub task: String,
+    /// `flux`, or `flux:VARIANT`.
+    pub flux: String,
     pub baseline: String,
     pub seeds: Vec<SeedOutcome>,
     /// Seeds that only one of the two methods ran.
@@ -175,8 +178,9 @@ impl SpeedupRow {
     }
 }
 
-/// Table (a): one row per task × baseline (every method key other than plain FLUX, in
-/// order of appearance), plus the tasks FLUX did not run.
+/// Table (a): per task, plain FLUX against every other method key (baselines and FLUX
+/// variants), then each FLUX variant against every method that is not FLUX, in order of
+/// appearance; plus the tasks no FLUX key ran.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SpeedupTable {
     pub rows: Vec<SpeedupRow>,
@@ -187,36 +191,47 @@ pub fn speedup_table(results: &SuiteResults) -> SpeedupTable {
     let keys = method_keys(results);
     let mut rows = Vec::new();
     let mut tasks_without_flux = Vec::new();
+    let is_flux = |k: &str| k == FLUX || k.starts_with(&format!("{FLUX}:"));
     for task in tasks(results) {
-        let flux = runs_by_seed(results, &task, FLUX);
-        if flux.is_empty() {
-            tasks_without_flux.push(task);
-            continue;
-        }
-        for key in keys.iter().filter(|k| k.as_str() != FLUX) {
-            let base = runs_by_seed(results, &task, key);
-            if base.is_empty() {
+        let mut any_flux = false;
+        for flux_key in keys.iter().filter(|k| is_flux(k)) {
+            let flux = runs_by_seed(results, &task, flux_key);
+            if flux.is_empty() {
                 continue;
             }
-            let mut seeds = Vec::new();
-            let mut unpaired = Vec::new();
-            let all: std::collections::BTreeSet<u64> =
-                flux.keys().chain(base.keys()).copied().collect();
-            for seed in all {
-                match (flux.get(&seed), base.get(&seed)) {
-                    (Some(f), Some(b)) => seeds.push(SeedOutcome {
-                        seed,
-                        outcome: tta_outcome(f, b),
-                    }),
-                    _ => unpaired.push(seed),
+            any_flux = true;
+            let against = keys
+                .iter()
+                .filter(|k| *k != flux_key && (flux_key == FLUX || !is_flux(k)));
+            for key in against {
+                let base = runs_by_seed(results, &task, key);
+                if base.is_empty() {
+                    continue;
                 }
+                let mut seeds = Vec::new();
+                let mut unpaired = Vec::new();
+                let all: std::collections::BTreeSet<u64> =
+                    flux.keys().chain(base.keys()).copied().collect();
+                for seed in all {
+                    match (flux.get(&seed), base.get(&seed)) {
+                        (Some(f), Some(b)) => seeds.push(SeedOutcome {
+                            seed,
+                            outcome: tta_outcome(f, b),
+                        }),
+                        _ => unpaired.push(seed),
+                    }
+                }
+                rows.push(SpeedupRow {
+                    task: task.clone(),
+                    flux: flux_key.clone(),
+                    baseline: key.clone(),
+                    seeds,
+                    unpaired,
+                });
             }
-            rows.push(SpeedupRow {
-                task: task.clone(),
-                baseline: key.clone(),
-                seeds,
-                unpaired,
-            });
+        }
+        if !any_flux {
+            tasks_without_flux.push(task);
         }
     }
     SpeedupTable {
@@ -291,6 +306,7 @@ impl SpeedupTable {
                 }
                 vec![
                     r.task.clone(),
+                    r.flux.clone(),
                     r.baseline.clone(),
                     r.seeds.len().to_string(),
                     speedup,
@@ -311,6 +327,7 @@ impl SpeedupTable {
             notes,
             header: [
                 "Task",
+                "FLUX",
                 "Baseline",
                 "Seeds",
                 "Speedup median [min–max]",
@@ -671,9 +688,10 @@ mod tests {
         assert_eq!(row.median(), Some(3.0));
         assert_eq!(row.range(), Some((2.0, 5.0)));
         let cells = &t.to_table().rows[0];
-        assert_eq!(cells[2], "3");
-        assert_eq!(cells[3], "3.00× [2.00–5.00]");
-        assert_eq!(cells[4], "both reached on all 3 seeds");
+        assert_eq!(cells[1], "flux");
+        assert_eq!(cells[3], "3");
+        assert_eq!(cells[4], "3.00× [2.00–5.00]");
+        assert_eq!(cells[5], "both reached on all 3 seeds");
     }
 
     #[test]
@@ -687,7 +705,7 @@ mod tests {
         let row = &speedup_table(&s).rows[0];
         // 1.5 and 4.0 → 2.75.
         assert_eq!(row.median(), Some(2.75));
-        assert_eq!(speedup_table(&s).to_table().rows[0][3], "2.75× [1.50–4.00]");
+        assert_eq!(speedup_table(&s).to_table().rows[0][4], "2.75× [1.50–4.00]");
     }
 
     #[test]
@@ -721,9 +739,9 @@ mod tests {
         );
         // Only seed 0 gives a ratio, so no range is printed.
         let cells = &t.to_table().rows[0];
-        assert_eq!(cells[3], "1.50×");
+        assert_eq!(cells[4], "1.50×");
         assert_eq!(
-            cells[4],
+            cells[5],
             "seed 0: both reached (1.50×); \
              seed 1: FLUX reached, fmd did not (> 900.0 s; speedup ≥ 9.00×); \
              seed 2: fmd reached, FLUX did not (> 400.0 s); \
@@ -738,8 +756,8 @@ mod tests {
             run("fmes", "a", 0, None, 400.0),
         ]);
         let cells = &speedup_table(&s).to_table().rows[0];
-        assert_eq!(cells[3], "—");
-        assert_eq!(cells[4], "seed 0: neither reached");
+        assert_eq!(cells[4], "—");
+        assert_eq!(cells[5], "seed 0: neither reached");
     }
 
     #[test]
@@ -762,10 +780,10 @@ mod tests {
         assert_eq!(t.rows[1].seeds[0].outcome, TtaOutcome::NoTarget);
         let table = t.to_table();
         assert_eq!(
-            table.rows[0][4],
+            table.rows[0][5],
             "both reached on all 1 seeds; seed 1: run by only one of the two"
         );
-        assert_eq!(table.rows[1][4], "seed 0: no target");
+        assert_eq!(table.rows[1][5], "seed 0: no target");
         assert!(table
             .notes
             .iter()
@@ -781,6 +799,37 @@ mod tests {
         assert_eq!(t.rows.len(), 1);
         assert_eq!(t.rows[0].baseline, "flux:no-explore");
         assert_eq!(t.rows[0].median(), Some(3.0));
+    }
+
+    #[test]
+    fn each_flux_variant_gets_speedups_over_the_baselines_but_not_over_other_variants() {
+        let variant = |name: &str, tta: f64| {
+            let mut r = run("flux", "a", 0, Some(tta), 100.0);
+            r.variant = name.to_string();
+            r
+        };
+        let s = suite(vec![
+            variant("capped", 20.0),
+            variant("eps", 50.0),
+            run("fmq", "a", 0, Some(60.0), 100.0),
+            run("fmq", "b", 0, Some(60.0), 100.0),
+        ]);
+        let t = speedup_table(&s);
+        let pairs: Vec<(&str, &str, Option<f64>)> = t
+            .rows
+            .iter()
+            .map(|r| (r.flux.as_str(), r.baseline.as_str(), r.median()))
+            .collect();
+        // No plain FLUX here: each variant against FMQ only, never against the other.
+        assert_eq!(
+            pairs,
+            [
+                ("flux:capped", "fmq", Some(3.0)),
+                ("flux:eps", "fmq", Some(1.2))
+            ]
+        );
+        assert_eq!(t.tasks_without_flux, vec!["b".to_string()]);
+        assert_eq!(t.to_table().rows[0][1], "flux:capped");
     }
 
     #[test]

@@ -71,6 +71,18 @@ pub fn mean_ci(values: &[f64]) -> Result<MeanCi> {
     })
 }
 
+impl MeanCi {
+    /// The interval cut to `[lo, hi]`, the range every score lies in (the normal
+    /// approximation can reach past it, e.g. below 0 for a rare exact match).
+    pub fn within(self, lo: f64, hi: f64) -> MeanCi {
+        MeanCi {
+            lower: self.lower.max(lo),
+            upper: self.upper.min(hi),
+            ..self
+        }
+    }
+}
+
 /// Mean with a seeded percentile-bootstrap 95% interval.
 pub fn bootstrap_ci(values: &[f64], n_resamples: usize, seed: u64) -> Result<MeanCi> {
     let mean = check(values)?;
@@ -98,6 +110,19 @@ pub fn bootstrap_ci(values: &[f64], n_resamples: usize, seed: u64) -> Result<Mea
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rare_success_keeps_its_interval_inside_zero_one() {
+        // 3 of 100: 0.03 ± 1.96 · 0.171 / 10 reaches below 0 unclamped.
+        let mut v = vec![0.0; 97];
+        v.extend([1.0; 3]);
+        let raw = mean_ci(&v).unwrap();
+        assert!(raw.lower < 0.0, "{raw}");
+        let cut = raw.within(0.0, 1.0);
+        assert_eq!((cut.mean, cut.lower, cut.upper), (raw.mean, 0.0, raw.upper));
+        let all = mean_ci(&[1.0, 1.0, 0.0]).unwrap().within(0.0, 1.0);
+        assert!(all.upper <= 1.0 && all.lower >= 0.0, "{all}");
+    }
 
     #[test]
     fn normal_interval_hand_computed() {
