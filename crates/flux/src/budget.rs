@@ -422,13 +422,8 @@ mod tests {
 
     fn device(memory_mib: u64, uplink: f64) -> DeviceProfile {
         DeviceProfile {
-            name: format!("{memory_mib} MiB"),
-            memory_bytes: memory_mib * MB,
-            train_flops: 1e12,
-            quant_forward_flops: 1e12,
-            pcie_bytes_per_s: 1e9,
             uplink_bytes_per_s: uplink,
-            downlink_bytes_per_s: 1e7,
+            ..DeviceProfile::uniform(format!("{memory_mib} MiB"), memory_mib * MB, 1e9)
         }
     }
 
@@ -458,7 +453,8 @@ mod tests {
             (1, device(1320, 1e6)),
             (2, device(1320, 1e6)),
             (3, device(1640, 1e6)),
-            // The same memory on a link twice as fast uploads its 15 in the median time.
+            // The same memory on a link twice as fast: its 15 take 7.5, just over the
+            // median, so it is cut to the 14 that fit in 7.
             (4, device(1640, 2e6)),
             // Cannot hold one tuning expert: no budget, and no say in the median.
             (5, device(500, 1e6)),
