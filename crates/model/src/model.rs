@@ -15,7 +15,9 @@ use crate::config::{AttentionKind, Ffn, ModelConfig, MoeConfig, QkNorm, RouterKi
 use crate::keys::{self, Proj};
 use crate::layers::attention::{AttentionInputs, MlaQuery, Projections, QkNormLayer};
 use crate::layers::moe::{ExpertSlots, Router, SharedLayer};
-use crate::layers::{Attention, KvCache, Linear, MoeBlock, RmsNorm, Rope, Routing, SwiGlu};
+use crate::layers::{
+    target_logprob, Attention, KvCache, Linear, MoeBlock, RmsNorm, Rope, Routing, SwiGlu,
+};
 use crate::params::ParamStore;
 use crate::{Error, Result};
 
@@ -403,14 +405,10 @@ impl MoeModel {
         }
         let n = positions.len();
         let positions = Tensor::from_vec(positions, n, &self.device)?;
-        let targets = Tensor::from_vec(targets, (n, 1), &self.device)?;
+        let targets = Tensor::from_vec(targets, n, &self.device)?;
         let selected = hidden.reshape((b * t, h))?.index_select(&positions, 0)?;
         let logits = self.lm_head.forward(&selected)?;
-        let max = logits.max_keepdim(D::Minus1)?.detach();
-        let shifted = logits.broadcast_sub(&max)?;
-        let log_z = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-        let logp = (shifted.gather(&targets, 1)? - log_z)?.squeeze(1)?;
-        Ok((logp, rows))
+        Ok((target_logprob(&logits, &targets)?, rows))
     }
 
     /// Mean next-token cross-entropy over the target positions of `loss_mask` (see

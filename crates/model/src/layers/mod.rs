@@ -8,6 +8,7 @@ pub mod mlp;
 pub mod moe;
 pub mod norm;
 pub mod rope;
+pub mod target_logprob;
 
 pub use attention::{Attention, KvCache};
 pub use linear::Linear;
@@ -15,3 +16,4 @@ pub use mlp::SwiGlu;
 pub use moe::{MoeBlock, Routing};
 pub use norm::RmsNorm;
 pub use rope::Rope;
+pub use target_logprob::target_logprob;
