@@ -40,13 +40,33 @@ memory_fraction = {memory_fraction}
     path
 }
 
+const RTX3060: f64 = 12.0 * 1024.0 * 1024.0 * 1024.0;
+
+/// The memory fraction that leaves the RTX 3060 `spare` bytes beyond the fixture's
+/// fixed part (frozen weights and activations; the config sets no overhead), read from
+/// the plan of a whole 3060.
+fn fraction_with_spare(dir: &std::path::Path, spare: f64) -> f64 {
+    let cfg = config(dir, 1.0, r#""rtx3060""#, "");
+    let o = fluxmoe(&["plan", "--config", cfg.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let fixed = v["rows"][0]["budget"]["Ok"]["fixed_bytes"]
+        .as_u64()
+        .unwrap();
+    (fixed as f64 + spare) / RTX3060
+}
+
 #[test]
 fn plan_prints_budgets_and_names_a_budget_that_does_not_fit() {
     let tmp = tempfile::tempdir().unwrap();
-    // ~1 MB on the 12 GiB card, ~0.8 MB on the 10 GiB one: the fixture's experts are
-    // 48 KiB each (tuning one costs 192 KiB) and its fixed part is about 0.5 MB.
-    let rtx3060 = 12.0 * 1024.0 * 1024.0 * 1024.0;
-    let cfg = config(tmp.path(), 1.0e6 / rtx3060, r#""rtx3060", "rtx3080""#, "");
+    // 0.5 MB beyond the fixed part on the 12 GiB card: the fixture's experts are 48 KiB
+    // each (tuning one costs 192 KiB).
+    let cfg = config(
+        tmp.path(),
+        fraction_with_spare(tmp.path(), 0.5e6),
+        r#""rtx3060", "rtx3080""#,
+        "",
+    );
     let o = fluxmoe(&["plan", "--config", cfg.to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
@@ -75,10 +95,10 @@ fn plan_prints_budgets_and_names_a_budget_that_does_not_fit() {
 #[test]
 fn the_median_upload_cap_brings_the_big_card_down_to_the_fleet_median() {
     let tmp = tempfile::tempdir().unwrap();
-    let rtx3060 = 12.0 * 1024.0 * 1024.0 * 1024.0;
     let profiles = r#""rtx3060", "rtx3080", "rtx4090""#;
+    let fraction = fraction_with_spare(tmp.path(), 1.4e6);
     let b_tune = |options: &str| -> Vec<u64> {
-        let cfg = config(tmp.path(), 1.4e6 / rtx3060, profiles, options);
+        let cfg = config(tmp.path(), fraction, profiles, options);
         let o = fluxmoe(&["plan", "--config", cfg.to_str().unwrap(), "--json"]);
         assert!(o.status.success(), "{}", stderr(&o));
         let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();

@@ -31,7 +31,7 @@ use fluxmoe_model::keys::{expert_key, Proj};
 use fluxmoe_model::params::glob_match;
 use fluxmoe_model::source::save_tokenizer_files;
 use fluxmoe_model::stats::ModelStats;
-use fluxmoe_model::train::AdamWConfig;
+use fluxmoe_model::train::{step_activation_bytes, AdamWConfig};
 use fluxmoe_model::{checkpoint, load_model, LoadedModel, ParamStore};
 use serde::Serialize;
 
@@ -686,8 +686,8 @@ pub(crate) fn fleet(
 }
 
 /// What the expert strategies plan with: every routed expert, its tensor names and
-/// the memory model's inputs (f32 weights; activations estimated from batch and
-/// sequence length: ~20 saved hidden-sized values per token and layer, plus logits).
+/// the memory model's inputs (f32 weights; activations of a full batch of `max_len`
+/// tokens, as `fluxmoe_model::train::step_activation_bytes` counts them).
 pub(crate) fn expert_model(
     lm: &LoadedModel,
     stats: &ModelStats,
@@ -719,9 +719,7 @@ pub(crate) fn expert_model(
     }
     let moe_layers = stats.layers.iter().filter(|l| l.routed.is_some()).count();
     let per_layer = experts.len() / moe_layers.max(1);
-    let tokens = (file.rounds.batch_size * file.task.max_len) as u64;
-    let activation_bytes =
-        4 * tokens * (20 * cfg.hidden_size * cfg.num_layers() + cfg.vocab_size) as u64;
+    let activation_bytes = step_activation_bytes(cfg, file.rounds.batch_size, file.task.max_len);
     Ok(ExpertModel {
         experts,
         keys,

@@ -1,6 +1,7 @@
 //! Training primitives that do not depend on the model code: the AdamW
 //! optimizer ([`optim`]), global-norm gradient clipping ([`clip`]) and the
-//! warm-up + cosine learning-rate schedule ([`schedule`]).
+//! warm-up + cosine learning-rate schedule ([`schedule`]); and what a step's
+//! activations hold at most ([`activations`]).
 //!
 //! A training step is meant to look like
 //!
@@ -11,10 +12,12 @@
 //! let missing = opt.step(&grads)?;
 //! ```
 
+pub mod activations;
 pub mod clip;
 pub mod optim;
 pub mod schedule;
 
+pub use activations::step_activation_bytes;
 pub use clip::clip_grad_norm;
 pub use optim::{AdamW, AdamWConfig, AdamWState, ParamState};
 pub use schedule::LrSchedule;

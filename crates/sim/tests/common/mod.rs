@@ -113,8 +113,9 @@ pub fn records(root: &Path, out: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The fixture run with `method`, on one device kind whose memory holds the fixed part,
-/// two tuning experts and two merged slots (the experts are 48 KiB each).
+/// The fixture run with `method`, on one device kind whose memory holds the fixed part
+/// (frozen weights and activations, as the plan of [`model_dir`] reports it) and 0.5 MB
+/// more: two tuning experts and two merged slots (the experts are 48 KiB each).
 pub fn method_config(root: &Path, out: &str, method: &str, rounds: u32) -> RunFile {
     let mut cfg = config(root, out, rounds);
     cfg.method.name = method.into();
@@ -124,6 +125,11 @@ pub fn method_config(root: &Path, out: &str, method: &str, rounds: u32) -> RunFi
     let rtx3060 = fluxmoe_fed::DeviceProfile::preset("rtx3060")
         .unwrap()
         .memory_bytes as f64;
-    cfg.fleet.memory_fraction = 1_000_000.0 / rtx3060;
+    let fixed = fluxmoe_sim::plan::plan(&cfg, &model_dir(root))
+        .unwrap()
+        .memory
+        .fixed_bytes()
+        .unwrap();
+    cfg.fleet.memory_fraction = (fixed as f64 + 500_000.0) / rtx3060;
     cfg
 }
