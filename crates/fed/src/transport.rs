@@ -337,10 +337,11 @@ impl Transport for LocalTransport {
             .collect();
         let train = |id: ParticipantId, member: &mut Member, measure_peak: bool| {
             let mut rss = MeasuredRss::default();
-            let heap_start = crate::measure::heap_live_bytes();
+            let mut heap_start = None;
             if measure_peak {
                 crate::measure::reset_peak_rss();
                 rss.start_bytes = crate::measure::rss_bytes();
+                heap_start = crate::measure::heap_live_bytes();
                 crate::measure::reset_heap_peak();
             }
             let start = std::time::Instant::now();
