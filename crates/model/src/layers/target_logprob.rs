@@ -5,7 +5,8 @@
 //! Built from candle primitives, the same value keeps the shifted logits and their
 //! exponentials alive for the backward pass and allocates several more `[n, V]`
 //! tensors during it; with SmolLM2's 49,152-token vocabulary those are about 50 MB per
-//! 256 targets each, a third of a training step's activations. Here the forward pass
+//! 256 targets each (this op saves 142 MiB of a 1,566 MiB step at batch 4 x 64,
+//! `crates/model/tests/activation_memory.rs`). Here the forward pass
 //! keeps nothing but its input and the backward pass allocates exactly one `[n, V]`
 //! tensor, the gradient. CPU only: [`target_logprob`] uses the primitive version
 //! elsewhere.
