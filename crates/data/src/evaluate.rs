@@ -9,6 +9,7 @@
 //!   count 1 when it is the answer.
 //!
 //! The result is the mean over examples with a 95% interval ([`mean_ci`]).
+//! [`evaluate_parallel`] splits the examples over several scorers, one thread each.
 //! With `limit`, a seeded random subset of that size is scored (tasks are often stored
 //! sorted by group, so the first N would not be representative).
 
@@ -67,6 +68,60 @@ pub fn evaluate(
     scorer: &mut dyn Scorer,
     cfg: &EvalConfig,
 ) -> Result<EvalReport> {
+    let order = selection(task, cfg)?;
+    let scores = order
+        .iter()
+        .map(|&i| score_example(task, i, tokenizer, scorer, cfg))
+        .collect::<Result<Vec<_>>>()?;
+    report(task, scores)
+}
+
+/// [`evaluate`] with the examples split over `scorers`, one thread each: contiguous
+/// shares of the selection, scores gathered back in selection order. Each example is
+/// scored as [`evaluate`] would score it, so the report is the same for any number of
+/// scorers given scorers that compute alike (e.g. one compute thread each).
+pub fn evaluate_parallel<S: Scorer + Send>(
+    task: &Task,
+    tokenizer: &Tokenizer,
+    scorers: &mut [S],
+    cfg: &EvalConfig,
+) -> Result<EvalReport> {
+    if scorers.is_empty() {
+        return Err(Error::param("scorers", "need at least one"));
+    }
+    let order = selection(task, cfg)?;
+    let share = order.len().div_ceil(scorers.len()).max(1);
+    let parts: Vec<Result<Vec<f64>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = order
+            .chunks(share)
+            .zip(scorers.iter_mut())
+            .map(|(chunk, scorer)| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|&i| score_example(task, i, tokenizer, scorer, cfg))
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(Error::task(&task.name, "an evaluation thread panicked"))
+                })
+            })
+            .collect()
+    });
+    let mut scores = Vec::with_capacity(order.len());
+    for part in parts {
+        scores.extend(part?);
+    }
+    report(task, scores)
+}
+
+/// The indices of the examples to score: all, or a seeded random `limit` of them.
+fn selection(task: &Task, cfg: &EvalConfig) -> Result<Vec<usize>> {
     let mut order: Vec<usize> = (0..task.examples.len()).collect();
     if let Some(limit) = cfg.limit {
         if limit == 0 {
@@ -75,82 +130,92 @@ pub fn evaluate(
         order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(cfg.seed));
         order.truncate(limit);
     }
+    Ok(order)
+}
+
+/// Example `i`'s score in [0, 1] by the task's metric.
+fn score_example(
+    task: &Task,
+    i: usize,
+    tokenizer: &Tokenizer,
+    scorer: &mut (impl Scorer + ?Sized),
+    cfg: &EvalConfig,
+) -> Result<f64> {
     let template = Template::for_task(&task.name);
     let batch_cfg = BatchConfig {
         max_len: cfg.max_len,
         pad_id: cfg.pad_id,
         eos_id: None,
     };
-    let mut scores = Vec::with_capacity(order.len());
-    for &i in &order {
-        let ex = &task.examples[i];
-        let rendered = template.render(ex, cfg.format)?;
-        let score = match task.kind {
-            TaskKind::Generation { metric } => {
-                let reference = template.message(ex)?.target;
-                let prompt = encode(
-                    tokenizer,
-                    &Rendered {
-                        prompt: rendered.prompt.clone(),
-                        target: String::new(),
-                    },
-                    &batch_cfg,
-                )?;
-                let out = scorer.generate(&prompt.ids, cfg.max_new_tokens)?;
-                let text = tokenizer
-                    .decode(&out, true)
-                    .map_err(|e| Error::Tokenizer(e.to_string()))?;
-                match metric {
-                    GenerationMetric::RougeL => rouge_l(text.trim(), &reference).f1,
-                    GenerationMetric::ExactMatch => {
-                        let first_line = text.trim().lines().next().unwrap_or("");
-                        f64::from(u8::from(exact_match(first_line, &reference)))
-                    }
+    let ex = &task.examples[i];
+    let rendered = template.render(ex, cfg.format)?;
+    Ok(match task.kind {
+        TaskKind::Generation { metric } => {
+            let reference = template.message(ex)?.target;
+            let prompt = encode(
+                tokenizer,
+                &Rendered {
+                    prompt: rendered.prompt.clone(),
+                    target: String::new(),
+                },
+                &batch_cfg,
+            )?;
+            let out = scorer.generate(&prompt.ids, cfg.max_new_tokens)?;
+            let text = tokenizer
+                .decode(&out, true)
+                .map_err(|e| Error::Tokenizer(e.to_string()))?;
+            match metric {
+                GenerationMetric::RougeL => rouge_l(text.trim(), &reference).f1,
+                GenerationMetric::ExactMatch => {
+                    let first_line = text.trim().lines().next().unwrap_or("");
+                    f64::from(u8::from(exact_match(first_line, &reference)))
                 }
             }
-            TaskKind::MultipleChoice => {
-                let (choices, answer) = match (&ex.choices, ex.answer) {
-                    (Some(c), Some(a)) => (c, a),
-                    _ => {
-                        return Err(Error::task(
-                            &task.name,
-                            format!("example `{}` has no choices or answer", ex.id),
-                        ))
-                    }
-                };
-                let options: Vec<String> = match template.choices {
-                    ChoiceDisplay::Hidden => choices.iter().cloned().collect(),
-                    ChoiceDisplay::Lettered => (b'A'..)
-                        .take(choices.len())
-                        .map(|c| (c as char).to_string())
-                        .collect(),
-                };
-                let items = options
-                    .iter()
-                    .map(|o| {
-                        let r = Rendered {
-                            prompt: rendered.prompt.clone(),
-                            target: o.clone(),
-                        };
-                        encode(tokenizer, &r, &batch_cfg)
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let logliks = scorer.choice_logliks(&items, cfg.pad_id)?;
-                let scored: Vec<ChoiceScore> = items
-                    .iter()
-                    .zip(&logliks)
-                    .zip(&options)
-                    .map(|((item, &loglik), o)| ChoiceScore {
-                        loglik,
-                        n_tokens: item.loss_mask.iter().filter(|&&m| m == 1).count(),
-                        n_chars: o.chars().count(),
-                    })
-                    .collect();
-                f64::from(u8::from(pick_choice(&scored, cfg.length_norm)? == answer))
-            }
-        };
-        scores.push(score);
-    }
+        }
+        TaskKind::MultipleChoice => {
+            let (choices, answer) = match (&ex.choices, ex.answer) {
+                (Some(c), Some(a)) => (c, a),
+                _ => {
+                    return Err(Error::task(
+                        &task.name,
+                        format!("example `{}` has no choices or answer", ex.id),
+                    ))
+                }
+            };
+            let options: Vec<String> = match template.choices {
+                ChoiceDisplay::Hidden => choices.iter().cloned().collect(),
+                ChoiceDisplay::Lettered => (b'A'..)
+                    .take(choices.len())
+                    .map(|c| (c as char).to_string())
+                    .collect(),
+            };
+            let items = options
+                .iter()
+                .map(|o| {
+                    let r = Rendered {
+                        prompt: rendered.prompt.clone(),
+                        target: o.clone(),
+                    };
+                    encode(tokenizer, &r, &batch_cfg)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let logliks = scorer.choice_logliks(&items, cfg.pad_id)?;
+            let scored: Vec<ChoiceScore> = items
+                .iter()
+                .zip(&logliks)
+                .zip(&options)
+                .map(|((item, &loglik), o)| ChoiceScore {
+                    loglik,
+                    n_tokens: item.loss_mask.iter().filter(|&&m| m == 1).count(),
+                    n_chars: o.chars().count(),
+                })
+                .collect();
+            f64::from(u8::from(pick_choice(&scored, cfg.length_norm)? == answer))
+        }
+    })
+}
+
+fn report(task: &Task, scores: Vec<f64>) -> Result<EvalReport> {
     let metric = match task.kind {
         TaskKind::Generation {
             metric: GenerationMetric::RougeL,

@@ -142,3 +142,53 @@ fn limit_scores_a_seeded_subset() {
     )
     .is_err());
 }
+
+#[test]
+fn parallel_evaluation_matches_the_sequential_one_in_order() {
+    let examples: Vec<Example> = (0..10)
+        .map(|i| {
+            Example::generation(
+                format!("{i}"),
+                "what is two",
+                if i % 3 == 0 { "four" } else { "two" },
+                None,
+            )
+        })
+        .collect();
+    let task = Task::new(
+        "generic",
+        TaskKind::Generation {
+            metric: GenerationMetric::ExactMatch,
+        },
+        examples,
+    )
+    .unwrap();
+    let tokenizer = tiny_tokenizer();
+    let sequential = evaluate(
+        &task,
+        &tokenizer,
+        &mut Fake { prompts: vec![] },
+        &cfg(Some(7)),
+    )
+    .unwrap();
+    // Not all equal, so a reordering would show.
+    assert!(sequential.per_example.contains(&1.0) && sequential.per_example.contains(&0.0));
+    for n in [1, 2, 3, 7, 12] {
+        let mut scorers: Vec<Fake> = (0..n).map(|_| Fake { prompts: vec![] }).collect();
+        let parallel =
+            fluxmoe_data::evaluate_parallel(&task, &tokenizer, &mut scorers, &cfg(Some(7)))
+                .unwrap();
+        assert_eq!(parallel.per_example, sequential.per_example, "{n} scorers");
+        assert_eq!(parallel.score, sequential.score);
+        // Every example scored once, spread over the scorers.
+        let used: Vec<usize> = scorers.iter().map(|s| s.prompts.len()).collect();
+        assert_eq!(used.iter().sum::<usize>(), 7, "{n} scorers: {used:?}");
+        assert_eq!(
+            used.iter().filter(|&&u| u > 0).count(),
+            n.min(7),
+            "{n} scorers: {used:?}"
+        );
+    }
+    let mut none: Vec<Fake> = Vec::new();
+    assert!(fluxmoe_data::evaluate_parallel(&task, &tokenizer, &mut none, &cfg(None)).is_err());
+}

@@ -109,6 +109,35 @@ impl ModelCache {
             len: self.len,
         })
     }
+
+    /// A cache whose row `i` is this cache's row `rows[i]`: continuations that branch
+    /// (row `rows[i]` is the prefix row `i` continues).
+    pub fn select_rows(&self, rows: &[u32]) -> Result<ModelCache> {
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let kv = match &layer.kv {
+                None => None,
+                Some((k, v)) => {
+                    let b = k.dim(0)?;
+                    if let Some(&bad) = rows.iter().find(|&&r| r as usize >= b) {
+                        return Err(Error::Input(format!(
+                            "cache row {bad} selected, the cache has {b} rows"
+                        )));
+                    }
+                    let idx = Tensor::new(rows, k.device())?;
+                    Some((
+                        k.contiguous()?.index_select(&idx, 0)?,
+                        v.contiguous()?.index_select(&idx, 0)?,
+                    ))
+                }
+            };
+            layers.push(KvCache { kv });
+        }
+        Ok(ModelCache {
+            layers,
+            len: self.len,
+        })
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -408,6 +408,7 @@ pub fn run_over(
         },
         stop_ids,
         scores: BTreeMap::new(),
+        workers: file.rounds.workers,
     };
     let run_cfg = RunConfig {
         n_rounds: file.rounds.rounds,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use candle_core::{Device, IndexOp, Tensor, D};
 use fluxmoe_data::batch::{collate, Batch, Encoded};
-use fluxmoe_data::{evaluate, EvalConfig, Scorer, Task};
+use fluxmoe_data::{evaluate_parallel, EvalConfig, Scorer, Task};
 use fluxmoe_fed::{Evaluator, Global, Round};
 use fluxmoe_model::generate::{generate, GenerateConfig};
 use fluxmoe_model::model::{CachedLm, ModelCache};
@@ -69,8 +69,7 @@ impl Scorer for ModelScorer<'_> {
         if items.len() < 2 || shared == 0 {
             return self.logliks(&collate(items, pad_id, &Device::Cpu)?);
         }
-        self.prefix_cached_logliks(items, shared, pad_id)
-            .map_err(data_err)
+        self.prefix_cached_logliks(items, shared).map_err(data_err)
     }
 }
 
@@ -99,11 +98,15 @@ fn shared_prompt(items: &[Encoded]) -> usize {
 }
 
 impl ModelScorer<'_> {
+    /// The answers as a prefix tree: the shared prompt runs once, then one token per
+    /// answer depth for each distinct answer prefix at that depth (multiple-choice
+    /// labels share their first tokens: `noun.`, `verb.` ...), every row continuing its
+    /// parent prefix's cache row. Each answer token's log-probability is read from the
+    /// row of the prefix before it.
     fn prefix_cached_logliks(
         &self,
         items: &[Encoded],
         shared: usize,
-        pad_id: u32,
     ) -> fluxmoe_model::Result<Vec<f32>> {
         let device = self.model.device();
         let prompt = Tensor::from_vec(items[0].ids[..shared].to_vec(), (1, shared), device)?;
@@ -111,53 +114,58 @@ impl ModelScorer<'_> {
         let prompt_logits = self.model.forward_cached(&prompt, &mut cache)?;
         // log p(first answer token | prompt), the same for every item.
         let after_prompt: Vec<f32> = log_softmax(&prompt_logits.i((0, shared - 1))?)?.to_vec1()?;
-        let n = items.len();
-        let width = items
+        let answers: Vec<&[u32]> = items.iter().map(|e| &e.ids[shared..]).collect();
+        // logp[i][j]: log p(answer i's token j | prompt, its tokens before j).
+        let mut logp: Vec<Vec<f32>> = answers
             .iter()
-            .map(|e| e.ids.len() - shared)
-            .max()
-            .unwrap_or(0);
-        let (mut ids, mut mask, mut next) = (
-            Vec::with_capacity(n * width),
-            Vec::with_capacity(n * (shared + width)),
-            Vec::with_capacity(n * width),
-        );
-        for item in items {
-            let answer = &item.ids[shared..];
-            mask.extend(std::iter::repeat_n(1u32, shared + answer.len()));
-            mask.extend(std::iter::repeat_n(0u32, width - answer.len()));
-            ids.extend_from_slice(answer);
-            ids.extend(std::iter::repeat_n(pad_id, width - answer.len()));
-            // The token each answer position predicts (0 where nothing is scored).
-            for j in 0..width {
-                next.push(answer.get(j + 1).copied().unwrap_or(0));
+            .map(|a| {
+                let mut row = vec![0f32; a.len()];
+                if let Some(&first) = a.first() {
+                    row[0] = after_prompt[first as usize];
+                }
+                row
+            })
+            .collect();
+        // Depth d runs token d of every distinct prefix `a[..=d]` that some answer
+        // continues past; `parent_rows` maps the prefixes of depth d - 1 to the rows of
+        // `cache`.
+        let mut parent_rows: std::collections::HashMap<&[u32], u32> =
+            std::collections::HashMap::new();
+        let depth = answers.iter().map(|a| a.len()).max().unwrap_or(0);
+        for d in 0..depth.saturating_sub(1) {
+            let mut rows: std::collections::HashMap<&[u32], u32> = std::collections::HashMap::new();
+            let (mut ids, mut from) = (Vec::new(), Vec::new());
+            for a in answers.iter().filter(|a| a.len() > d + 1) {
+                let prefix = &a[..=d];
+                if rows.contains_key(prefix) {
+                    continue;
+                }
+                rows.insert(prefix, ids.len() as u32);
+                ids.push(a[d]);
+                from.push(if d == 0 { 0 } else { parent_rows[&a[..d]] });
             }
+            let m = ids.len();
+            let mut step = cache.select_rows(&from)?;
+            let ids = Tensor::from_vec(ids, (m, 1), device)?;
+            let mask = Tensor::ones((m, shared + d + 1), candle_core::DType::U32, device)?;
+            let logits = self.model.forward_cached_masked(&ids, &mask, &mut step)?;
+            let lp: Vec<Vec<f32>> = log_softmax(&logits.squeeze(1)?)?.to_vec2()?;
+            for (a, out) in answers.iter().zip(logp.iter_mut()) {
+                if a.len() > d + 1 {
+                    out[d + 1] = lp[rows[&a[..=d]] as usize][a[d + 1] as usize];
+                }
+            }
+            cache = step;
+            parent_rows = rows;
         }
-        let mut cache = cache.expand_batch(n)?;
-        let ids = Tensor::from_vec(ids, (n, width), device)?;
-        let mask = Tensor::from_vec(mask, (n, shared + width), device)?;
-        let logits = self.model.forward_cached_masked(&ids, &mask, &mut cache)?;
-        let next = Tensor::from_vec(next, (n, width, 1), device)?;
-        let logp: Vec<Vec<f32>> = log_softmax(&logits)?
-            .gather(&next, D::Minus1)?
-            .squeeze(D::Minus1)?
-            .to_vec2()?;
         Ok(items
             .iter()
             .zip(&logp)
             .map(|(item, row)| {
-                let mut sum = 0f32;
-                for pos in shared..item.ids.len() {
-                    if item.loss_mask[pos] != 1 {
-                        continue;
-                    }
-                    sum += if pos == shared {
-                        after_prompt[item.ids[pos] as usize]
-                    } else {
-                        row[pos - shared - 1]
-                    };
-                }
-                sum
+                (shared..item.ids.len())
+                    .filter(|&pos| item.loss_mask[pos] == 1)
+                    .map(|pos| row[pos - shared])
+                    .sum()
             })
             .collect())
     }
@@ -180,6 +188,9 @@ pub struct ModelEvaluator {
     pub stop_ids: Vec<u32>,
     /// Metric per evaluated round, for the summary.
     pub scores: BTreeMap<u32, f64>,
+    /// Threads scoring examples at once (the run's `workers`), each with the compute
+    /// threads a worker has; the metric does not depend on it.
+    pub workers: usize,
 }
 
 impl ModelEvaluator {
@@ -187,12 +198,14 @@ impl ModelEvaluator {
     pub fn score(&self, global: &Global) -> crate::Result<f64> {
         let params = ParamStore::from_tensors(global.iter().map(|(k, v)| (k.clone(), v.clone())))?;
         let model = MoeModel::new(&self.config, &params)?;
-        let mut scorer = ModelScorer {
-            model: &model,
-            stop_ids: self.stop_ids.clone(),
-        };
+        let mut scorers: Vec<ModelScorer> = (0..self.workers.max(1))
+            .map(|_| ModelScorer {
+                model: &model,
+                stop_ids: self.stop_ids.clone(),
+            })
+            .collect();
         Ok(
-            evaluate(&self.test, &self.tokenizer, &mut scorer, &self.eval)?
+            evaluate_parallel(&self.test, &self.tokenizer, &mut scorers, &self.eval)?
                 .score
                 .mean,
         )
@@ -239,7 +252,16 @@ mod tests {
 
     #[test]
     fn prompt_cached_choices_match_the_padded_batch() {
-        for arch in ["mixtral", "qwen2_moe", "deepseek_v2", "llama"] {
+        for arch in [
+            "mixtral",
+            "qwen2_moe",
+            "qwen3_moe",
+            "olmoe",
+            "deepseek",
+            "deepseek_v2",
+            "llama_moe",
+            "llama",
+        ] {
             let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
                 .join("../../../shared/fixtures")
                 .join(arch);
@@ -252,13 +274,23 @@ mod tests {
             };
             let it = items(
                 &[3, 17, 42, 9, 11, 64, 2],
-                &[&[5], &[7, 8, 9, 10], &[1, 100], &[99, 98, 97]],
+                &[
+                    &[5],
+                    &[7, 8, 9, 10],
+                    &[1, 100],
+                    &[99, 98, 97],
+                    // Answers that share prefixes of different lengths (a branching
+                    // tree), and one that is a prefix of another.
+                    &[7, 8, 1],
+                    &[7, 2],
+                    &[7, 8],
+                ],
             );
             let cached = scorer.choice_logliks(&it, 0).unwrap();
             let batched = scorer
                 .logliks(&collate(&it, 0, &Device::Cpu).unwrap())
                 .unwrap();
-            assert_eq!(cached.len(), 4);
+            assert_eq!(cached.len(), 7);
             for (c, b) in cached.iter().zip(&batched) {
                 assert!(
                     (c - b).abs() <= 1e-4 * b.abs().max(1.0),

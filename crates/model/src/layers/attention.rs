@@ -104,6 +104,9 @@ impl Attention {
         };
         let k = self.repeat_kv(&k)?;
         let v = self.repeat_kv(&v)?;
+        // One new token per row of a batch (cached scoring of branching answers)
+        // leaves `q` with strides the matmul rejects; a no-op when already contiguous.
+        let q = q.contiguous()?;
         let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(inputs.mask)?;
         let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let out = probs.matmul(&v)?; // [B, H, T, dv]
