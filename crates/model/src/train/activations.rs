@@ -14,9 +14,10 @@
 //! - the gradients of intermediate tensors and the temporaries of the backward
 //!   operations, charged as half the forward pass's bytes. That factor is measured,
 //!   not derived: on the sparse-upcycled SmolLM2 (30 layers, 4 experts, top-2; batch 4
-//!   of 64 tokens) the forward count is within 1% of the heap bytes the forward pass
-//!   keeps (1,115 against 1,104 MB) and the whole estimate 19-22% above the step's peak
-//!   (see `docs/flux-evidence.md`).
+//!   of 64 tokens) the forward count was within 1% of the heap bytes the forward pass
+//!   kept (1,115 against 1,104 MB) and the whole estimate 19-22% above the step's peak
+//!   when RMSNorm was built from primitives; with the fused RMSNorm the estimate is
+//!   28-30% above it (1,647 against 1,284 MB at 4 x 64; see `docs/flux-evidence.md`).
 //!
 //! `crates/model/tests/activation_memory.rs` checks the estimate against the heap
 //! bytes a step really holds for every architecture. The trainable parameters' own
@@ -53,35 +54,29 @@ fn forward_bytes(cfg: &ModelConfig, batch: usize, seq: usize) -> u64 {
         .sum();
     let h = cfg.hidden_size as u64;
     let v = cfg.vocab_size as u64;
-    // Embedding output and the final norm (3 tensors of `hidden`), then per loss target
-    // the selected hidden row and its logits.
-    let head = h + 3 * h;
+    // Embedding output and the final norm's output, then per loss target the selected
+    // hidden row and its logits.
+    let head = h + norm(h);
     let targets = (batch * seq.saturating_sub(1)) as u64;
     F32 * (tokens * (per_layer + head) + targets * (h + v))
 }
 
 /// Floats per token and layer of gradients that candle's backward pass computes for
-/// frozen operands broadcast to activation size (norm weights, RoPE tables, the
-/// attention mask, the MoE block's zero scatter buffer) and keeps until it returns:
-/// those operands are not graph nodes, so their gradients are never consumed.
+/// frozen operands broadcast to activation size (RoPE tables, the attention mask, the
+/// MoE block's zero scatter buffer) and keeps until it returns: those operands are not
+/// graph nodes, so their gradients are never consumed. (The fused RMSNorm computes no
+/// gradient for a frozen weight.)
 fn kept_gradient_floats(cfg: &ModelConfig, ffn: &Ffn, seq: usize) -> u64 {
     let h = cfg.hidden_size as u64;
     let heads = cfg.num_heads as u64;
-    let mut n = 2 * h + heads * seq as u64;
+    let mut n = heads * seq as u64;
     n += match &cfg.attention {
         AttentionKind::Standard { head_dim, .. } => {
             2 * (heads + cfg.num_kv_heads as u64) * *head_dim as u64
         }
         AttentionKind::Mla {
-            q_lora_rank,
-            kv_lora_rank,
-            qk_rope_head_dim,
-            ..
-        } => {
-            2 * (heads + 1) * *qk_rope_head_dim as u64
-                + *kv_lora_rank as u64
-                + q_lora_rank.unwrap_or(0) as u64
-        }
+            qk_rope_head_dim, ..
+        } => 2 * (heads + 1) * *qk_rope_head_dim as u64,
     };
     if matches!(ffn, Ffn::Moe(_)) {
         n += h;
@@ -89,11 +84,15 @@ fn kept_gradient_floats(cfg: &ModelConfig, ffn: &Ffn, seq: usize) -> u64 {
     n
 }
 
+/// Floats one row of `n` allocates in an RMSNorm: its output alone (the CPU op is
+/// fused; the primitive version other devices run keeps `x²` and `x · rsqrt(..)` too).
+fn norm(n: u64) -> u64 {
+    n
+}
+
 /// Floats one token allocates in one decoder layer's forward pass.
 fn layer_floats(cfg: &ModelConfig, ffn: &Ffn, seq: usize) -> u64 {
     let h = cfg.hidden_size as u64;
-    // RMSNorm: x², x · rsqrt(..), · weight (plus 4 per-token scalars).
-    let norm = |n: u64| 3 * n + 4;
     // Both norms and both residual additions.
     let frame = 2 * norm(h) + 2 * h;
     frame + attention_floats(cfg, seq as u64) + ffn_floats(h, ffn)
@@ -103,7 +102,6 @@ fn attention_floats(cfg: &ModelConfig, s: u64) -> u64 {
     let h = cfg.hidden_size as u64;
     let heads = cfg.num_heads as u64;
     let kv_heads = cfg.num_kv_heads as u64;
-    let norm = |n: u64| 3 * n + 4;
     // Rotate-half or interleaved RoPE: four half-size products, their sum and
     // difference, and the joined result.
     let rope = |n: u64| 4 * n;
