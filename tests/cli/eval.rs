@@ -76,8 +76,17 @@ fn prints_the_metric_with_a_95_percent_interval() {
         lower <= mean && mean <= upper && (0.0..=1.0).contains(&mean),
         "{out}"
     );
-    // Same seed, same answer.
+    // Same seed, same answer, whatever the number of examples scored at once.
     assert_eq!(stdout(&eval(&model, &task, &extra)), out);
+    for workers in ["1", "3"] {
+        let mut more = extra.to_vec();
+        more.extend(["--workers", workers]);
+        assert_eq!(
+            stdout(&eval(&model, &task, &more)),
+            out,
+            "{workers} workers"
+        );
+    }
 
     // Multiple choice: accuracy by log-likelihood over the options.
     let mc = task_file(dir.path(), true);
@@ -106,6 +115,13 @@ fn bad_limits_and_tasks_are_errors_naming_them() {
     );
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("limit"), "{}", stderr(&o));
+    let o = eval(
+        &model,
+        &format!("jsonl-em:{}", gen.display()),
+        &["--workers", "0"],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--workers"), "{}", stderr(&o));
     let missing = format!("jsonl-em:{}", dir.path().join("nope.jsonl").display());
     let o = eval(&model, &missing, &[]);
     assert_eq!(o.status.code(), Some(2));

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use fluxmoe_data::metrics::LengthNorm;
 use fluxmoe_data::tasks::registry::{load_train_test, DataDirs};
-use fluxmoe_data::{evaluate, EvalConfig, LoadOptions, PromptConventions, PromptFormat};
+use fluxmoe_data::{evaluate_parallel, EvalConfig, LoadOptions, PromptConventions, PromptFormat};
 use fluxmoe_model::{LoadedModel, MoeModel};
 use fluxmoe_sim::scorer::ModelScorer;
 
@@ -16,6 +16,8 @@ pub struct EvalArgs {
     pub max_new_tokens: usize,
     pub length_norm: LengthNorm,
     pub dirs: DataDirs,
+    /// Examples scored at once (threads).
+    pub workers: usize,
 }
 
 /// The data folders: `--math-dir`/`FLUXMOE_MATH_DIR`, else `../shared/data/mathematics`
@@ -48,15 +50,13 @@ pub fn run(lm: &LoadedModel, args: &EvalArgs) -> Result<()> {
         length_norm: args.length_norm,
         pad_id: conventions.pad_id,
     };
-    let report = evaluate(
-        &data.test,
-        tokenizer,
-        &mut ModelScorer {
+    let mut scorers: Vec<ModelScorer> = (0..args.workers.max(1))
+        .map(|_| ModelScorer {
             model: &model,
             stop_ids: conventions.stop_ids.clone(),
-        },
-        &cfg,
-    )?;
+        })
+        .collect();
+    let report = evaluate_parallel(&data.test, tokenizer, &mut scorers, &cfg)?;
     println!(
         "task     {} ({} test examples{})",
         args.task,

@@ -263,6 +263,10 @@ enum Command {
         /// The mathematics data folder (default: FLUXMOE_MATH_DIR or ../shared/data/mathematics).
         #[arg(long)]
         math_dir: Option<PathBuf>,
+        /// Examples scored at once, each on its own thread with an equal share of the
+        /// cores (default: one per core); the metric does not depend on it.
+        #[arg(long)]
+        workers: Option<usize>,
     },
     /// Held-out next-token loss and perplexity per domain corpus (fetched on first use).
     EvalLoss {
@@ -658,9 +662,17 @@ fn run(cli: Cli) -> Result<()> {
             max_new_tokens,
             length_norm,
             math_dir,
+            workers,
         }) => {
             use fluxmoe_data::metrics::LengthNorm;
+            let workers = workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            if workers == 0 {
+                anyhow::bail!("--workers must be at least 1");
+            }
+            run::split_threads(workers);
             let args = eval::EvalArgs {
+                workers,
                 task,
                 limit,
                 seed,

@@ -238,7 +238,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
 /// per-sample passes are small matrix products that gain little from a second thread,
 /// so two single-threaded workers do about twice the work of one two-threaded one
 /// (measured in the README, "Federated rounds"). Results do not depend on it.
-fn split_threads(workers: usize) {
+pub(crate) fn split_threads(workers: usize) {
     if workers <= 1 || std::env::var_os("RAYON_NUM_THREADS").is_some() {
         return;
     }
