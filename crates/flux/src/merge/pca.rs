@@ -57,7 +57,9 @@ pub fn centred_gram(rows: &[Vec<Tensor>]) -> Result<Vec<Vec<f64>>> {
             )));
         }
     }
-    let mut gram = vec![vec![0.0f64; n]; n];
+    // Accumulated on the rows' device, read back once (a read per block would stall
+    // an accelerator once per block).
+    let mut gram: Option<Tensor> = None;
     for (k, t) in first.iter().enumerate() {
         let leading = t.dims().first().copied().unwrap_or(1).max(1);
         let per_leading = t.elem_count() / leading;
@@ -79,18 +81,17 @@ pub fn centred_gram(rows: &[Vec<Tensor>]) -> Result<Vec<Vec<f64>>> {
             let block = Tensor::stack(&slices, 0)?;
             drop(slices);
             let centred = block.broadcast_sub(&block.mean_keepdim(0)?)?;
-            let g = centred
-                .matmul(&centred.t()?)?
-                .to_dtype(DType::F64)?
-                .to_vec2::<f64>()?;
-            for (acc, row) in gram.iter_mut().zip(g) {
-                for (a, v) in acc.iter_mut().zip(row) {
-                    *a += v;
-                }
-            }
+            let g = centred.matmul(&centred.t()?)?.to_dtype(DType::F64)?;
+            gram = Some(match gram {
+                Some(acc) => (acc + g)?,
+                None => g,
+            });
         }
     }
-    Ok(gram)
+    match gram {
+        Some(g) => Ok(g.to_vec2::<f64>()?),
+        None => Ok(vec![vec![0.0f64; n]; n]),
+    }
 }
 
 /// [`pca_project`] from the rows' centred Gram matrix (`[N][N]`, see [`centred_gram`]).
