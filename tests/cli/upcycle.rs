@@ -119,3 +119,75 @@ fn btx_refuses_a_domain_list_that_does_not_match_the_experts() {
     );
     assert!(!out.exists(), "nothing is written on bad input");
 }
+
+#[test]
+fn split_writes_llama_moe_whose_experts_sum_to_the_dense_ffn() {
+    let dir = tempfile::tempdir().unwrap();
+    let dense = fixture("llama");
+    let split = |out: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "upcycle",
+            "--from",
+            dense.to_str().unwrap(),
+            "--method",
+            "split",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        fluxmoe(&args)
+    };
+    let moe = dir.path().join("moe");
+    // Every expert chosen, a zero router: the experts' sum is the dense FFN.
+    let o = split(
+        &moe,
+        &[
+            "--experts",
+            "4",
+            "--top-k",
+            "4",
+            "--router-std",
+            "0",
+            "--partition",
+            "clustered",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(moe.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["model_type"], "llama_moe");
+    assert_eq!(cfg["score_scale_factor"], 4.0);
+    assert_eq!(cfg["fluxmoe_upcycle"]["partition"], "clustered");
+    let ids = "5,17,99,3,42;7,120,64,1,2";
+    let (a, b) = (dir.path().join("a.st"), dir.path().join("b.st"));
+    for (model, out) in [(dense.clone(), &a), (moe.clone(), &b)] {
+        let o = fluxmoe(&[
+            "logits",
+            "--model",
+            model.to_str().unwrap(),
+            "--ids",
+            ids,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let la = candle_core::safetensors::load(&a, &Device::Cpu).unwrap();
+    let lb = candle_core::safetensors::load(&b, &Device::Cpu).unwrap();
+    let err: f32 = (&la["logits"] - &lb["logits"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(err <= 1e-4, "{err}");
+    let bad = dir.path().join("bad");
+    let o = split(&bad, &["--score-scale=-1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("score_scale_factor"), "{}", stderr(&o));
+    assert!(!bad.exists(), "nothing is written on bad input");
+}

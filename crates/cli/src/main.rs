@@ -203,9 +203,15 @@ enum Command {
         experts: usize,
         #[arg(long, default_value_t = 2)]
         top_k: usize,
-        /// sparse: standard deviation of the random router initialisation.
+        /// sparse, split: standard deviation of the random router initialisation.
         #[arg(long, default_value_t = 0.02)]
         router_std: f64,
+        /// split: how neurons are assigned to experts.
+        #[arg(long, value_enum, default_value_t = PartitionArg::Random)]
+        partition: PartitionArg,
+        /// split: LLaMA-MoE's score_scale_factor (default: the number of experts).
+        #[arg(long)]
+        score_scale: Option<f64>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// btx: one training corpus per expert, comma-separated, in expert order
@@ -323,6 +329,17 @@ enum UpcycleMethod {
     /// Branch-Train-MiX: expert e is the dense FFN fine-tuned on domain e, the router
     /// starts from the domains' mean FFN inputs and then trains alone.
     Btx,
+    /// LLaMA-MoE neuron split: the dense FFN's neurons partitioned into the experts
+    /// (LLaMA-MoE format); needs long continual pretraining to recover on a small model.
+    Split,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PartitionArg {
+    /// A seeded permutation of the neurons cut into equal parts.
+    Random,
+    /// Balanced k-means of the neurons' up-projection rows (cosine).
+    Clustered,
 }
 
 #[derive(Subcommand)]
@@ -605,6 +622,8 @@ fn run(cli: Cli) -> Result<()> {
             experts,
             top_k,
             router_std,
+            partition,
+            score_scale,
             seed,
             domains,
             steps,
@@ -629,6 +648,25 @@ fn run(cli: Cli) -> Result<()> {
                     seed,
                 };
                 upcycle::run_sparse(&load(&from)?, &spec, &out)
+            }
+            UpcycleMethod::Split => {
+                if domains.is_some() {
+                    bail!("--domains only applies to --method btx");
+                }
+                let spec = fluxmoe_model::upcycle::SplitUpcycle {
+                    n_experts: experts,
+                    top_k,
+                    partition: match partition {
+                        PartitionArg::Random => fluxmoe_model::upcycle::NeuronPartition::Random,
+                        PartitionArg::Clustered => {
+                            fluxmoe_model::upcycle::NeuronPartition::Clustered
+                        }
+                    },
+                    score_scale,
+                    router_std,
+                    seed,
+                };
+                upcycle::run_split(&load(&from)?, &spec, &out)
             }
             UpcycleMethod::Btx => {
                 let domains = domains.context(

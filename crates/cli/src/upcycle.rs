@@ -1,7 +1,9 @@
-//! `fluxmoe upcycle`: a dense Llama model (folder or GGUF) → a Mixtral-format MoE folder.
+//! `fluxmoe upcycle`: a dense Llama model (folder or GGUF) → an MoE folder (Mixtral
+//! format; LLaMA-MoE format for `--method split`).
 //!
 //! `--method sparse` copies the dense FFN into every expert
-//! (`fluxmoe_model::upcycle::sparse`). `--method btx` (Branch-Train-MiX,
+//! (`fluxmoe_model::upcycle::sparse`); `--method split` partitions its neurons
+//! (`fluxmoe_model::upcycle::split`). `--method btx` (Branch-Train-MiX,
 //! `fluxmoe_model::upcycle::btx`) trains one expert per domain corpus: this module
 //! loads each corpus of `--domains` (fetching it on first use), keeps its training
 //! split (the documents `eval-loss` does not hold out), shuffles those documents with
@@ -16,7 +18,9 @@ use anyhow::{bail, Context, Result};
 use fluxmoe_data::corpora::{self, token_stream, windows_of_ids, CorpusKind, HELD_OUT_EVERY};
 use fluxmoe_data::LoadOptions;
 use fluxmoe_model::source::save_tokenizer_files;
-use fluxmoe_model::upcycle::{btx_upcycle, sparse_upcycle, BtxSpec, DomainData, SparseUpcycle};
+use fluxmoe_model::upcycle::{
+    btx_upcycle, sparse_upcycle, split_upcycle, BtxSpec, DomainData, SparseUpcycle, SplitUpcycle,
+};
 use fluxmoe_model::{checkpoint, Checkpoint, LoadedModel};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -31,6 +35,19 @@ pub fn run_sparse(dense: &LoadedModel, spec: &SparseUpcycle, out: &Path) -> Resu
         out.display(),
         spec.n_experts,
         spec.top_k
+    );
+    Ok(())
+}
+
+pub fn run_split(dense: &LoadedModel, spec: &SplitUpcycle, out: &Path) -> Result<()> {
+    let moe = split_upcycle(&dense.checkpoint, spec)?;
+    save(dense, &moe, out)?;
+    eprintln!(
+        "wrote {} ({} experts, top-{}, {} neuron split, LLaMA-MoE format)",
+        out.display(),
+        spec.n_experts,
+        spec.top_k,
+        spec.partition.name()
     );
     Ok(())
 }

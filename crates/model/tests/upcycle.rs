@@ -8,7 +8,10 @@ use common::{fixture, golden_ids, max_abs_diff};
 use candle_core::{Device, Tensor};
 use fluxmoe_model::config::RouterKind;
 use fluxmoe_model::keys::{dense_mlp_key, expert_key, router_keys, Proj};
-use fluxmoe_model::upcycle::{btx_upcycle, sparse_upcycle, BtxSpec, DomainData, SparseUpcycle};
+use fluxmoe_model::upcycle::{
+    btx_upcycle, sparse_upcycle, split_upcycle, BtxSpec, DomainData, NeuronPartition,
+    SparseUpcycle, SplitUpcycle,
+};
 use fluxmoe_model::{checkpoint, Arch, Checkpoint, MoeModel, ParamStore};
 
 fn logits(ck: &fluxmoe_model::Checkpoint, ids: &Tensor) -> Tensor {
@@ -436,4 +439,94 @@ fn btx_rejects_bad_input_with_a_clear_error() {
     let moe = checkpoint::load_dir(&fixture("mixtral"), &Device::Cpu).unwrap();
     let e = btx_upcycle(&moe, &all, &spec).unwrap_err().to_string();
     assert!(e.contains("dense llama"), "{e}");
+}
+
+fn split_spec(experts: usize, top_k: usize, partition: NeuronPartition) -> SplitUpcycle {
+    SplitUpcycle {
+        n_experts: experts,
+        top_k,
+        partition,
+        score_scale: None,
+        router_std: 0.0,
+        seed: 5,
+    }
+}
+
+#[test]
+fn split_experts_together_are_the_dense_ffn_and_round_trip_as_llama_moe() {
+    let dense = checkpoint::load_dir(&fixture("llama"), &Device::Cpu).unwrap();
+    let ids = golden_ids("llama");
+    let want = logits(&dense, &ids);
+    let width = match dense.config.layers[0] {
+        fluxmoe_model::config::Ffn::Dense { width } => width,
+        _ => unreachable!("the llama fixture is dense"),
+    };
+    for partition in [NeuronPartition::Random, NeuronPartition::Clustered] {
+        for experts in [2, 4] {
+            // All experts chosen, a zero router (weights 1/E) and the default scale E:
+            // the sum of the experts is exactly the dense FFN.
+            let moe = split_upcycle(&dense, &split_spec(experts, experts, partition)).unwrap();
+            assert_eq!(moe.config.arch, Arch::LlamaMoe);
+            assert!(!moe.params.names().any(|n| n.contains(".mlp.gate_proj")));
+            let err = max_abs_diff(&logits(&moe, &ids), &want);
+            assert!(err <= 1e-4, "{partition:?} E={experts}: {err}");
+            for l in 0..dense.config.num_layers() {
+                let rows: usize = (0..experts)
+                    .map(|e| {
+                        moe.params
+                            .tensor(&expert_key(Arch::LlamaMoe, l, e, Proj::Up))
+                            .unwrap()
+                            .dim(0)
+                            .unwrap()
+                    })
+                    .sum();
+                assert_eq!(rows, width);
+            }
+        }
+        // Top-1 of 4 with a random router: a different function, saved and loaded back
+        // as the same model.
+        let spec = SplitUpcycle {
+            router_std: 0.02,
+            ..split_spec(4, 1, partition)
+        };
+        let moe = split_upcycle(&dense, &spec).unwrap();
+        let got = logits(&moe, &ids);
+        assert!(max_abs_diff(&got, &want) > 1e-3);
+        let dir = tempfile::tempdir().unwrap();
+        checkpoint::save_dir(dir.path(), &moe.config_json, &moe.params, &moe.layout).unwrap();
+        let back = checkpoint::load_dir(dir.path(), &Device::Cpu).unwrap();
+        assert_eq!(back.config, moe.config);
+        assert_eq!(max_abs_diff(&logits(&back, &ids), &got), 0.0);
+        assert_eq!(back.config_json["score_scale_factor"], 4.0);
+        // Same seed, same split.
+        let again = split_upcycle(&dense, &spec).unwrap();
+        let key = expert_key(Arch::LlamaMoe, 1, 2, Proj::Down);
+        assert_eq!(
+            max_abs_diff(
+                again.params.tensor(&key).unwrap(),
+                moe.params.tensor(&key).unwrap()
+            ),
+            0.0
+        );
+    }
+}
+
+#[test]
+fn split_checks_its_input() {
+    let dense = checkpoint::load_dir(&fixture("llama"), &Device::Cpu).unwrap();
+    let too_many = split_upcycle(&dense, &split_spec(100_000, 2, NeuronPartition::Random))
+        .unwrap_err()
+        .to_string();
+    assert!(too_many.contains("100000 experts"), "{too_many}");
+    let bad_scale = SplitUpcycle {
+        score_scale: Some(0.0),
+        ..split_spec(4, 2, NeuronPartition::Random)
+    };
+    let err = split_upcycle(&dense, &bad_scale).unwrap_err().to_string();
+    assert!(err.contains("score_scale_factor"), "{err}");
+    let moe = checkpoint::load_dir(&fixture("mixtral"), &Device::Cpu).unwrap();
+    let err = split_upcycle(&moe, &split_spec(4, 2, NeuronPartition::Random))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("dense llama"), "{err}");
 }

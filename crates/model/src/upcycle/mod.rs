@@ -1,6 +1,7 @@
-//! Turning a dense Llama model into a Mixtral-format MoE.
+//! Turning a dense Llama model into an MoE.
 //!
-//! Two recipes share the output format:
+//! [`split`] (**neuron split**, LLaMA-MoE) partitions the dense FFN's neurons into
+//! experts and writes the LLaMA-MoE format. Two recipes share the Mixtral format:
 //! - [`sparse`] (**sparse upcycling**): every expert is a copy of the dense FFN and the
 //!   router is small and random, so the MoE starts as the dense model.
 //! - [`btx`] (**Branch-Train-MiX**): expert `e` is the dense FFN fine-tuned on domain
@@ -14,9 +15,11 @@
 
 pub mod btx;
 pub mod sparse;
+pub mod split;
 
 pub use btx::{btx_upcycle, BtxOutput, BtxReport, BtxSpec, DomainData, DomainReport};
 pub use sparse::{sparse_upcycle, SparseUpcycle};
+pub use split::{split_upcycle, NeuronPartition, SplitUpcycle};
 
 use candle_core::Tensor;
 use serde_json::{json, Value};

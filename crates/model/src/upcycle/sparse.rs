@@ -72,7 +72,7 @@ pub fn sparse_upcycle(dense: &Checkpoint, spec: &SparseUpcycle) -> Result<Checkp
 }
 
 /// A standard normal draw (Box–Muller), from a seeded generator.
-fn normal(rng: &mut impl Rng) -> f64 {
+pub(crate) fn normal(rng: &mut impl Rng) -> f64 {
     let u1: f64 = rng.gen_range(f64::MIN_POSITIVE..1.0);
     let u2: f64 = rng.gen();
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
