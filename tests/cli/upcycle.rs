@@ -150,6 +150,8 @@ fn split_writes_llama_moe_whose_experts_sum_to_the_dense_ffn() {
             "0",
             "--partition",
             "clustered",
+            "--score-scale",
+            "4",
         ],
     );
     assert!(o.status.success(), "{}", stderr(&o));

@@ -209,7 +209,7 @@ enum Command {
         /// split: how neurons are assigned to experts.
         #[arg(long, value_enum, default_value_t = PartitionArg::Random)]
         partition: PartitionArg,
-        /// split: LLaMA-MoE's score_scale_factor (default: the number of experts).
+        /// split: LLaMA-MoE's score_scale_factor (default: experts / top-k).
         #[arg(long)]
         score_scale: Option<f64>,
         #[arg(long, default_value_t = 0)]

@@ -463,9 +463,13 @@ fn split_experts_together_are_the_dense_ffn_and_round_trip_as_llama_moe() {
     };
     for partition in [NeuronPartition::Random, NeuronPartition::Clustered] {
         for experts in [2, 4] {
-            // All experts chosen, a zero router (weights 1/E) and the default scale E:
-            // the sum of the experts is exactly the dense FFN.
-            let moe = split_upcycle(&dense, &split_spec(experts, experts, partition)).unwrap();
+            // All experts chosen, a zero router (weights 1/E) and a scale of E: the sum
+            // of the experts is exactly the dense FFN.
+            let spec = SplitUpcycle {
+                score_scale: Some(experts as f64),
+                ..split_spec(experts, experts, partition)
+            };
+            let moe = split_upcycle(&dense, &spec).unwrap();
             assert_eq!(moe.config.arch, Arch::LlamaMoe);
             assert!(!moe.params.names().any(|n| n.contains(".mlp.gate_proj")));
             let err = max_abs_diff(&logits(&moe, &ids), &want);
@@ -497,6 +501,7 @@ fn split_experts_together_are_the_dense_ffn_and_round_trip_as_llama_moe() {
         let back = checkpoint::load_dir(dir.path(), &Device::Cpu).unwrap();
         assert_eq!(back.config, moe.config);
         assert_eq!(max_abs_diff(&logits(&back, &ids), &got), 0.0);
+        // The default scale is E / K.
         assert_eq!(back.config_json["score_scale_factor"], 4.0);
         // Same seed, same split.
         let again = split_upcycle(&dense, &spec).unwrap();

@@ -9,10 +9,14 @@
 //!   rows by cosine similarity: each neuron joins the nearest centroid that still has
 //!   room, nearest pairs first).
 //! - Routing: top-k of the router logits, softmax over those k, times
-//!   `score_scale_factor`. With uniform weights `1/K` and a scale of `E`, the expected
-//!   output over a random choice of `K` experts is the dense FFN's output (each neuron
-//!   is in a chosen expert with probability `K/E`); with `K = E` and a zero router it
-//!   is exactly the dense output (a test). The default scale is `E`.
+//!   `score_scale_factor`, by default `E / K`: under a uniform router each chosen
+//!   expert then weighs 1, so its neurons contribute as in the dense FFN and the
+//!   others are dropped. Measured on SmolLM2 (held-out wordnet + math, 2,040 tokens):
+//!   E = 8, K = 2 gives loss 17.5 / 14.9 / 13.0 / 14.8 at scales 1 / 2 / 4 / 8, and
+//!   E = 4, K = 2 gives 12.9 / 9.1 / 10.1 at 1 / 2 / 4 (dense: 2.6), so `E / K` is
+//!   best of those. A scale of `E` makes the expected output over a random choice of
+//!   `K` experts the dense output, and with `K = E` and a zero router exactly the
+//!   dense output (a test).
 //!
 //! LLaMA-MoE's own code fixes the RoPE base at 10,000; the config keeps the dense
 //! model's `rope_theta` (SmolLM2: 100,000), which fluxmoe honours.
@@ -52,7 +56,7 @@ pub struct SplitUpcycle {
     pub n_experts: usize,
     pub top_k: usize,
     pub partition: NeuronPartition,
-    /// `score_scale_factor`; `None` means `n_experts`.
+    /// `score_scale_factor`; `None` means `n_experts / top_k`.
     pub score_scale: Option<f64>,
     /// Standard deviation of the N(0, σ²) linear router weights (0: all zero).
     pub router_std: f64,
@@ -77,7 +81,9 @@ pub fn split_upcycle(dense: &Checkpoint, spec: &SplitUpcycle) -> Result<Checkpoi
             spec.n_experts
         )));
     }
-    let scale = spec.score_scale.unwrap_or(spec.n_experts as f64);
+    let scale = spec
+        .score_scale
+        .unwrap_or(spec.n_experts as f64 / spec.top_k as f64);
     if !(scale.is_finite() && scale > 0.0) {
         return Err(Error::config(
             "score_scale_factor",
