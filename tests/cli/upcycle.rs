@@ -4,6 +4,42 @@ use candle_core::Device;
 
 use super::{fixture, fluxmoe, stderr};
 
+/// `fluxmoe logits` of `reference` and `model` on the same two rows (files in `dir`):
+/// the largest absolute logit difference, and everything `model`'s run wrote.
+fn logits_against(
+    dir: &std::path::Path,
+    reference: &std::path::Path,
+    model: &std::path::Path,
+) -> (f32, std::collections::HashMap<String, candle_core::Tensor>) {
+    let ids = "5,17,99,3,42;7,120,64,1,2";
+    let (a, b) = (dir.join("a.st"), dir.join("b.st"));
+    for (m, out) in [(reference, &a), (model, &b)] {
+        let o = fluxmoe(&[
+            "logits",
+            "--model",
+            m.to_str().unwrap(),
+            "--ids",
+            ids,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let la = candle_core::safetensors::load(&a, &Device::Cpu).unwrap();
+    let lb = candle_core::safetensors::load(&b, &Device::Cpu).unwrap();
+    let err: f32 = (&la["logits"] - &lb["logits"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    (err, lb)
+}
+
 #[test]
 fn upcycled_fixture_gives_the_dense_logits_through_the_binary() {
     let dir = tempfile::tempdir().unwrap();
@@ -26,32 +62,7 @@ fn upcycled_fixture_gives_the_dense_logits_through_the_binary() {
         serde_json::from_str(&std::fs::read_to_string(moe.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["model_type"], "mixtral");
     assert_eq!(cfg["num_local_experts"], 4);
-    let ids = "5,17,99,3,42;7,120,64,1,2";
-    let (a, b) = (dir.path().join("a.st"), dir.path().join("b.st"));
-    for (model, out) in [(fixture("llama"), &a), (moe.clone(), &b)] {
-        let o = fluxmoe(&[
-            "logits",
-            "--model",
-            model.to_str().unwrap(),
-            "--ids",
-            ids,
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        assert!(o.status.success(), "{}", stderr(&o));
-    }
-    let la = candle_core::safetensors::load(&a, &Device::Cpu).unwrap();
-    let lb = candle_core::safetensors::load(&b, &Device::Cpu).unwrap();
-    let err: f32 = (&la["logits"] - &lb["logits"])
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    let (err, lb) = logits_against(dir.path(), &fixture("llama"), &moe);
     assert!(err <= 1e-5, "{err}");
     assert!(lb.contains_key("topk_idx.0") && lb.contains_key("topk_idx.1"));
     // Upcycling an MoE is refused with a clear message.
@@ -160,32 +171,7 @@ fn split_writes_llama_moe_whose_experts_sum_to_the_dense_ffn() {
     assert_eq!(cfg["model_type"], "llama_moe");
     assert_eq!(cfg["score_scale_factor"], 4.0);
     assert_eq!(cfg["fluxmoe_upcycle"]["partition"], "clustered");
-    let ids = "5,17,99,3,42;7,120,64,1,2";
-    let (a, b) = (dir.path().join("a.st"), dir.path().join("b.st"));
-    for (model, out) in [(dense.clone(), &a), (moe.clone(), &b)] {
-        let o = fluxmoe(&[
-            "logits",
-            "--model",
-            model.to_str().unwrap(),
-            "--ids",
-            ids,
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        assert!(o.status.success(), "{}", stderr(&o));
-    }
-    let la = candle_core::safetensors::load(&a, &Device::Cpu).unwrap();
-    let lb = candle_core::safetensors::load(&b, &Device::Cpu).unwrap();
-    let err: f32 = (&la["logits"] - &lb["logits"])
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    let (err, _) = logits_against(dir.path(), &dense, &moe);
     assert!(err <= 1e-4, "{err}");
     let bad = dir.path().join("bad");
     let o = split(&bad, &["--score-scale=-1"]);

@@ -156,20 +156,8 @@ impl CustomOp2 for FusedRmsNorm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::test_util::max_abs_diff;
     use candle_core::{Device, Var};
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
 
     #[test]
     fn value_and_gradients_match_the_primitive_composition() {

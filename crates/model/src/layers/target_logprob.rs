@@ -125,6 +125,7 @@ impl CustomOp2 for TargetLogProb {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::test_util::max_abs_diff;
     use candle_core::{Device, Var};
 
     /// The primitive composition the op replaces.
@@ -141,19 +142,6 @@ mod tests {
         (shifted.gather(&targets.unsqueeze(1).unwrap(), 1).unwrap() - log_z)
             .unwrap()
             .squeeze(1)
-            .unwrap()
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
             .unwrap()
     }
 

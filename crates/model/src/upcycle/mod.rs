@@ -118,6 +118,23 @@ pub(crate) fn assemble(
     })
 }
 
+/// The head size of `cfg`'s attention, which must have no biases (`format`, the
+/// written format, has none).
+pub(crate) fn bias_free_head_dim(cfg: &ModelConfig, format: &str) -> Result<usize> {
+    match cfg.attention {
+        AttentionKind::Standard {
+            head_dim,
+            qkv_bias: false,
+            o_bias: false,
+            ..
+        } => Ok(head_dim),
+        _ => Err(Error::config(
+            "attention_bias",
+            format!("{format} has no attention biases; this model has them"),
+        )),
+    }
+}
+
 fn mixtral_config(
     dense_json: &Value,
     cfg: &ModelConfig,
@@ -125,20 +142,7 @@ fn mixtral_config(
     shape: MoeShape,
     recipe: Value,
 ) -> Result<Value> {
-    let head_dim = match cfg.attention {
-        AttentionKind::Standard {
-            head_dim,
-            qkv_bias: false,
-            o_bias: false,
-            ..
-        } => head_dim,
-        _ => {
-            return Err(Error::config(
-                "attention_bias",
-                "Mixtral has no attention biases; this model has them",
-            ))
-        }
-    };
+    let head_dim = bias_free_head_dim(cfg, "Mixtral")?;
     let copy = |k: &str| dense_json.get(k).cloned().unwrap_or(Value::Null);
     Ok(json!({
         "architectures": ["MixtralForCausalLM"],

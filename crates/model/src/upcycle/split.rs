@@ -28,9 +28,9 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde_json::{json, Value};
 
-use super::{check_shape, dense_ffn_width, MoeShape};
+use super::{bias_free_head_dim, check_shape, dense_ffn_width, MoeShape};
 use crate::checkpoint::{Checkpoint, StorageLayout};
-use crate::config::{Arch, AttentionKind, ModelConfig, RouterKind};
+use crate::config::{Arch, ModelConfig, RouterKind};
 use crate::keys::{dense_mlp_key, expert_key, router_keys, Proj};
 use crate::params::ParamStore;
 use crate::{Error, Result};
@@ -257,20 +257,7 @@ fn llama_moe_config(
     scale: f64,
     recipe: Value,
 ) -> Result<Value> {
-    let head_dim = match cfg.attention {
-        AttentionKind::Standard {
-            head_dim,
-            qkv_bias: false,
-            o_bias: false,
-            ..
-        } => head_dim,
-        _ => {
-            return Err(Error::config(
-                "attention_bias",
-                "LLaMA-MoE has no attention biases; this model has them",
-            ))
-        }
-    };
+    let head_dim = bias_free_head_dim(cfg, "LLaMA-MoE")?;
     if head_dim * cfg.num_heads != cfg.hidden_size {
         return Err(Error::config(
             "head_dim",
