@@ -82,52 +82,31 @@ impl ModelCache {
         self.len == 0
     }
 
-    /// This one-row cache repeated `n` times along the batch: one shared prompt, then
-    /// `n` different continuations (see [`MoeModel::forward_cached_masked`]).
-    pub fn expand_batch(&self, n: usize) -> Result<ModelCache> {
-        let mut layers = Vec::with_capacity(self.layers.len());
-        for layer in &self.layers {
-            let kv = match &layer.kv {
-                None => None,
-                Some((k, v)) => {
-                    let expand = |x: &Tensor| -> Result<Tensor> {
-                        let (b, h, s, d) = x.dims4()?;
-                        if b != 1 {
-                            return Err(Error::Input(format!(
-                                "only a one-row cache can be expanded, this one has {b} rows"
-                            )));
-                        }
-                        Ok(x.broadcast_as((n, h, s, d))?.contiguous()?)
-                    };
-                    Some((expand(k)?, expand(v)?))
-                }
-            };
-            layers.push(KvCache { kv });
-        }
-        Ok(ModelCache {
-            layers,
-            len: self.len,
-        })
-    }
-
     /// A cache whose row `i` is this cache's row `rows[i]`: continuations that branch
     /// (row `rows[i]` is the prefix row `i` continues).
     pub fn select_rows(&self, rows: &[u32]) -> Result<ModelCache> {
+        let mut idx = None;
         let mut layers = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
             let kv = match &layer.kv {
                 None => None,
                 Some((k, v)) => {
-                    let b = k.dim(0)?;
-                    if let Some(&bad) = rows.iter().find(|&&r| r as usize >= b) {
-                        return Err(Error::Input(format!(
-                            "cache row {bad} selected, the cache has {b} rows"
-                        )));
-                    }
-                    let idx = Tensor::new(rows, k.device())?;
+                    // Every layer holds the same rows: check and build the index once.
+                    let idx = match &idx {
+                        Some(idx) => idx,
+                        None => {
+                            let b = k.dim(0)?;
+                            if let Some(&bad) = rows.iter().find(|&&r| r as usize >= b) {
+                                return Err(Error::Input(format!(
+                                    "cache row {bad} selected, the cache has {b} rows"
+                                )));
+                            }
+                            idx.insert(Tensor::new(rows, k.device())?)
+                        }
+                    };
                     Some((
-                        k.contiguous()?.index_select(&idx, 0)?,
-                        v.contiguous()?.index_select(&idx, 0)?,
+                        k.contiguous()?.index_select(idx, 0)?,
+                        v.contiguous()?.index_select(idx, 0)?,
                     ))
                 }
             };

@@ -26,7 +26,7 @@ use serde_json::{json, Value};
 
 use crate::checkpoint::{Checkpoint, StorageLayout};
 use crate::config::{Arch, AttentionKind, Ffn, ModelConfig, RouterKind};
-use crate::keys::{expert_key, router_keys, Proj};
+use crate::keys::{dense_mlp_key, expert_key, router_keys, Proj};
 use crate::params::ParamStore;
 use crate::{Error, Result};
 
@@ -59,6 +59,19 @@ pub(crate) fn dense_ffn_width(cfg: &ModelConfig) -> Result<usize> {
         ));
     }
     Ok(width)
+}
+
+/// Layer `layer`'s dense MLP matrix `proj` of `dense`.
+pub(crate) fn dense_mlp(dense: &Checkpoint, layer: usize, proj: Proj) -> Result<Tensor> {
+    let key = dense_mlp_key(layer, proj);
+    dense
+        .params
+        .tensor(&key)
+        .cloned()
+        .ok_or_else(|| Error::MissingTensor {
+            path: "dense model".into(),
+            name: key,
+        })
 }
 
 /// At least 2 experts and `1 <= top_k <= n_experts`.

@@ -8,9 +8,8 @@
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-use super::{assemble, check_shape, dense_ffn_width, MoeShape};
+use super::{assemble, check_shape, dense_ffn_width, dense_mlp, MoeShape};
 use crate::checkpoint::Checkpoint;
-use crate::keys::dense_mlp_key;
 use crate::{Error, Result};
 
 /// How to initialise the router of an upcycled model.
@@ -56,17 +55,7 @@ pub fn sparse_upcycle(dense: &Checkpoint, spec: &SparseUpcycle) -> Result<Checkp
         dense,
         shape,
         recipe,
-        |l, _, proj| {
-            let key = dense_mlp_key(l, proj);
-            dense
-                .params
-                .tensor(&key)
-                .cloned()
-                .ok_or_else(|| Error::MissingTensor {
-                    path: "dense model".into(),
-                    name: key,
-                })
-        },
+        |l, _, proj| dense_mlp(dense, l, proj),
         routers,
     )
 }

@@ -28,10 +28,10 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde_json::{json, Value};
 
-use super::{bias_free_head_dim, check_shape, dense_ffn_width, MoeShape};
+use super::{bias_free_head_dim, check_shape, dense_ffn_width, dense_mlp, MoeShape};
 use crate::checkpoint::{Checkpoint, StorageLayout};
 use crate::config::{Arch, ModelConfig, RouterKind};
-use crate::keys::{dense_mlp_key, expert_key, router_keys, Proj};
+use crate::keys::{expert_key, router_keys, Proj};
 use crate::params::ParamStore;
 use crate::{Error, Result};
 
@@ -97,17 +97,6 @@ pub fn split_upcycle(dense: &Checkpoint, spec: &SplitUpcycle) -> Result<Checkpoi
         )));
     }
     let h = cfg.hidden_size;
-    let mlp = |l: usize, proj: Proj| -> Result<candle_core::Tensor> {
-        let key = dense_mlp_key(l, proj);
-        dense
-            .params
-            .tensor(&key)
-            .cloned()
-            .ok_or_else(|| Error::MissingTensor {
-                path: "dense model".into(),
-                name: key,
-            })
-    };
     let mut rng = rand::rngs::StdRng::seed_from_u64(spec.seed);
     let mut params = ParamStore::new();
     for (name, t) in dense.params.tensors() {
@@ -117,7 +106,8 @@ pub fn split_upcycle(dense: &Checkpoint, spec: &SplitUpcycle) -> Result<Checkpoi
     }
     let mut sizes = Vec::with_capacity(cfg.num_layers());
     for l in 0..cfg.num_layers() {
-        let (gate, up, down) = (mlp(l, Proj::Gate)?, mlp(l, Proj::Up)?, mlp(l, Proj::Down)?);
+        let mlp = |proj| dense_mlp(dense, l, proj);
+        let (gate, up, down) = (mlp(Proj::Gate)?, mlp(Proj::Up)?, mlp(Proj::Down)?);
         let groups = match spec.partition {
             NeuronPartition::Random => random_partition(width, spec.n_experts, &mut rng),
             NeuronPartition::Clustered => {
