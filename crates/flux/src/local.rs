@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use candle_core::{Tensor, Var};
 use fluxmoe_model::layers::moe::ExpertSlots;
 use fluxmoe_model::layers::{Linear, SwiGlu};
-use fluxmoe_model::train::{AdamW, Batch, Proximal};
+use fluxmoe_model::train::{sum_of_squares, AdamW, Batch, Proximal};
 use fluxmoe_model::MoeModel;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -93,7 +93,7 @@ pub fn train_steps(
                 let mut sq = 0.0f64;
                 for v in vars {
                     if let Some(g) = grads.get(v.as_tensor()) {
-                        sq += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
+                        sq += sum_of_squares(g)?;
                     }
                 }
                 out.sq_grad_norms.entry(*id).or_default().push(sq);

@@ -7,7 +7,8 @@
 //!
 //! After clipping the global norm is exactly `max_norm` (up to rounding);
 //! gradients whose global norm is already ≤ `max_norm` are left alone.
-//! Squares are summed in f32; all gradients must live on one device.
+//! Squares are summed in f64 for CPU f32 gradients (in f32 on other devices);
+//! all gradients on other devices must live on one device.
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
@@ -44,28 +45,40 @@ pub(crate) fn clip_impl(
             "gradient clipping: max_norm must be finite and > 0, got {max_norm}"
         )));
     }
-    // Per-var sums of squares stay on the device; one transfer at the end.
-    let mut sums: Vec<(usize, Tensor)> = Vec::new();
+    // Per-var sums of squares: in one pass over host memory for a contiguous
+    // f32 CPU gradient (accumulated in f64), else on the gradient's device
+    // with one transfer at the end.
+    let mut host: Vec<(usize, f64)> = Vec::new();
+    let mut device: Vec<(usize, Tensor)> = Vec::new();
     for (i, var) in vars.iter().enumerate() {
         if let Some(g) = grads.get(var.as_tensor()) {
-            sums.push((i, g.to_dtype(DType::F32)?.sqr()?.sum_all()?));
+            match host_sum_of_squares(g) {
+                Some(s) => host.push((i, s)),
+                None => device.push((i, g.to_dtype(DType::F32)?.sqr()?.sum_all()?)),
+            }
         }
     }
-    let Some((_, first)) = sums.first() else {
+    if host.is_empty() && device.is_empty() {
         return Ok(0.0);
-    };
-    let mut total = first.clone();
-    for (_, s) in &sums[1..] {
-        total = (total + s)?;
     }
-    let norm = (total.to_scalar::<f32>()? as f64).sqrt();
+    let mut total: f64 = host.iter().map(|(_, s)| s).sum();
+    if let Some((_, first)) = device.first() {
+        let mut on_device = first.clone();
+        for (_, s) in &device[1..] {
+            on_device = (on_device + s)?;
+        }
+        total += on_device.to_scalar::<f32>()? as f64;
+    }
+    let norm = total.sqrt();
     if !norm.is_finite() {
         let mut culprit = String::from("(none found: overflow of the sum)");
-        for (i, s) in &sums {
-            if !s.to_scalar::<f32>()?.is_finite() {
-                culprit = format!("first non-finite gradient: `{}`", name_of(*i));
-                break;
-            }
+        let mut partials: Vec<(usize, f64)> = host.clone();
+        for (i, s) in &device {
+            partials.push((*i, s.to_scalar::<f32>()? as f64));
+        }
+        partials.sort_by_key(|(i, _)| *i);
+        if let Some((i, _)) = partials.iter().find(|(_, s)| !s.is_finite()) {
+            culprit = format!("first non-finite gradient: `{}`", name_of(*i));
         }
         return Err(Error::Input(format!(
             "non-finite gradient norm {norm}; {culprit}"
@@ -73,8 +86,12 @@ pub(crate) fn clip_impl(
     }
     if norm > max_norm {
         let scale = max_norm / norm;
-        for (i, _) in &sums {
-            let t = vars[*i].as_tensor();
+        for i in host
+            .iter()
+            .map(|(i, _)| *i)
+            .chain(device.iter().map(|(i, _)| *i))
+        {
+            let t = vars[i].as_tensor();
             if let Some(g) = grads.get(t) {
                 let clipped = (g * scale)?;
                 grads.insert(t, clipped);
@@ -82,6 +99,34 @@ pub(crate) fn clip_impl(
         }
     }
     Ok(norm)
+}
+
+/// Σ x² of a tensor: in f64 in one pass for a contiguous f32 CPU tensor (see
+/// [`host_sum_of_squares`]), else in f32 on the tensor's device.
+pub fn sum_of_squares(x: &Tensor) -> Result<f64> {
+    match host_sum_of_squares(x) {
+        Some(s) => Ok(s),
+        None => Ok(f64::from(
+            x.to_dtype(DType::F32)?
+                .sqr()?
+                .sum_all()?
+                .to_scalar::<f32>()?,
+        )),
+    }
+}
+
+/// Σ x² of a contiguous f32 CPU tensor, summed in f64 over fixed chunks in
+/// order (the same value for any number of threads); `None` for any other
+/// tensor.
+fn host_sum_of_squares(g: &Tensor) -> Option<f64> {
+    use rayon::prelude::*;
+    let (storage, layout) = g.storage_and_layout();
+    let values = super::fused_adamw::cpu_f32(&storage, layout)?;
+    let partials: Vec<f64> = values
+        .par_chunks(1 << 15)
+        .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+        .collect();
+    Some(partials.iter().sum())
 }
 
 #[cfg(test)]

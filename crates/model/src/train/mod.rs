@@ -14,11 +14,12 @@
 
 pub mod activations;
 pub mod clip;
+mod fused_adamw;
 pub mod optim;
 pub mod schedule;
 
 pub use activations::step_activation_bytes;
-pub use clip::clip_grad_norm;
+pub use clip::{clip_grad_norm, sum_of_squares};
 pub use optim::{AdamW, AdamWConfig, AdamWState, ParamState};
 pub use schedule::LrSchedule;
 pub mod step;

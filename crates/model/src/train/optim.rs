@@ -24,12 +24,16 @@
 //!   (no decay, no moment decay, no step) and its name is reported back. This
 //!   matters for MoE experts that received no tokens in a batch;
 //! - moments are kept in f32 whatever the parameter dtype, and the update is
-//!   computed in f32 then cast back to the parameter's dtype.
+//!   computed in f32 then cast back to the parameter's dtype;
+//! - an f32 parameter in CPU memory is updated in one pass over its elements
+//!   ([`super::fused_adamw`]), with the same arithmetic as the tensor
+//!   operations used everywhere else.
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use super::fused_adamw;
 use crate::{Error, Result};
 
 /// Default learning rate: 1e-4.
@@ -250,13 +254,6 @@ impl AdamW {
     /// Parameters without one are left untouched; their names are returned
     /// (empty when every parameter was updated).
     pub fn step(&mut self, grads: &GradStore) -> Result<Vec<String>> {
-        let AdamWConfig {
-            lr,
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-        } = self.cfg;
         let mut missing = Vec::new();
         for slot in &mut self.slots {
             let Some(g) = grads.get(slot.var.as_tensor()) else {
@@ -271,18 +268,18 @@ impl AdamW {
                 });
             }
             let g = g.to_dtype(DType::F32)?;
-            let (t, m, v) = match &slot.moments {
-                Some(mo) => (mo.step + 1, mo.m.clone(), mo.v.clone()),
-                None => (1, g.zeros_like()?, g.zeros_like()?),
+            let t = slot.moments.as_ref().map_or(1, |mo| mo.step + 1);
+            let moments = slot.moments.as_ref().map(|mo| (&mo.m, &mo.v));
+            let k = fused_adamw::Coefficients::new(&self.cfg, t);
+            let fused = if slot.var.dtype() == DType::F32 {
+                fused_adamw::update(slot.var.as_tensor(), &g, moments, &k)?
+            } else {
+                None
             };
-            let m = ((m * beta1)? + (&g * (1.0 - beta1))?)?;
-            let v = ((v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
-            let m_hat = (&m * (1.0 / (1.0 - beta1.powf(t as f64))))?;
-            let v_hat = (&v * (1.0 / (1.0 - beta2.powf(t as f64))))?;
-            let update = (m_hat / (v_hat.sqrt()? + eps)?)?;
-            let theta = slot.var.as_tensor().to_dtype(DType::F32)?;
-            let theta = (theta * (1.0 - lr * weight_decay))?;
-            let theta = (theta - (update * lr)?)?;
+            let (m, v, theta) = match fused {
+                Some(new) => new,
+                None => tensor_update(slot.var.as_tensor(), &g, moments, &self.cfg, t)?,
+            };
             slot.var.set(&theta.to_dtype(slot.var.dtype())?)?;
             slot.moments = Some(Moments { step: t, m, v });
         }
@@ -357,6 +354,37 @@ impl AdamW {
         self.steps = state.step;
         Ok(())
     }
+}
+
+/// One AdamW update as tensor operations, on any device and dtype: the new
+/// f32 `(m, v, θ)` of parameter `theta` at its `t`-th update.
+fn tensor_update(
+    theta: &Tensor,
+    g: &Tensor,
+    moments: Option<(&Tensor, &Tensor)>,
+    cfg: &AdamWConfig,
+    t: u64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let AdamWConfig {
+        lr,
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+    } = *cfg;
+    let (m, v) = match moments {
+        Some((m, v)) => (m.clone(), v.clone()),
+        None => (g.zeros_like()?, g.zeros_like()?),
+    };
+    let m = ((m * beta1)? + (g * (1.0 - beta1))?)?;
+    let v = ((v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
+    let m_hat = (&m * (1.0 / (1.0 - beta1.powf(t as f64))))?;
+    let v_hat = (&v * (1.0 / (1.0 - beta2.powf(t as f64))))?;
+    let update = (m_hat / (v_hat.sqrt()? + eps)?)?;
+    let theta = theta.to_dtype(DType::F32)?;
+    let theta = (theta * (1.0 - lr * weight_decay))?;
+    let theta = (theta - (update * lr)?)?;
+    Ok((m, v, theta))
 }
 
 #[cfg(test)]
@@ -593,6 +621,54 @@ mod tests {
             (1e-4, 0.9, 0.999, 1e-8, 0.0)
         );
         assert!(serde_json::from_str::<AdamWConfig>(r#"{"lrr": 1}"#).is_err());
+    }
+
+    /// The one-pass CPU update gives the tensor operations' numbers exactly,
+    /// over several chunks and steps, with weight decay and clipped gradients.
+    #[test]
+    fn fused_update_equals_tensor_operations() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let n = 3 * 22_001; // three chunks, the last one partial
+        let mut random = |scale: f32| -> Tensor {
+            let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-scale..scale)).collect();
+            Tensor::from_vec(v, (n / 3, 3), &Device::Cpu).unwrap()
+        };
+        let mut theta = random(1.0);
+        let mut moments: Option<(Tensor, Tensor)> = None;
+        let mut fused_theta = theta.clone();
+        let mut fused_moments: Option<(Tensor, Tensor)> = None;
+        for t in 1..=3 {
+            let g = (random(0.1) * 0.37).unwrap();
+            let k = fused_adamw::Coefficients::new(&CFG, t);
+            let (m, v, th) = fused_adamw::update(
+                &fused_theta,
+                &g,
+                fused_moments.as_ref().map(|(m, v)| (m, v)),
+                &k,
+            )
+            .unwrap()
+            .expect("contiguous f32 CPU tensors take the fused path");
+            fused_theta = th;
+            fused_moments = Some((m, v));
+            let (m, v, th) =
+                tensor_update(&theta, &g, moments.as_ref().map(|(m, v)| (m, v)), &CFG, t).unwrap();
+            theta = th;
+            moments = Some((m, v));
+            let flat = |x: &Tensor| x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(flat(&fused_theta), flat(&theta), "θ at step {t}");
+            let (fm, fv) = fused_moments.as_ref().unwrap();
+            let (m, v) = moments.as_ref().unwrap();
+            assert_eq!(flat(fm), flat(m), "m at step {t}");
+            assert_eq!(flat(fv), flat(v), "v at step {t}");
+        }
+        // A strided gradient is not taken by the fused path.
+        let g = random(0.1).t().unwrap();
+        let k = fused_adamw::Coefficients::new(&CFG, 1);
+        let theta_t = Tensor::zeros((3, n / 3), DType::F32, &Device::Cpu).unwrap();
+        assert!(fused_adamw::update(&theta_t, &g, None, &k)
+            .unwrap()
+            .is_none());
     }
 
     #[test]
