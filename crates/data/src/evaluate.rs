@@ -29,6 +29,19 @@ pub trait Scorer {
     /// Greedy continuation of `prompt_ids`: at most `max_new_tokens` ids, without the
     /// stop token.
     fn generate(&mut self, prompt_ids: &[u32], max_new_tokens: usize) -> Result<Vec<u32>>;
+    /// [`Scorer::generate`] of several prompts. A scorer may run them as one batch
+    /// (each weight read once per step for all of them); the default runs them one
+    /// by one.
+    fn generate_batch(
+        &mut self,
+        prompts: &[Vec<u32>],
+        max_new_tokens: usize,
+    ) -> Result<Vec<Vec<u32>>> {
+        prompts
+            .iter()
+            .map(|p| self.generate(p, max_new_tokens))
+            .collect()
+    }
     /// For each row of `batch`, the sum of `log p(token | prefix)` over the positions
     /// whose loss mask is 1.
     fn logliks(&mut self, batch: &Batch) -> Result<Vec<f32>>;
@@ -69,12 +82,14 @@ pub fn evaluate(
     cfg: &EvalConfig,
 ) -> Result<EvalReport> {
     let order = selection(task, cfg)?;
-    let scores = order
-        .iter()
-        .map(|&i| score_example(task, i, tokenizer, scorer, cfg))
-        .collect::<Result<Vec<_>>>()?;
+    let scores = score_examples(task, &order, tokenizer, scorer, cfg)?;
     report(task, scores)
 }
+
+/// Prompts a generation task hands to [`Scorer::generate_batch`] at once. Groups are
+/// fixed runs of the selection, whatever the number of scorers, so that the
+/// report does not depend on it.
+pub const GENERATION_BATCH: usize = 8;
 
 /// [`evaluate`] with the examples split over `scorers`, one thread each: contiguous
 /// shares of the selection, scores gathered back in selection order. Each example is
@@ -90,18 +105,19 @@ pub fn evaluate_parallel<S: Scorer + Send>(
         return Err(Error::param("scorers", "need at least one"));
     }
     let order = selection(task, cfg)?;
-    let share = order.len().div_ceil(scorers.len()).max(1);
+    // Shares are whole generation groups, so each group is batched as `evaluate`
+    // batches it.
+    let unit = match task.kind {
+        TaskKind::Generation { .. } => GENERATION_BATCH,
+        TaskKind::MultipleChoice => 1,
+    };
+    let share = order.len().div_ceil(unit).div_ceil(scorers.len()).max(1) * unit;
     let parts: Vec<Result<Vec<f64>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = order
             .chunks(share)
             .zip(scorers.iter_mut())
             .map(|(chunk, scorer)| {
-                scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|&i| score_example(task, i, tokenizer, scorer, cfg))
-                        .collect::<Result<Vec<_>>>()
-                })
+                scope.spawn(move || score_examples(task, chunk, tokenizer, scorer, cfg))
             })
             .collect();
         handles
@@ -133,8 +149,74 @@ fn selection(task: &Task, cfg: &EvalConfig) -> Result<Vec<usize>> {
     Ok(order)
 }
 
-/// Example `i`'s score in [0, 1] by the task's metric.
-fn score_example(
+/// The scores in [0, 1] of examples `indices`, in order: generation prompts in
+/// groups of [`GENERATION_BATCH`], multiple-choice examples one by one.
+fn score_examples(
+    task: &Task,
+    indices: &[usize],
+    tokenizer: &Tokenizer,
+    scorer: &mut (impl Scorer + ?Sized),
+    cfg: &EvalConfig,
+) -> Result<Vec<f64>> {
+    let TaskKind::Generation { metric } = task.kind else {
+        return indices
+            .iter()
+            .map(|&i| score_choice_example(task, i, tokenizer, scorer, cfg))
+            .collect();
+    };
+    let template = Template::for_task(&task.name);
+    let batch_cfg = batch_config(cfg);
+    let mut scores = Vec::with_capacity(indices.len());
+    for group in indices.chunks(GENERATION_BATCH) {
+        let prompts = group
+            .iter()
+            .map(|&i| {
+                let rendered = template.render(&task.examples[i], cfg.format)?;
+                let r = Rendered {
+                    prompt: rendered.prompt,
+                    target: String::new(),
+                };
+                Ok(encode(tokenizer, &r, &batch_cfg)?.ids)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let outs = scorer.generate_batch(&prompts, cfg.max_new_tokens)?;
+        if outs.len() != group.len() {
+            return Err(Error::task(
+                &task.name,
+                format!(
+                    "the scorer returned {} generations for {} prompts",
+                    outs.len(),
+                    group.len()
+                ),
+            ));
+        }
+        for (&i, out) in group.iter().zip(outs) {
+            let reference = template.message(&task.examples[i])?.target;
+            let text = tokenizer
+                .decode(&out, true)
+                .map_err(|e| Error::Tokenizer(e.to_string()))?;
+            scores.push(match metric {
+                GenerationMetric::RougeL => rouge_l(text.trim(), &reference).f1,
+                GenerationMetric::ExactMatch => {
+                    let first_line = text.trim().lines().next().unwrap_or("");
+                    f64::from(u8::from(exact_match(first_line, &reference)))
+                }
+            });
+        }
+    }
+    Ok(scores)
+}
+
+fn batch_config(cfg: &EvalConfig) -> BatchConfig {
+    BatchConfig {
+        max_len: cfg.max_len,
+        pad_id: cfg.pad_id,
+        eos_id: None,
+    }
+}
+
+/// Multiple-choice example `i`'s score (1 when the chosen answer is right).
+fn score_choice_example(
     task: &Task,
     i: usize,
     tokenizer: &Tokenizer,
@@ -142,35 +224,15 @@ fn score_example(
     cfg: &EvalConfig,
 ) -> Result<f64> {
     let template = Template::for_task(&task.name);
-    let batch_cfg = BatchConfig {
-        max_len: cfg.max_len,
-        pad_id: cfg.pad_id,
-        eos_id: None,
-    };
+    let batch_cfg = batch_config(cfg);
     let ex = &task.examples[i];
     let rendered = template.render(ex, cfg.format)?;
     Ok(match task.kind {
-        TaskKind::Generation { metric } => {
-            let reference = template.message(ex)?.target;
-            let prompt = encode(
-                tokenizer,
-                &Rendered {
-                    prompt: rendered.prompt.clone(),
-                    target: String::new(),
-                },
-                &batch_cfg,
-            )?;
-            let out = scorer.generate(&prompt.ids, cfg.max_new_tokens)?;
-            let text = tokenizer
-                .decode(&out, true)
-                .map_err(|e| Error::Tokenizer(e.to_string()))?;
-            match metric {
-                GenerationMetric::RougeL => rouge_l(text.trim(), &reference).f1,
-                GenerationMetric::ExactMatch => {
-                    let first_line = text.trim().lines().next().unwrap_or("");
-                    f64::from(u8::from(exact_match(first_line, &reference)))
-                }
-            }
+        TaskKind::Generation { .. } => {
+            return Err(Error::task(
+                &task.name,
+                "a generation task scored as multiple choice",
+            ))
         }
         TaskKind::MultipleChoice => {
             let (choices, answer) = match (&ex.choices, ex.answer) {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use common::tiny_tokenizer;
 use fluxmoe_data::batch::Batch;
+use fluxmoe_data::evaluate::GENERATION_BATCH;
 use fluxmoe_data::metrics::LengthNorm;
 use fluxmoe_data::prompt::PromptFormat;
 use fluxmoe_data::{evaluate, EvalConfig, Example, GenerationMetric, Scorer, Task, TaskKind};
@@ -145,7 +146,7 @@ fn limit_scores_a_seeded_subset() {
 
 #[test]
 fn parallel_evaluation_matches_the_sequential_one_in_order() {
-    let examples: Vec<Example> = (0..10)
+    let examples: Vec<Example> = (0..40)
         .map(|i| {
             Example::generation(
                 format!("{i}"),
@@ -168,7 +169,7 @@ fn parallel_evaluation_matches_the_sequential_one_in_order() {
         &task,
         &tokenizer,
         &mut Fake { prompts: vec![] },
-        &cfg(Some(7)),
+        &cfg(Some(29)),
     )
     .unwrap();
     // Not all equal, so a reordering would show.
@@ -176,16 +177,25 @@ fn parallel_evaluation_matches_the_sequential_one_in_order() {
     for n in [1, 2, 3, 7, 12] {
         let mut scorers: Vec<Fake> = (0..n).map(|_| Fake { prompts: vec![] }).collect();
         let parallel =
-            fluxmoe_data::evaluate_parallel(&task, &tokenizer, &mut scorers, &cfg(Some(7)))
+            fluxmoe_data::evaluate_parallel(&task, &tokenizer, &mut scorers, &cfg(Some(29)))
                 .unwrap();
         assert_eq!(parallel.per_example, sequential.per_example, "{n} scorers");
         assert_eq!(parallel.score, sequential.score);
-        // Every example scored once, spread over the scorers.
+        // Every example scored once, spread over the scorers in whole generation
+        // groups (29 examples: 4 groups, the last of 5).
         let used: Vec<usize> = scorers.iter().map(|s| s.prompts.len()).collect();
-        assert_eq!(used.iter().sum::<usize>(), 7, "{n} scorers: {used:?}");
+        assert_eq!(used.iter().sum::<usize>(), 29, "{n} scorers: {used:?}");
+        let groups_per_scorer = 4usize.div_ceil(n);
         assert_eq!(
             used.iter().filter(|&&u| u > 0).count(),
-            n.min(7),
+            4usize.div_ceil(groups_per_scorer),
+            "{n} scorers: {used:?}"
+        );
+        let busy: Vec<usize> = used.iter().copied().filter(|&u| u > 0).collect();
+        assert!(
+            busy[..busy.len() - 1]
+                .iter()
+                .all(|u| u % GENERATION_BATCH == 0),
             "{n} scorers: {used:?}"
         );
     }

@@ -10,7 +10,7 @@ use fluxmoe_data::{evaluate_parallel, EvalConfig, Scorer, Task};
 use fluxmoe_fed::{Evaluator, Global, Round};
 use fluxmoe_model::generate::{generate, GenerateConfig};
 use fluxmoe_model::model::{CachedLm, ModelCache};
-use fluxmoe_model::sampling::SamplingConfig;
+use fluxmoe_model::sampling::{Sampler, SamplingConfig};
 use fluxmoe_model::{ModelConfig, MoeModel, ParamStore};
 use tokenizers::Tokenizer;
 
@@ -41,6 +41,25 @@ impl Scorer for ModelScorer<'_> {
             &mut |_| {},
         )
         .map_err(data_err)
+    }
+
+    /// The prompts left-padded into one batch, the pads masked out of attention: with
+    /// rotary positions a row's attention depends only on its tokens' relative
+    /// positions, so each row continues as [`Scorer::generate`] would alone, up to
+    /// float rounding (test). Finished rows leave the batch.
+    fn generate_batch(
+        &mut self,
+        prompts: &[Vec<u32>],
+        max_new_tokens: usize,
+    ) -> fluxmoe_data::Result<Vec<Vec<u32>>> {
+        if prompts.len() < 2 {
+            return prompts
+                .iter()
+                .map(|p| self.generate(p, max_new_tokens))
+                .collect();
+        }
+        self.generate_padded(prompts, max_new_tokens)
+            .map_err(data_err)
     }
 
     fn logliks(&mut self, batch: &Batch) -> fluxmoe_data::Result<Vec<f32>> {
@@ -98,6 +117,73 @@ fn shared_prompt(items: &[Encoded]) -> usize {
 }
 
 impl ModelScorer<'_> {
+    fn generate_padded(
+        &self,
+        prompts: &[Vec<u32>],
+        max_new_tokens: usize,
+    ) -> fluxmoe_model::Result<Vec<Vec<u32>>> {
+        let mut out = vec![Vec::new(); prompts.len()];
+        if max_new_tokens == 0 {
+            return Ok(out);
+        }
+        if prompts.iter().any(|p| p.is_empty()) {
+            return Err(fluxmoe_model::Error::Input("generate: empty prompt".into()));
+        }
+        let device = self.model.device();
+        let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let (mut ids, mut mask) = (Vec::new(), Vec::new());
+        for p in prompts {
+            let pad = width - p.len();
+            ids.extend(std::iter::repeat_n(p[0], pad).chain(p.iter().copied()));
+            mask.push([vec![0u32; pad], vec![1u32; p.len()]].concat());
+        }
+        let b = prompts.len();
+        let mut cache = ModelCache::default();
+        let ids = Tensor::from_vec(ids, (b, width), device)?;
+        let mask_t = Tensor::from_vec(mask.concat(), (b, width), device)?;
+        let logits = self
+            .model
+            .forward_cached_masked(&ids, &mask_t, &mut cache)?
+            .i((.., width - 1))?;
+        let mut sampler = Sampler::new(SamplingConfig::greedy())?;
+        // `active[r]`: the prompt that row r of the cache and of `logits` continues.
+        let mut active: Vec<usize> = (0..b).collect();
+        let mut logits: Vec<Vec<f32>> = logits.to_vec2()?;
+        loop {
+            let (mut keep, mut next) = (Vec::new(), Vec::new());
+            for (row, &p) in active.iter().enumerate() {
+                let tok = sampler.sample_slice(&logits[row])?;
+                if self.stop_ids.contains(&tok) {
+                    continue;
+                }
+                out[p].push(tok);
+                if out[p].len() < max_new_tokens {
+                    keep.push(row as u32);
+                    next.push(tok);
+                }
+            }
+            if keep.is_empty() {
+                return Ok(out);
+            }
+            if keep.len() < active.len() {
+                cache = cache.select_rows(&keep)?;
+                mask = keep.iter().map(|&r| mask[r as usize].clone()).collect();
+                active = keep.iter().map(|&r| active[r as usize]).collect();
+            }
+            for m in &mut mask {
+                m.push(1);
+            }
+            let n = active.len();
+            let ids = Tensor::from_vec(next, (n, 1), device)?;
+            let mask_t = Tensor::from_vec(mask.concat(), (n, mask[0].len()), device)?;
+            logits = self
+                .model
+                .forward_cached_masked(&ids, &mask_t, &mut cache)?
+                .squeeze(1)?
+                .to_vec2()?;
+        }
+    }
+
     /// The answers as a prefix tree: the shared prompt runs once, then one token per
     /// answer depth for each distinct answer prefix at that depth (multiple-choice
     /// labels share their first tokens: `noun.`, `verb.` ...), every row continuing its
@@ -250,24 +336,72 @@ mod tests {
         assert_eq!(shared_prompt(&it), 1);
     }
 
+    fn fixture_model(arch: &str) -> MoeModel {
+        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/fixtures")
+            .join(arch);
+        let lm = fluxmoe_model::load_model(&path, &Device::Cpu).unwrap();
+        MoeModel::new(&lm.checkpoint.config, &lm.checkpoint.params).unwrap()
+    }
+
+    const ARCHS: [&str; 8] = [
+        "mixtral",
+        "qwen2_moe",
+        "qwen3_moe",
+        "olmoe",
+        "deepseek",
+        "deepseek_v2",
+        "llama_moe",
+        "llama",
+    ];
+
+    /// Left-padded batched generation continues every prompt as generation alone
+    /// does, also when rows stop early (a stop token, or a prompt shorter by many
+    /// pads).
+    #[test]
+    fn batched_generation_matches_one_prompt_at_a_time() {
+        let prompts: Vec<Vec<u32>> = vec![
+            vec![3, 17, 42, 9, 11, 64, 2],
+            vec![5],
+            vec![8, 1, 77, 30],
+            vec![12, 12, 90, 4, 6, 7, 19, 23, 31, 2, 44],
+        ];
+        for arch in ARCHS {
+            let model = fixture_model(arch);
+            let mut alone = ModelScorer {
+                model: &model,
+                stop_ids: Vec::new(),
+            };
+            // A stop token that ends the first prompt's continuation after two tokens.
+            let first = alone.generate(&prompts[0], 6).unwrap();
+            let stop = first[2];
+            for stop_ids in [Vec::new(), vec![stop]] {
+                let mut scorer = ModelScorer {
+                    model: &model,
+                    stop_ids: stop_ids.clone(),
+                };
+                let want: Vec<Vec<u32>> = prompts
+                    .iter()
+                    .map(|p| scorer.generate(p, 6).unwrap())
+                    .collect();
+                let got = scorer.generate_batch(&prompts, 6).unwrap();
+                assert_eq!(got, want, "{arch}, stop ids {stop_ids:?}");
+                if !stop_ids.is_empty() {
+                    assert!(want[0].len() <= 2, "{arch}: {want:?}");
+                }
+            }
+            assert_eq!(
+                alone.generate_batch(&prompts, 0).unwrap(),
+                vec![Vec::<u32>::new(); 4]
+            );
+            assert!(alone.generate_batch(&[vec![1], vec![]], 3).is_err());
+        }
+    }
+
     #[test]
     fn prompt_cached_choices_match_the_padded_batch() {
-        for arch in [
-            "mixtral",
-            "qwen2_moe",
-            "qwen3_moe",
-            "olmoe",
-            "deepseek",
-            "deepseek_v2",
-            "llama_moe",
-            "llama",
-        ] {
-            let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../../shared/fixtures")
-                .join(arch);
-            let lm = fluxmoe_model::load_model(&path, &Device::Cpu).unwrap();
-            let params = &lm.checkpoint.params;
-            let model = MoeModel::new(&lm.checkpoint.config, params).unwrap();
+        for arch in ARCHS {
+            let model = fixture_model(arch);
             let mut scorer = ModelScorer {
                 model: &model,
                 stop_ids: Vec::new(),
