@@ -278,7 +278,7 @@ impl AdamW {
             };
             let (m, v, theta) = match fused {
                 Some(new) => new,
-                None => tensor_update(slot.var.as_tensor(), &g, moments, &self.cfg, t)?,
+                None => tensor_update(slot.var.as_tensor(), &g, moments, &k)?,
             };
             slot.var.set(&theta.to_dtype(slot.var.dtype())?)?;
             slot.moments = Some(Moments { step: t, m, v });
@@ -357,33 +357,27 @@ impl AdamW {
 }
 
 /// One AdamW update as tensor operations, on any device and dtype: the new
-/// f32 `(m, v, θ)` of parameter `theta` at its `t`-th update.
+/// f32 `(m, v, θ)` of parameter `theta`. It takes the fused path's f32
+/// coefficients (widened back to f64 exactly; candle narrows them again), so
+/// both paths multiply by the same numbers.
 fn tensor_update(
     theta: &Tensor,
     g: &Tensor,
     moments: Option<(&Tensor, &Tensor)>,
-    cfg: &AdamWConfig,
-    t: u64,
+    k: &fused_adamw::Coefficients,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let AdamWConfig {
-        lr,
-        beta1,
-        beta2,
-        eps,
-        weight_decay,
-    } = *cfg;
+    let f = f64::from;
     let (m, v) = match moments {
         Some((m, v)) => (m.clone(), v.clone()),
         None => (g.zeros_like()?, g.zeros_like()?),
     };
-    let m = ((m * beta1)? + (g * (1.0 - beta1))?)?;
-    let v = ((v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
-    let m_hat = (&m * (1.0 / (1.0 - beta1.powf(t as f64))))?;
-    let v_hat = (&v * (1.0 / (1.0 - beta2.powf(t as f64))))?;
-    let update = (m_hat / (v_hat.sqrt()? + eps)?)?;
-    let theta = theta.to_dtype(DType::F32)?;
-    let theta = (theta * (1.0 - lr * weight_decay))?;
-    let theta = (theta - (update * lr)?)?;
+    let m = ((m * f(k.beta1))? + (g * f(k.one_minus_beta1))?)?;
+    let v = ((v * f(k.beta2))? + (g.sqr()? * f(k.one_minus_beta2))?)?;
+    let m_hat = (&m * f(k.m_correction))?;
+    let v_hat = (&v * f(k.v_correction))?;
+    let update = (m_hat / (v_hat.sqrt()? + f(k.eps))?)?;
+    let theta = (theta.to_dtype(DType::F32)? * f(k.decay))?;
+    let theta = (theta - (update * f(k.lr))?)?;
     Ok((m, v, theta))
 }
 
@@ -652,7 +646,7 @@ mod tests {
             fused_theta = th;
             fused_moments = Some((m, v));
             let (m, v, th) =
-                tensor_update(&theta, &g, moments.as_ref().map(|(m, v)| (m, v)), &CFG, t).unwrap();
+                tensor_update(&theta, &g, moments.as_ref().map(|(m, v)| (m, v)), &k).unwrap();
             theta = th;
             moments = Some((m, v));
             let flat = |x: &Tensor| x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
