@@ -128,6 +128,34 @@ fn btx_refuses_a_domain_list_that_does_not_match_the_experts() {
         "{}",
         stderr(&o)
     );
+    // A split's calibration corpora need a centroid router, and only a split has one.
+    let o = upcycle(&["--method", "split", "--domains", "kjv"]);
+    assert!(
+        stderr(&o).contains("or split with --router centroid"),
+        "{}",
+        stderr(&o)
+    );
+    for method in ["sparse", "btx"] {
+        let o = upcycle(&["--method", method, "--router", "centroid"]);
+        assert!(
+            stderr(&o).contains("--router only applies to --method split"),
+            "{method}: {}",
+            stderr(&o)
+        );
+    }
+    let o = upcycle(&[
+        "--method",
+        "split",
+        "--router",
+        "centroid",
+        "--domains",
+        "kjv,bible",
+    ]);
+    assert!(
+        stderr(&o).contains("unknown corpus `bible`"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!out.exists(), "nothing is written on bad input");
 }
 

@@ -206,6 +206,9 @@ enum Command {
         /// sparse, split: standard deviation of the random router initialisation.
         #[arg(long, default_value_t = 0.02)]
         router_std: f64,
+        /// split: how the routers start.
+        #[arg(long, value_enum, default_value_t = SplitRouterArg::Random)]
+        router: SplitRouterArg,
         /// split: how neurons are assigned to experts.
         #[arg(long, value_enum, default_value_t = PartitionArg::Random)]
         partition: PartitionArg,
@@ -215,7 +218,8 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// btx: one training corpus per expert, comma-separated, in expert order
-        /// (sotu, moby, kjv, fortunes, wordnet, math).
+        /// (sotu, moby, kjv, fortunes, wordnet, math). split with a centroid router: the
+        /// calibration corpora (default: all).
         #[arg(long)]
         domains: Option<String>,
         /// btx: AdamW steps of each expert on its domain.
@@ -224,10 +228,10 @@ enum Command {
         /// btx: AdamW steps of the routers alone on a round-robin mix of the domains.
         #[arg(long, default_value_t = 50)]
         router_steps: usize,
-        /// btx: tokens per training window.
+        /// btx, centroid router: tokens per window.
         #[arg(long, default_value_t = 128)]
         seq: usize,
-        /// btx: windows per batch.
+        /// btx, centroid router: windows per batch.
         #[arg(long, default_value_t = 4)]
         batch: usize,
         /// btx: learning rate of the expert training.
@@ -236,13 +240,14 @@ enum Command {
         /// btx: learning rate of the router training (default: --lr).
         #[arg(long)]
         router_lr: Option<f64>,
-        /// btx: windows per domain whose dense FFN inputs initialise the router.
+        /// btx, centroid router: windows per domain whose dense FFN inputs initialise
+        /// the router.
         #[arg(long, default_value_t = 8)]
         probe_windows: usize,
-        /// btx: root-mean-square of the initial router logits.
+        /// btx, centroid router: root-mean-square of the initial router logits.
         #[arg(long, default_value_t = 1.0)]
         router_logit_rms: f64,
-        /// btx: the corpora folder (default: <cache>/corpora).
+        /// btx, centroid router: the corpora folder (default: <cache>/corpora).
         #[arg(long)]
         corpora_dir: Option<PathBuf>,
         #[arg(long)]
@@ -332,6 +337,15 @@ enum UpcycleMethod {
     /// LLaMA-MoE neuron split: the dense FFN's neurons partitioned into the experts
     /// (LLaMA-MoE format); needs long continual pretraining to recover on a small model.
     Split,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SplitRouterArg {
+    /// N(0, router-std²) weights.
+    Random,
+    /// Each expert's row points at the mean FFN input of the calibration tokens its
+    /// neurons serve best under the dense model (an oracle's first choice).
+    Centroid,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -622,6 +636,7 @@ fn run(cli: Cli) -> Result<()> {
             experts,
             top_k,
             router_std,
+            router,
             partition,
             score_scale,
             seed,
@@ -641,6 +656,9 @@ fn run(cli: Cli) -> Result<()> {
                 if domains.is_some() {
                     bail!("--domains only applies to --method btx");
                 }
+                if router != SplitRouterArg::Random {
+                    bail!("--router only applies to --method split");
+                }
                 let spec = fluxmoe_model::upcycle::SparseUpcycle {
                     n_experts: experts,
                     top_k,
@@ -650,9 +668,25 @@ fn run(cli: Cli) -> Result<()> {
                 upcycle::run_sparse(&load(&from)?, &spec, &out)
             }
             UpcycleMethod::Split => {
-                if domains.is_some() {
-                    bail!("--domains only applies to --method btx");
-                }
+                let calibration = match router {
+                    SplitRouterArg::Random => {
+                        if domains.is_some() {
+                            bail!("--domains only applies to --method btx, or split with --router centroid");
+                        }
+                        None
+                    }
+                    SplitRouterArg::Centroid => Some(upcycle::CalibrationArgs {
+                        corpora: match &domains {
+                            Some(d) => upcycle::parse_domains(d, None)?,
+                            None => fluxmoe_data::CorpusKind::ALL.to_vec(),
+                        },
+                        windows: probe_windows,
+                        seq,
+                        batch,
+                        logit_rms: router_logit_rms,
+                        corpora_dir: corpora_dir.clone(),
+                    }),
+                };
                 let spec = fluxmoe_model::upcycle::SplitUpcycle {
                     n_experts: experts,
                     top_k,
@@ -663,17 +697,20 @@ fn run(cli: Cli) -> Result<()> {
                         }
                     },
                     score_scale,
-                    router_std,
+                    router: fluxmoe_model::upcycle::SplitRouter::Random { std: router_std },
                     seed,
                 };
-                upcycle::run_split(&load(&from)?, &spec, &out)
+                upcycle::run_split(&load(&from)?, &spec, calibration.as_ref(), &out)
             }
             UpcycleMethod::Btx => {
+                if router != SplitRouterArg::Random {
+                    bail!("--router only applies to --method split (btx always starts from domain centroids)");
+                }
                 let domains = domains.context(
                     "--method btx needs --domains, one corpus per expert (e.g. sotu,kjv,wordnet,math)",
                 )?;
                 // Checked before loading anything, so a typo costs nothing.
-                let domains = upcycle::parse_domains(&domains, experts)?;
+                let domains = upcycle::parse_domains(&domains, Some(experts))?;
                 let args = upcycle::BtxArgs {
                     domains,
                     n_experts: experts,

@@ -310,7 +310,7 @@ fn build_smollm2_btx(dir: &Path) -> Result<()> {
     let dense =
         load_model(&gguf, &Device::Cpu).with_context(|| format!("loading {}", gguf.display()))?;
     let args = crate::upcycle::BtxArgs {
-        domains: crate::upcycle::parse_domains("sotu,kjv,wordnet,math", 4)?,
+        domains: crate::upcycle::parse_domains("sotu,kjv,wordnet,math", Some(4))?,
         n_experts: 4,
         top_k: 2,
         steps: 50,

@@ -19,7 +19,8 @@ use fluxmoe_data::corpora::{self, token_stream, windows_of_ids, CorpusKind, HELD
 use fluxmoe_data::LoadOptions;
 use fluxmoe_model::source::save_tokenizer_files;
 use fluxmoe_model::upcycle::{
-    btx_upcycle, sparse_upcycle, split_upcycle, BtxSpec, DomainData, SparseUpcycle, SplitUpcycle,
+    btx_upcycle, sparse_upcycle, split_upcycle, BtxSpec, DomainData, SparseUpcycle, SplitRouter,
+    SplitUpcycle,
 };
 use fluxmoe_model::{checkpoint, Checkpoint, LoadedModel};
 use rand::seq::SliceRandom;
@@ -39,15 +40,53 @@ pub fn run_sparse(dense: &LoadedModel, spec: &SparseUpcycle, out: &Path) -> Resu
     Ok(())
 }
 
-pub fn run_split(dense: &LoadedModel, spec: &SplitUpcycle, out: &Path) -> Result<()> {
-    let moe = split_upcycle(&dense.checkpoint, spec)?;
+/// Calibration text for a centroid router (`--method split --router centroid`).
+pub struct CalibrationArgs {
+    pub corpora: Vec<CorpusKind>,
+    /// Windows per corpus.
+    pub windows: usize,
+    pub seq: usize,
+    pub batch: usize,
+    pub logit_rms: f64,
+    pub corpora_dir: Option<PathBuf>,
+}
+
+/// `spec.router` is replaced by a centroid router over `calibration` when it is given.
+pub fn run_split(
+    dense: &LoadedModel,
+    spec: &SplitUpcycle,
+    calibration: Option<&CalibrationArgs>,
+    out: &Path,
+) -> Result<()> {
+    let started = Instant::now();
+    let mut spec = spec.clone();
+    if let Some(c) = calibration {
+        if c.windows == 0 {
+            bail!("--probe-windows must be at least 1, got 0");
+        }
+        spec.router = SplitRouter::Centroid {
+            calibration: domain_windows(
+                dense,
+                &c.corpora,
+                c.corpora_dir.as_deref(),
+                c.windows,
+                c.seq,
+                spec.seed,
+            )?,
+            batch_size: c.batch,
+            logit_rms: c.logit_rms,
+        };
+    }
+    let moe = split_upcycle(&dense.checkpoint, &spec)?;
     save(dense, &moe, out)?;
     eprintln!(
-        "wrote {} ({} experts, top-{}, {} neuron split, LLaMA-MoE format)",
+        "wrote {} ({} experts, top-{}, {} neuron split, {} router, LLaMA-MoE format) in {:.0} s",
         out.display(),
         spec.n_experts,
         spec.top_k,
-        spec.partition.name()
+        spec.partition.name(),
+        spec.router.name(),
+        started.elapsed().as_secs_f64()
     );
     Ok(())
 }
@@ -71,8 +110,9 @@ pub struct BtxArgs {
     pub corpora_dir: Option<PathBuf>,
 }
 
-/// Parses `--domains`: comma-separated corpus names, each once, one per expert.
-pub fn parse_domains(spec: &str, n_experts: usize) -> Result<Vec<CorpusKind>> {
+/// Parses `--domains`: comma-separated corpus names, each once; with `n_experts`, one
+/// per expert.
+pub fn parse_domains(spec: &str, n_experts: Option<usize>) -> Result<Vec<CorpusKind>> {
     let mut kinds = Vec::new();
     for name in spec.split(',').map(str::trim) {
         let kind = CorpusKind::from_name(name).with_context(|| {
@@ -87,7 +127,8 @@ pub fn parse_domains(spec: &str, n_experts: usize) -> Result<Vec<CorpusKind>> {
         }
         kinds.push(kind);
     }
-    if kinds.len() != n_experts {
+    if n_experts.is_some_and(|n| kinds.len() != n) {
+        let n_experts = n_experts.unwrap_or_default();
         bail!(
             "--domains lists {} corpora ({spec}) but --experts is {n_experts}: btx trains one expert per domain",
             kinds.len()
@@ -97,60 +138,30 @@ pub fn parse_domains(spec: &str, n_experts: usize) -> Result<Vec<CorpusKind>> {
 }
 
 pub fn run_btx(dense: &LoadedModel, args: &BtxArgs, out: &Path) -> Result<()> {
-    if args.seq < 2 {
-        bail!("--seq must be at least 2, got {}", args.seq);
-    }
     if args.batch == 0 {
         bail!("--batch must be at least 1, got 0");
     }
     let started = Instant::now();
-    let tokenizer = dense
-        .tokenizer
-        .as_ref()
-        .context("btx tokenises the domain corpora, but the model has no tokenizer")?;
-    let root = match &args.corpora_dir {
-        Some(dir) => dir.clone(),
-        None => assets::corpora::default_root()?,
-    };
     // Enough windows that no window repeats within the expert or the router phase.
     let n_windows = (args.steps * args.batch)
         .max((args.router_steps * args.batch).div_ceil(args.n_experts))
         .max(args.probe_windows)
         .max(1);
-    let mut domains = Vec::with_capacity(args.domains.len());
-    for (idx, &kind) in args.domains.iter().enumerate() {
-        let dir = assets::corpora::ensure(kind, &root)?;
-        let loaded = corpora::load_dir(kind, &dir, LoadOptions::STRICT)?;
-        let mut docs = loaded.corpus.split(HELD_OUT_EVERY)?.train.documents;
-        let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed ^ ((idx as u64) << 32));
-        docs.shuffle(&mut rng);
-        let ids = token_stream(tokenizer, &docs, n_windows * args.seq)?;
-        let windows = windows_of_ids(&ids, args.seq, args.seq)?;
-        if windows.is_empty() {
-            bail!(
-                "corpus `{}`: its training split has {} tokens, fewer than one window of {}",
-                kind.name(),
-                ids.len(),
-                args.seq
-            );
-        }
-        if windows.len() < n_windows {
-            tracing::warn!(
-                "corpus `{}`: {} training windows, fewer than the {n_windows} the steps use; some repeat",
-                kind.name(),
-                windows.len()
-            );
-        }
+    let domains = domain_windows(
+        dense,
+        &args.domains,
+        args.corpora_dir.as_deref(),
+        n_windows,
+        args.seq,
+        args.seed,
+    )?;
+    for (idx, d) in domains.iter().enumerate() {
         tracing::info!(
             "btx: expert {idx} trains on `{}`: {} windows of {} tokens",
-            kind.name(),
-            windows.len(),
+            d.name,
+            d.windows.len(),
             args.seq
         );
-        domains.push(DomainData {
-            name: kind.name().to_string(),
-            windows,
-        });
     }
     let spec = BtxSpec {
         n_experts: args.n_experts,
@@ -192,6 +203,59 @@ pub fn run_btx(dense: &LoadedModel, args: &BtxArgs, out: &Path) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `n_windows` windows of `seq` ids from the training split of each corpus of `kinds`
+/// (fetched into `corpora_dir`, default `<cache>/corpora`, when missing): its documents
+/// shuffled with `seed` (another stream per corpus), joined and cut in order.
+fn domain_windows(
+    dense: &LoadedModel,
+    kinds: &[CorpusKind],
+    corpora_dir: Option<&Path>,
+    n_windows: usize,
+    seq: usize,
+    seed: u64,
+) -> Result<Vec<DomainData>> {
+    if seq < 2 {
+        bail!("--seq must be at least 2, got {seq}");
+    }
+    let tokenizer = dense
+        .tokenizer
+        .as_ref()
+        .context("the corpora need tokenising, but the model has no tokenizer")?;
+    let root = match corpora_dir {
+        Some(dir) => dir.to_path_buf(),
+        None => assets::corpora::default_root()?,
+    };
+    let mut domains = Vec::with_capacity(kinds.len());
+    for (idx, &kind) in kinds.iter().enumerate() {
+        let dir = assets::corpora::ensure(kind, &root)?;
+        let loaded = corpora::load_dir(kind, &dir, LoadOptions::STRICT)?;
+        let mut docs = loaded.corpus.split(HELD_OUT_EVERY)?.train.documents;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ ((idx as u64) << 32));
+        docs.shuffle(&mut rng);
+        let ids = token_stream(tokenizer, &docs, n_windows * seq)?;
+        let windows = windows_of_ids(&ids, seq, seq)?;
+        if windows.is_empty() {
+            bail!(
+                "corpus `{}`: its training split has {} tokens, fewer than one window of {seq}",
+                kind.name(),
+                ids.len(),
+            );
+        }
+        if windows.len() < n_windows {
+            tracing::warn!(
+                "corpus `{}`: {} training windows, fewer than the {n_windows} asked for; some repeat",
+                kind.name(),
+                windows.len()
+            );
+        }
+        domains.push(DomainData {
+            name: kind.name().to_string(),
+            windows,
+        });
+    }
+    Ok(domains)
 }
 
 /// Writes the checkpoint and the dense model's tokenizer files.

@@ -10,7 +10,7 @@ use fluxmoe_model::config::RouterKind;
 use fluxmoe_model::keys::{dense_mlp_key, expert_key, router_keys, Proj};
 use fluxmoe_model::upcycle::{
     btx_upcycle, sparse_upcycle, split_upcycle, BtxSpec, DomainData, NeuronPartition,
-    SparseUpcycle, SplitUpcycle,
+    SparseUpcycle, SplitRouter, SplitUpcycle,
 };
 use fluxmoe_model::{checkpoint, Arch, Checkpoint, MoeModel, ParamStore};
 
@@ -447,7 +447,7 @@ fn split_spec(experts: usize, top_k: usize, partition: NeuronPartition) -> Split
         top_k,
         partition,
         score_scale: None,
-        router_std: 0.0,
+        router: SplitRouter::Random { std: 0.0 },
         seed: 5,
     }
 }
@@ -490,7 +490,7 @@ fn split_experts_together_are_the_dense_ffn_and_round_trip_as_llama_moe() {
         // Top-1 of 4 with a random router: a different function, saved and loaded back
         // as the same model.
         let spec = SplitUpcycle {
-            router_std: 0.02,
+            router: SplitRouter::Random { std: 0.02 },
             ..split_spec(4, 1, partition)
         };
         let moe = split_upcycle(&dense, &spec).unwrap();
@@ -534,4 +534,154 @@ fn split_checks_its_input() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("dense llama"), "{err}");
+}
+
+/// Per layer, the share of tokens whose first-ranked expert under `moe` is the one an
+/// oracle picks: the expert whose output has the largest norm under the dense model.
+fn oracle_agreement(dense: &Checkpoint, moe: &Checkpoint, ids: &Tensor) -> Vec<f64> {
+    let inputs = MoeModel::new(&dense.config, &dense.params)
+        .unwrap()
+        .ffn_inputs(ids, None)
+        .unwrap();
+    let n_experts = moe.config_json["num_experts"].as_u64().unwrap() as usize;
+    inputs
+        .iter()
+        .enumerate()
+        .map(|(l, x)| {
+            let w = |e, p| {
+                moe.params
+                    .tensor(&expert_key(Arch::LlamaMoe, l, e, p))
+                    .unwrap()
+                    .t()
+                    .unwrap()
+            };
+            let norms: Vec<Tensor> = (0..n_experts)
+                .map(|e| {
+                    let act = (x.matmul(&w(e, Proj::Gate)).unwrap().silu().unwrap()
+                        * x.matmul(&w(e, Proj::Up)).unwrap())
+                    .unwrap();
+                    let y = act.matmul(&w(e, Proj::Down)).unwrap();
+                    y.sqr().unwrap().sum(1).unwrap()
+                })
+                .collect();
+            let oracle: Vec<u32> = Tensor::stack(&norms, 1)
+                .unwrap()
+                .argmax(1)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let router = moe
+                .params
+                .tensor(&router_keys(Arch::LlamaMoe, RouterKind::Linear, l)[0])
+                .unwrap();
+            let first: Vec<u32> = x
+                .matmul(&router.t().unwrap())
+                .unwrap()
+                .argmax(1)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let same = oracle.iter().zip(&first).filter(|(a, b)| a == b).count();
+            same as f64 / oracle.len() as f64
+        })
+        .collect()
+}
+
+#[test]
+fn a_centroid_router_follows_the_oracle_and_beats_a_random_one() {
+    let dense = checkpoint::load_dir(&fixture("llama"), &Device::Cpu).unwrap();
+    let calibration = three_domains().to_vec();
+    let spec = SplitUpcycle {
+        router: SplitRouter::Centroid {
+            calibration: calibration.clone(),
+            batch_size: 5,
+            logit_rms: 1.0,
+        },
+        ..split_spec(4, 2, NeuronPartition::Random)
+    };
+    let moe = split_upcycle(&dense, &spec).unwrap();
+    assert_eq!(moe.config_json["fluxmoe_upcycle"]["router"], "centroid");
+    let windows: Vec<Vec<u32>> = calibration.iter().flat_map(|d| d.windows.clone()).collect();
+    let ids = batch_ids(&windows);
+    let inputs = MoeModel::new(&dense.config, &dense.params)
+        .unwrap()
+        .ffn_inputs(&ids, None)
+        .unwrap();
+    for (l, x) in inputs.iter().enumerate() {
+        let router = moe
+            .params
+            .tensor(&router_keys(Arch::LlamaMoe, RouterKind::Linear, l)[0])
+            .unwrap();
+        let logits = x.matmul(&router.t().unwrap()).unwrap();
+        let rms = values(&logits.sqr().unwrap().mean_all().unwrap().sqrt().unwrap())[0];
+        assert!((rms - 1.0).abs() < 1e-3, "layer {l}: logit rms {rms}");
+    }
+    // The router's first choice is the oracle's far more often than by chance (1/4).
+    let agreement = oracle_agreement(&dense, &moe, &ids);
+    let mean = agreement.iter().sum::<f64>() / agreement.len() as f64;
+    assert!(mean > 0.5, "agreement per layer {agreement:?}");
+    // And the model it gives predicts the calibration text better than a random router.
+    let random = split_upcycle(
+        &dense,
+        &SplitUpcycle {
+            router: SplitRouter::Random { std: 0.02 },
+            ..split_spec(4, 2, NeuronPartition::Random)
+        },
+    )
+    .unwrap();
+    let model = |ck: &Checkpoint| MoeModel::new(&ck.config, &ck.params).unwrap();
+    let (centroid_loss, random_loss) = (
+        loss(&model(&moe), &windows),
+        loss(&model(&random), &windows),
+    );
+    assert!(
+        centroid_loss < random_loss,
+        "centroid {centroid_loss} vs random {random_loss}"
+    );
+    // Deterministic.
+    let again = split_upcycle(&dense, &spec).unwrap();
+    let key = router_keys(Arch::LlamaMoe, RouterKind::Linear, 1).remove(0);
+    assert_eq!(
+        max_abs_diff(
+            again.params.tensor(&key).unwrap(),
+            moe.params.tensor(&key).unwrap()
+        ),
+        0.0
+    );
+}
+
+#[test]
+fn a_centroid_router_checks_its_calibration_text() {
+    let dense = checkpoint::load_dir(&fixture("llama"), &Device::Cpu).unwrap();
+    let err = |calibration: Vec<DomainData>, batch_size: usize, logit_rms: f64| {
+        let spec = SplitUpcycle {
+            router: SplitRouter::Centroid {
+                calibration,
+                batch_size,
+                logit_rms,
+            },
+            ..split_spec(4, 2, NeuronPartition::Random)
+        };
+        split_upcycle(&dense, &spec).unwrap_err().to_string()
+    };
+    let [a, b, _] = three_domains();
+    let e = err(Vec::new(), 4, 1.0);
+    assert!(e.contains("needs calibration text"), "{e}");
+    let empty = DomainData {
+        name: "empty".into(),
+        windows: Vec::new(),
+    };
+    let e = err(vec![a.clone(), empty], 4, 1.0);
+    assert!(
+        e.contains("domain `empty` has no calibration windows"),
+        "{e}"
+    );
+    let mut outside = b.clone();
+    outside.windows[0][0] = 999;
+    let e = err(vec![a.clone(), outside], 4, 1.0);
+    assert!(e.contains("token id 999, outside the vocabulary"), "{e}");
+    let e = err(vec![a.clone()], 0, 1.0);
+    assert!(e.contains("batch size must be at least 1"), "{e}");
+    let e = err(vec![a], 4, f64::INFINITY);
+    assert!(e.contains("router logit rms must be finite"), "{e}");
 }

@@ -29,7 +29,8 @@
 //!    One target for every layer starts them alike; `τ = 1` puts the preferred expert
 //!    clearly ahead (four experts with logits `1.5, −0.5, −0.5, −0.5` give it weight
 //!    0.71) while keeping the softmax smooth enough for router training to move.
-//!    When all domain means coincide (identical domains) the rows are zero.
+//!    When all domain means coincide (identical domains) the rows are zero. This is
+//!    [`super::centroid`] with one class per domain.
 //! 4. **Router training.** The routers alone train (everything else frozen) for
 //!    `router_steps` AdamW steps; batch `s` holds windows `s·B .. s·B + B` of a
 //!    round-robin over the domains (window `i` comes from domain `i mod E`).
@@ -53,12 +54,15 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde_json::json;
 
-use super::{assemble, check_shape, dense_ffn_width, MoeShape};
+use super::centroid::CentroidRouters;
+use super::{
+    assemble, batch_of, check_shape, dense_ffn_width, evenly_spaced, window_length, MoeShape,
+};
 use crate::checkpoint::Checkpoint;
 use crate::config::{Arch, RouterKind};
 use crate::keys::{dense_mlp_key, router_keys, Proj};
 use crate::model::MoeModel;
-use crate::train::{train_step, AdamW, AdamWConfig, Batch};
+use crate::train::{train_step, AdamW, AdamWConfig};
 use crate::{Error, Result};
 
 /// The training windows of one domain.
@@ -268,39 +272,7 @@ fn validate(dense: &Checkpoint, domains: &[DomainData], spec: &BtxSpec) -> Resul
             )));
         }
     }
-    let vocab = dense.config.vocab_size;
-    let mut seq = None;
-    for d in domains {
-        if d.windows.is_empty() {
-            return Err(Error::Input(format!(
-                "domain `{}` has no training windows",
-                d.name
-            )));
-        }
-        for (i, w) in d.windows.iter().enumerate() {
-            let want = *seq.get_or_insert(w.len());
-            if w.len() != want {
-                return Err(Error::Input(format!(
-                    "domain `{}`: window {i} has {} ids, expected {want} (all windows of all domains need one length)",
-                    d.name,
-                    w.len()
-                )));
-            }
-            if let Some(id) = w.iter().find(|&&id| id as usize >= vocab) {
-                return Err(Error::Input(format!(
-                    "domain `{}`: window {i} has token id {id}, outside the vocabulary of {vocab}",
-                    d.name
-                )));
-            }
-        }
-    }
-    let seq = seq.unwrap_or(0);
-    if seq < 2 {
-        return Err(Error::Input(format!(
-            "btx windows need at least 2 ids (one target), got {seq}"
-        )));
-    }
-    Ok(seq)
+    window_length(domains, dense.config.vocab_size, "training")
 }
 
 /// Branch `e`: the dense model with its FFNs trained on `domain`. Returns the trained
@@ -379,62 +351,17 @@ fn init_routers(
     spec: &BtxSpec,
     device: &Device,
 ) -> Result<Vec<Tensor>> {
-    let cfg = dense_model.config();
-    let (n_layers, n_experts) = (cfg.num_layers(), probes.len());
-    // sums[l][e] = Σ x over domain e's probe tokens [hidden]; second[l] = Σ x xᵀ.
-    let mut sums: Vec<Vec<Option<Tensor>>> = vec![vec![None; n_experts]; n_layers];
-    let mut second: Vec<Option<Tensor>> = vec![None; n_layers];
-    let mut counts = vec![0usize; n_experts];
+    let mut acc = CentroidRouters::new(dense_model.config().num_layers(), probes.len());
     for (e, windows) in probes.iter().enumerate() {
         for chunk in windows.chunks(spec.batch_size) {
             let rows: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
             let ids = batch_of(&rows, device)?.input_ids;
-            let inputs = dense_model.ffn_inputs(&ids, None)?;
-            counts[e] += ids.elem_count();
-            for (l, x) in inputs.into_iter().enumerate() {
-                let x = x.detach();
-                accumulate(&mut sums[l][e], x.sum(0)?)?;
-                accumulate(&mut second[l], x.t()?.matmul(&x)?)?;
+            for (l, x) in dense_model.ffn_inputs(&ids, None)?.iter().enumerate() {
+                acc.add_class(l, e, x)?;
             }
         }
     }
-    let n_tokens: usize = counts.iter().sum();
-    let mut routers = Vec::with_capacity(n_layers);
-    for (l, (layer_sums, s)) in sums.into_iter().zip(second).enumerate() {
-        let means = layer_sums
-            .into_iter()
-            .zip(&counts)
-            .map(|(sum, &n)| {
-                let sum = sum.ok_or_else(|| Error::Input("a domain has no probe tokens".into()))?;
-                Ok((sum / n as f64)?)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let means = Tensor::stack(&means, 0)?;
-        let centred = means.broadcast_sub(&means.mean_keepdim(0)?)?;
-        let s = s.ok_or_else(|| Error::Input("no probe tokens".into()))?;
-        let sum_sq = (centred.matmul(&s)? * &centred)?
-            .sum_all()?
-            .to_scalar::<f32>()? as f64;
-        let rms = (sum_sq / (n_tokens * n_experts) as f64).sqrt();
-        let router = if rms.is_finite() && rms > 0.0 {
-            (centred * (spec.router_logit_rms / rms))?
-        } else {
-            centred
-        };
-        tracing::info!(
-            "btx: layer {l} router from domain means (logit rms {rms:.3} before scaling)"
-        );
-        routers.push(router);
-    }
-    Ok(routers)
-}
-
-fn accumulate(acc: &mut Option<Tensor>, x: Tensor) -> Result<()> {
-    *acc = Some(match acc.take() {
-        Some(a) => (a + x)?,
-        None => x,
-    });
-    Ok(())
+    acc.routers(spec.router_logit_rms)
 }
 
 /// Trains the routers of `moe` alone; the first and last step's loss.
@@ -544,26 +471,6 @@ fn mean_loss(
         n += chunk.len();
     }
     Ok(sum / n.max(1) as f64)
-}
-
-/// Equal-length windows as a `[B, T]` batch without masks.
-fn batch_of(rows: &[&[u32]], device: &Device) -> Result<Batch> {
-    let t = rows.first().map_or(0, |r| r.len());
-    let flat: Vec<u32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
-    Ok(Batch {
-        input_ids: Tensor::from_vec(flat, (rows.len(), t), device)?,
-        attention_mask: None,
-        loss_mask: None,
-    })
-}
-
-/// `n` items evenly spaced over `items` (indices `floor(i · m / n)`), all when `n >= m`.
-fn evenly_spaced<T: Clone>(items: &[T], n: usize) -> Vec<T> {
-    let m = items.len();
-    if n >= m {
-        return items.to_vec();
-    }
-    (0..n).map(|i| items[i * m / n].clone()).collect()
 }
 
 /// The seed of random stream `stream` of a run seeded `seed` (a SplitMix64 step, so

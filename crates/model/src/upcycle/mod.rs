@@ -14,20 +14,22 @@
 //! config records the recipe and its settings.
 
 pub mod btx;
+mod centroid;
 pub mod sparse;
 pub mod split;
 
 pub use btx::{btx_upcycle, BtxOutput, BtxReport, BtxSpec, DomainData, DomainReport};
 pub use sparse::{sparse_upcycle, SparseUpcycle};
-pub use split::{split_upcycle, NeuronPartition, SplitUpcycle};
+pub use split::{split_upcycle, NeuronPartition, SplitRouter, SplitUpcycle};
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 use serde_json::{json, Value};
 
 use crate::checkpoint::{Checkpoint, StorageLayout};
 use crate::config::{Arch, AttentionKind, Ffn, ModelConfig, RouterKind};
 use crate::keys::{dense_mlp_key, expert_key, router_keys, Proj};
 use crate::params::ParamStore;
+use crate::train::Batch;
 use crate::{Error, Result};
 
 /// The experts and routing of an upcycled model.
@@ -186,4 +188,61 @@ fn mixtral_config(
         "torch_dtype": "float32",
         "fluxmoe_upcycle": recipe,
     }))
+}
+
+/// Equal-length windows as a `[B, T]` batch without masks.
+pub(crate) fn batch_of(rows: &[&[u32]], device: &Device) -> Result<Batch> {
+    let t = rows.first().map_or(0, |r| r.len());
+    let flat: Vec<u32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+    Ok(Batch {
+        input_ids: Tensor::from_vec(flat, (rows.len(), t), device)?,
+        attention_mask: None,
+        loss_mask: None,
+    })
+}
+
+/// `n` items evenly spaced over `items` (indices `floor(i · m / n)`), all when `n >= m`.
+pub(crate) fn evenly_spaced<T: Clone>(items: &[T], n: usize) -> Vec<T> {
+    let m = items.len();
+    if n >= m {
+        return items.to_vec();
+    }
+    (0..n).map(|i| items[i * m / n].clone()).collect()
+}
+
+/// Checks that every domain has windows, all of one length of at least 2, with ids
+/// inside the vocabulary; returns that length. `purpose` names the windows in errors.
+pub(crate) fn window_length(domains: &[DomainData], vocab: usize, purpose: &str) -> Result<usize> {
+    let mut seq = None;
+    for d in domains {
+        if d.windows.is_empty() {
+            return Err(Error::Input(format!(
+                "domain `{}` has no {purpose} windows",
+                d.name
+            )));
+        }
+        for (i, w) in d.windows.iter().enumerate() {
+            let want = *seq.get_or_insert(w.len());
+            if w.len() != want {
+                return Err(Error::Input(format!(
+                    "domain `{}`: window {i} has {} ids, expected {want} (all windows of all domains need one length)",
+                    d.name,
+                    w.len()
+                )));
+            }
+            if let Some(id) = w.iter().find(|&&id| id as usize >= vocab) {
+                return Err(Error::Input(format!(
+                    "domain `{}`: window {i} has token id {id}, outside the vocabulary of {vocab}",
+                    d.name
+                )));
+            }
+        }
+    }
+    let seq = seq.unwrap_or(0);
+    if seq < 2 {
+        return Err(Error::Input(format!(
+            "{purpose} windows need at least 2 ids (one target), got {seq}"
+        )));
+    }
+    Ok(seq)
 }

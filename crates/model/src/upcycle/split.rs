@@ -18,6 +18,10 @@
 //!   `K` experts the dense output, and with `K = E` and a zero router exactly the
 //!   dense output (a test).
 //!
+//! - Router: [`SplitRouter::Random`] (small N(0, σ²) weights) or
+//!   [`SplitRouter::Centroid`] (each expert's row points at the mean FFN input of the
+//!   calibration tokens for which its neurons contribute most to the dense output).
+//!
 //! LLaMA-MoE's own code fixes the RoPE base at 10,000; the config keeps the dense
 //! model's `rope_theta` (SmolLM2: 100,000), which fluxmoe honours.
 //!
@@ -28,10 +32,17 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde_json::{json, Value};
 
-use super::{bias_free_head_dim, check_shape, dense_ffn_width, dense_mlp, MoeShape};
+use candle_core::Tensor;
+
+use super::centroid::CentroidRouters;
+use super::{
+    batch_of, bias_free_head_dim, check_shape, dense_ffn_width, dense_mlp, window_length,
+    DomainData, MoeShape,
+};
 use crate::checkpoint::{Checkpoint, StorageLayout};
 use crate::config::{Arch, ModelConfig, RouterKind};
 use crate::keys::{expert_key, router_keys, Proj};
+use crate::model::MoeModel;
 use crate::params::ParamStore;
 use crate::{Error, Result};
 
@@ -58,9 +69,35 @@ pub struct SplitUpcycle {
     pub partition: NeuronPartition,
     /// `score_scale_factor`; `None` means `n_experts / top_k`.
     pub score_scale: Option<f64>,
-    /// Standard deviation of the N(0, σ²) linear router weights (0: all zero).
-    pub router_std: f64,
+    pub router: SplitRouter,
     pub seed: u64,
+}
+
+/// How the split model's linear routers start.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SplitRouter {
+    /// N(0, σ²) weights (σ = 0: all zero, a uniform router).
+    Random { std: f64 },
+    /// [Centroid routers](super::centroid): in each layer a calibration token belongs
+    /// to the expert whose neurons' output has the largest norm for it under the dense
+    /// model (the expert an oracle would pick first); router row `e` is the centred
+    /// mean FFN input of expert `e`'s tokens, scaled to logits of RMS `logit_rms`.
+    Centroid {
+        /// Calibration text, one entry per domain (tokens pooled over all of them).
+        calibration: Vec<DomainData>,
+        /// Windows per forward pass.
+        batch_size: usize,
+        logit_rms: f64,
+    },
+}
+
+impl SplitRouter {
+    pub fn name(&self) -> &'static str {
+        match self {
+            SplitRouter::Random { .. } => "random",
+            SplitRouter::Centroid { .. } => "centroid",
+        }
+    }
 }
 
 /// Rounds of balanced k-means for [`NeuronPartition::Clustered`].
@@ -90,11 +127,36 @@ pub fn split_upcycle(dense: &Checkpoint, spec: &SplitUpcycle) -> Result<Checkpoi
             format!("must be a positive number, got {scale}"),
         ));
     }
-    if !(spec.router_std.is_finite() && spec.router_std >= 0.0) {
-        return Err(Error::Input(format!(
-            "router standard deviation must be >= 0, got {}",
-            spec.router_std
-        )));
+    match &spec.router {
+        SplitRouter::Random { std } => {
+            if !(std.is_finite() && *std >= 0.0) {
+                return Err(Error::Input(format!(
+                    "router standard deviation must be >= 0, got {std}"
+                )));
+            }
+        }
+        SplitRouter::Centroid {
+            calibration,
+            batch_size,
+            logit_rms,
+        } => {
+            if calibration.is_empty() {
+                return Err(Error::Input(
+                    "a centroid router needs calibration text, got none".into(),
+                ));
+            }
+            window_length(calibration, cfg.vocab_size, "calibration")?;
+            if *batch_size == 0 {
+                return Err(Error::Input(
+                    "calibration batch size must be at least 1, got 0".into(),
+                ));
+            }
+            if !(logit_rms.is_finite() && *logit_rms > 0.0) {
+                return Err(Error::Input(format!(
+                    "router logit rms must be finite and > 0, got {logit_rms}"
+                )));
+            }
+        }
     }
     let h = cfg.hidden_size;
     let mut rng = rand::rngs::StdRng::seed_from_u64(spec.seed);
@@ -105,6 +167,8 @@ pub fn split_upcycle(dense: &Checkpoint, spec: &SplitUpcycle) -> Result<Checkpoi
         }
     }
     let mut sizes = Vec::with_capacity(cfg.num_layers());
+    // Per layer, every expert's (gate, up, down), for a centroid router's labels.
+    let mut experts = Vec::new();
     for l in 0..cfg.num_layers() {
         let mlp = |proj| dense_mlp(dense, l, proj);
         let (gate, up, down) = (mlp(Proj::Gate)?, mlp(Proj::Up)?, mlp(Proj::Down)?);
@@ -116,36 +180,65 @@ pub fn split_upcycle(dense: &Checkpoint, spec: &SplitUpcycle) -> Result<Checkpoi
             }
         };
         sizes.push(groups.iter().map(Vec::len).collect::<Vec<_>>());
+        let mut layer_experts = Vec::with_capacity(groups.len());
         for (e, neurons) in groups.iter().enumerate() {
-            let idx = candle_core::Tensor::new(neurons.as_slice(), gate.device())?;
-            params.insert(
-                expert_key(Arch::LlamaMoe, l, e, Proj::Gate),
+            let idx = Tensor::new(neurons.as_slice(), gate.device())?;
+            let w = (
                 gate.index_select(&idx, 0)?,
-            );
-            params.insert(
-                expert_key(Arch::LlamaMoe, l, e, Proj::Up),
                 up.index_select(&idx, 0)?,
-            );
-            params.insert(
-                expert_key(Arch::LlamaMoe, l, e, Proj::Down),
                 down.index_select(&idx, 1)?.contiguous()?,
             );
+            params.insert(expert_key(Arch::LlamaMoe, l, e, Proj::Gate), w.0.clone());
+            params.insert(expert_key(Arch::LlamaMoe, l, e, Proj::Up), w.1.clone());
+            params.insert(expert_key(Arch::LlamaMoe, l, e, Proj::Down), w.2.clone());
+            layer_experts.push(w);
         }
-        let w: Vec<f32> = (0..spec.n_experts * h)
-            .map(|_| (super::sparse::normal(&mut rng) * spec.router_std) as f32)
-            .collect();
-        let key = router_keys(Arch::LlamaMoe, RouterKind::Linear, l).remove(0);
-        params.insert(
-            key,
-            candle_core::Tensor::from_vec(w, (spec.n_experts, h), gate.device())?,
-        );
+        if let SplitRouter::Random { std } = spec.router {
+            let w: Vec<f32> = (0..spec.n_experts * h)
+                .map(|_| (super::sparse::normal(&mut rng) * std) as f32)
+                .collect();
+            params.insert(
+                router_keys(Arch::LlamaMoe, RouterKind::Linear, l).remove(0),
+                Tensor::from_vec(w, (spec.n_experts, h), gate.device())?,
+            );
+        } else {
+            experts.push(layer_experts);
+        }
     }
-    let recipe = json!({
-        "method": "split",
-        "partition": spec.partition.name(),
-        "router_std": spec.router_std,
-        "seed": spec.seed,
-    });
+    let recipe = match &spec.router {
+        SplitRouter::Random { std } => json!({
+            "method": "split",
+            "partition": spec.partition.name(),
+            "router": "random",
+            "router_std": std,
+            "seed": spec.seed,
+        }),
+        SplitRouter::Centroid {
+            calibration,
+            batch_size,
+            logit_rms,
+        } => {
+            let routers = centroid_routers(dense, &experts, calibration, *batch_size, *logit_rms)?;
+            for (l, router) in routers.into_iter().enumerate() {
+                params.insert(
+                    router_keys(Arch::LlamaMoe, RouterKind::Linear, l).remove(0),
+                    router,
+                );
+            }
+            json!({
+                "method": "split",
+                "partition": spec.partition.name(),
+                "router": "centroid",
+                "calibration": calibration
+                    .iter()
+                    .map(|d| json!({"name": d.name, "windows": d.windows.len()}))
+                    .collect::<Vec<_>>(),
+                "calibration_window": calibration[0].windows[0].len(),
+                "router_logit_rms": logit_rms,
+                "seed": spec.seed,
+            })
+        }
+    };
     let config_json =
         llama_moe_config(&dense.config_json, cfg, width, shape, &sizes, scale, recipe)?;
     let config = ModelConfig::from_json(&config_json)?;
@@ -155,6 +248,48 @@ pub fn split_upcycle(dense: &Checkpoint, spec: &SplitUpcycle) -> Result<Checkpoi
         params,
         layout: StorageLayout::default(),
     })
+}
+
+/// Centroid routers for the split experts `experts[l][e] = (gate, up, down)`: each
+/// calibration token of layer `l` is labelled with the expert whose output
+/// `down_e (silu(gate_e x) ⊙ up_e x)` has the largest norm under the dense model.
+fn centroid_routers(
+    dense: &Checkpoint,
+    experts: &[Vec<(Tensor, Tensor, Tensor)>],
+    calibration: &[DomainData],
+    batch_size: usize,
+    logit_rms: f64,
+) -> Result<Vec<Tensor>> {
+    let dense_model = MoeModel::new(&dense.config, &dense.params)?;
+    let n_experts = experts.first().map_or(0, Vec::len);
+    let mut acc = CentroidRouters::new(experts.len(), n_experts);
+    let device = experts[0][0].0.device().clone();
+    let windows: Vec<&[u32]> = calibration
+        .iter()
+        .flat_map(|d| d.windows.iter().map(Vec::as_slice))
+        .collect();
+    for chunk in windows.chunks(batch_size) {
+        let ids = batch_of(chunk, &device)?.input_ids;
+        for (l, x) in dense_model.ffn_inputs(&ids, None)?.iter().enumerate() {
+            let x = x.detach();
+            let norms = experts[l]
+                .iter()
+                .map(|(gate, up, down)| {
+                    let act = (x.matmul(&gate.t()?)?.silu()? * x.matmul(&up.t()?)?)?;
+                    act.matmul(&down.t()?)?.sqr()?.sum(1)
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let labels: Vec<u32> = Tensor::stack(&norms, 1)?.argmax(1)?.to_vec1()?;
+            acc.add_labelled(l, &x, &labels)?;
+        }
+    }
+    for l in 0..experts.len() {
+        tracing::info!(
+            "split: layer {l}, calibration tokens per first-choice expert {:?}",
+            acc.class_sizes(l)
+        );
+    }
+    acc.routers(logit_rms)
 }
 
 /// A seeded permutation of `0..width` cut into `n` parts whose sizes differ by at most
