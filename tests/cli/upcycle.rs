@@ -135,6 +135,12 @@ fn btx_refuses_a_domain_list_that_does_not_match_the_experts() {
         "{}",
         stderr(&o)
     );
+    let o = upcycle(&["--method", "split", "--router-logit-rms", "0.5"]);
+    assert!(
+        stderr(&o).contains("--router-logit-rms only applies"),
+        "{}",
+        stderr(&o)
+    );
     for method in ["sparse", "btx"] {
         let o = upcycle(&["--method", method, "--router", "centroid"]);
         assert!(
