@@ -197,6 +197,21 @@ mod tests {
         }
     }
 
+    /// With one merged slot per eligible layer to give (the ablations suite's B_non of
+    /// 30 on a 30-layer model), the floor of one leaves the rules nothing to differ on.
+    #[test]
+    fn as_many_slots_as_layers_is_one_per_layer_under_every_rule() {
+        let freqs = vec![even(), skewed(), even(), skewed()];
+        for rule in [
+            SlotRule::LayerAware,
+            SlotRule::Uniform,
+            SlotRule::OnePerLayer,
+        ] {
+            let slots = layer_slots(&freqs, &[3, 3, 3, 3], 4, rule, 1e-6).unwrap();
+            assert_eq!(slots, vec![1, 1, 1, 1], "{rule:?}");
+        }
+    }
+
     #[test]
     fn uniform_and_one_per_layer_hand_cases() {
         let freqs = vec![even(), skewed(), even()];
