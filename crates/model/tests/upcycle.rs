@@ -441,6 +441,12 @@ fn btx_rejects_bad_input_with_a_clear_error() {
     assert!(e.contains("dense llama"), "{e}");
 }
 
+/// Tensor `key` is the same in both checkpoints, to the bit.
+fn assert_same_tensor(a: &Checkpoint, b: &Checkpoint, key: &str) {
+    let diff = max_abs_diff(a.params.tensor(key).unwrap(), b.params.tensor(key).unwrap());
+    assert_eq!(diff, 0.0, "{key}");
+}
+
 fn split_spec(experts: usize, top_k: usize, partition: NeuronPartition) -> SplitUpcycle {
     SplitUpcycle {
         n_experts: experts,
@@ -505,14 +511,7 @@ fn split_experts_together_are_the_dense_ffn_and_round_trip_as_llama_moe() {
         assert_eq!(back.config_json["score_scale_factor"], 4.0);
         // Same seed, same split.
         let again = split_upcycle(&dense, &spec).unwrap();
-        let key = expert_key(Arch::LlamaMoe, 1, 2, Proj::Down);
-        assert_eq!(
-            max_abs_diff(
-                again.params.tensor(&key).unwrap(),
-                moe.params.tensor(&key).unwrap()
-            ),
-            0.0
-        );
+        assert_same_tensor(&again, &moe, &expert_key(Arch::LlamaMoe, 1, 2, Proj::Down));
     }
 }
 
@@ -640,13 +639,10 @@ fn a_centroid_router_follows_the_oracle_and_beats_a_random_one() {
     );
     // Deterministic.
     let again = split_upcycle(&dense, &spec).unwrap();
-    let key = router_keys(Arch::LlamaMoe, RouterKind::Linear, 1).remove(0);
-    assert_eq!(
-        max_abs_diff(
-            again.params.tensor(&key).unwrap(),
-            moe.params.tensor(&key).unwrap()
-        ),
-        0.0
+    assert_same_tensor(
+        &again,
+        &moe,
+        &router_keys(Arch::LlamaMoe, RouterKind::Linear, 1)[0],
     );
 }
 
