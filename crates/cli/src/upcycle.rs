@@ -127,8 +127,7 @@ pub fn parse_domains(spec: &str, n_experts: Option<usize>) -> Result<Vec<CorpusK
         }
         kinds.push(kind);
     }
-    if n_experts.is_some_and(|n| kinds.len() != n) {
-        let n_experts = n_experts.unwrap_or_default();
+    if let Some(n_experts) = n_experts.filter(|&n| kinds.len() != n) {
         bail!(
             "--domains lists {} corpora ({spec}) but --experts is {n_experts}: btx trains one expert per domain",
             kinds.len()

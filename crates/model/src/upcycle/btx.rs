@@ -11,26 +11,16 @@
 //!    the average is the dense model's own, so no averaging is needed.
 //! 2. **Mix.** Layer `l`'s expert `e` is copy `e`'s FFN of layer `l`; embeddings,
 //!    attention, norms and head are the dense model's.
-//! 3. **Router initialisation.** Let `x_{l,n}` be the FFN input of layer `l` (the
-//!    post-attention RMSNorm output, what the router reads) for token `n` under the
-//!    dense model, over the *probe* windows (`probe_windows` of each domain, evenly
-//!    spaced over its windows). With `μ_{l,e}` the mean of `x_{l,n}` over domain `e`'s
-//!    probe tokens and `c_{l,e} = μ_{l,e} − (1/E) Σ_d μ_{l,d}`, router row `e` of layer
-//!    `l` is `α_l · c_{l,e}`. The centring removes what all domains share, so a token
-//!    scores high on the expert whose domain mean it leans towards; every token's
-//!    logits sum to zero over the experts.
-//!    The scale `α_l` makes the root-mean-square of the router logits over all probe
-//!    tokens and experts equal `router_logit_rms`:
-//!    `α_l = τ / sqrt((1 / (N E)) Σ_n Σ_e ⟨c_{l,e}, x_{l,n}⟩²)`, computed from the
-//!    second-moment matrix `S_l = Σ_n x_{l,n} x_{l,n}ᵀ` as
-//!    `Σ_e c_{l,e}ᵀ S_l c_{l,e}`. Unscaled, the centred means give logits whose size
-//!    depends on the layer (on SmolLM2-135M with four corpora, RMS 0.1 in layer 1 and
-//!    4.9 in layer 29): nearly uniform routing early, a saturated softmax late.
-//!    One target for every layer starts them alike; `τ = 1` puts the preferred expert
-//!    clearly ahead (four experts with logits `1.5, −0.5, −0.5, −0.5` give it weight
-//!    0.71) while keeping the softmax smooth enough for router training to move.
-//!    When all domain means coincide (identical domains) the rows are zero. This is
-//!    [`super::centroid`] with one class per domain.
+//! 3. **Router initialisation.** A [centroid router](super::centroid) with one class
+//!    per domain: router row `e` of layer `l` is the mean dense FFN input of domain
+//!    `e`'s *probe* tokens (`probe_windows` of its windows, evenly spaced) minus the
+//!    mean of those domain means, scaled so that the logits over all probe tokens have
+//!    root-mean-square `router_logit_rms` (τ). Unscaled, the centred means give logits
+//!    whose size depends on the layer (on SmolLM2-135M with four corpora, RMS 0.1 in
+//!    layer 1 and 4.9 in layer 29): nearly uniform routing early, a saturated softmax
+//!    late. One target for every layer starts them alike; `τ = 1` puts the preferred
+//!    expert clearly ahead (four experts with logits `1.5, −0.5, −0.5, −0.5` give it
+//!    weight 0.71) while keeping the softmax smooth enough for router training to move.
 //! 4. **Router training.** The routers alone train (everything else frozen) for
 //!    `router_steps` AdamW steps; batch `s` holds windows `s·B .. s·B + B` of a
 //!    round-robin over the domains (window `i` comes from domain `i mod E`).

@@ -81,11 +81,6 @@ impl CentroidRouters {
         accumulate(&mut self.second[layer], x.t()?.matmul(&x)?)
     }
 
-    /// Tokens per class of layer `layer` so far.
-    pub(crate) fn class_sizes(&self, layer: usize) -> &[usize] {
-        &self.counts[layer]
-    }
-
     /// Every layer's router `[classes, hidden]`, scaled to logits of root-mean-square
     /// `logit_rms` over the tokens added.
     pub(crate) fn routers(self, logit_rms: f64) -> Result<Vec<Tensor>> {
@@ -168,7 +163,6 @@ mod tests {
         let x = Tensor::new(&[[2f32, 0.], [0., 2.], [4., 0.]], &Device::Cpu).unwrap();
         let mut acc = CentroidRouters::new(1, 3);
         acc.add_labelled(0, &x, &[0, 1, 0]).unwrap();
-        assert_eq!(acc.class_sizes(0), &[2, 1, 0]);
         let router = acc.routers(1.0).unwrap().remove(0);
         // Means (3, 0) and (0, 2), their mean (1.5, 1): centred (1.5, −1), (−1.5, 1);
         // class 2 has no tokens, so a zero row. Logits before scaling: 3, −2, 6 for

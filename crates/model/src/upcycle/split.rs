@@ -42,6 +42,7 @@ use super::{
 use crate::checkpoint::{Checkpoint, StorageLayout};
 use crate::config::{Arch, ModelConfig, RouterKind};
 use crate::keys::{expert_key, router_keys, Proj};
+use crate::layers::{Linear, SwiGlu};
 use crate::model::MoeModel;
 use crate::params::ParamStore;
 use crate::{Error, Result};
@@ -167,7 +168,7 @@ pub fn split_upcycle(dense: &Checkpoint, spec: &SplitUpcycle) -> Result<Checkpoi
         }
     }
     let mut sizes = Vec::with_capacity(cfg.num_layers());
-    // Per layer, every expert's (gate, up, down), for a centroid router's labels.
+    // Per layer, every expert's FFN, for a centroid router's labels.
     let mut experts = Vec::new();
     for l in 0..cfg.num_layers() {
         let mlp = |proj| dense_mlp(dense, l, proj);
@@ -183,15 +184,19 @@ pub fn split_upcycle(dense: &Checkpoint, spec: &SplitUpcycle) -> Result<Checkpoi
         let mut layer_experts = Vec::with_capacity(groups.len());
         for (e, neurons) in groups.iter().enumerate() {
             let idx = Tensor::new(neurons.as_slice(), gate.device())?;
-            let w = (
+            let (g, u, d) = (
                 gate.index_select(&idx, 0)?,
                 up.index_select(&idx, 0)?,
                 down.index_select(&idx, 1)?.contiguous()?,
             );
-            params.insert(expert_key(Arch::LlamaMoe, l, e, Proj::Gate), w.0.clone());
-            params.insert(expert_key(Arch::LlamaMoe, l, e, Proj::Up), w.1.clone());
-            params.insert(expert_key(Arch::LlamaMoe, l, e, Proj::Down), w.2.clone());
-            layer_experts.push(w);
+            params.insert(expert_key(Arch::LlamaMoe, l, e, Proj::Gate), g.clone());
+            params.insert(expert_key(Arch::LlamaMoe, l, e, Proj::Up), u.clone());
+            params.insert(expert_key(Arch::LlamaMoe, l, e, Proj::Down), d.clone());
+            layer_experts.push(SwiGlu {
+                gate: Linear::new(g, None),
+                up: Linear::new(u, None),
+                down: Linear::new(d, None),
+            });
         }
         if let SplitRouter::Random { std } = spec.router {
             let w: Vec<f32> = (0..spec.n_experts * h)
@@ -250,20 +255,24 @@ pub fn split_upcycle(dense: &Checkpoint, spec: &SplitUpcycle) -> Result<Checkpoi
     })
 }
 
-/// Centroid routers for the split experts `experts[l][e] = (gate, up, down)`: each
-/// calibration token of layer `l` is labelled with the expert whose output
-/// `down_e (silu(gate_e x) ⊙ up_e x)` has the largest norm under the dense model.
+/// Centroid routers for the split experts `experts[l][e]`: each calibration token of
+/// layer `l` is labelled with the expert whose output has the largest norm for it
+/// under the dense model.
 fn centroid_routers(
     dense: &Checkpoint,
-    experts: &[Vec<(Tensor, Tensor, Tensor)>],
+    experts: &[Vec<SwiGlu>],
     calibration: &[DomainData],
     batch_size: usize,
     logit_rms: f64,
 ) -> Result<Vec<Tensor>> {
+    let Some(first) = experts.first().and_then(|layer| layer.first()) else {
+        return Err(Error::Input(
+            "a centroid router needs a layer with experts".into(),
+        ));
+    };
+    let device = first.gate.weight().device().clone();
     let dense_model = MoeModel::new(&dense.config, &dense.params)?;
-    let n_experts = experts.first().map_or(0, Vec::len);
-    let mut acc = CentroidRouters::new(experts.len(), n_experts);
-    let device = experts[0][0].0.device().clone();
+    let mut acc = CentroidRouters::new(experts.len(), experts[0].len());
     let windows: Vec<&[u32]> = calibration
         .iter()
         .flat_map(|d| d.windows.iter().map(Vec::as_slice))
@@ -271,23 +280,13 @@ fn centroid_routers(
     for chunk in windows.chunks(batch_size) {
         let ids = batch_of(chunk, &device)?.input_ids;
         for (l, x) in dense_model.ffn_inputs(&ids, None)?.iter().enumerate() {
-            let x = x.detach();
             let norms = experts[l]
                 .iter()
-                .map(|(gate, up, down)| {
-                    let act = (x.matmul(&gate.t()?)?.silu()? * x.matmul(&up.t()?)?)?;
-                    act.matmul(&down.t()?)?.sqr()?.sum(1)
-                })
+                .map(|expert| expert.forward(x)?.sqr()?.sum(1))
                 .collect::<candle_core::Result<Vec<_>>>()?;
             let labels: Vec<u32> = Tensor::stack(&norms, 1)?.argmax(1)?.to_vec1()?;
-            acc.add_labelled(l, &x, &labels)?;
+            acc.add_labelled(l, x, &labels)?;
         }
-    }
-    for l in 0..experts.len() {
-        tracing::info!(
-            "split: layer {l}, calibration tokens per first-choice expert {:?}",
-            acc.class_sizes(l)
-        );
     }
     acc.routers(logit_rms)
 }
