@@ -441,6 +441,6 @@ mod shipped {
             }
         }
         names.sort();
-        assert_eq!(names, ["ablations", "smoke", "standard"]);
+        assert_eq!(names, ["ablations", "roles", "smoke", "standard"]);
     }
 }
