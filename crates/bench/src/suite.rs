@@ -55,6 +55,18 @@ pub struct Variant {
     /// `[method.options]` overrides.
     #[serde(default)]
     pub options: toml::Table,
+    /// `[train]` overrides (e.g. `lr`: a method run at its own learning rate).
+    #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
+    pub train: toml::Table,
+}
+
+/// One column of the matrix: a method, its variant label (empty for a plain method)
+/// and the variant's overrides.
+struct Column {
+    method: String,
+    variant: String,
+    options: toml::Table,
+    train: toml::Table,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -139,19 +151,21 @@ impl Suite {
         Self::parse(&text, &path.display().to_string())
     }
 
-    /// `(method, variant label, [method.options] overrides)` of every column.
-    fn columns(&self) -> Vec<(String, String, toml::Table)> {
-        let mut cols: Vec<_> = self
-            .methods
-            .iter()
-            .map(|m| (m.clone(), String::new(), toml::Table::new()))
-            .collect();
-        cols.extend(
-            self.variants
-                .iter()
-                .map(|v| (v.method.clone(), v.name.clone(), v.options.clone())),
-        );
-        cols
+    /// Every column: the plain methods, then the variants.
+    fn columns(&self) -> Vec<Column> {
+        let plain = self.methods.iter().map(|m| Column {
+            method: m.clone(),
+            variant: String::new(),
+            options: toml::Table::new(),
+            train: toml::Table::new(),
+        });
+        let variants = self.variants.iter().map(|v| Column {
+            method: v.method.clone(),
+            variant: v.name.clone(),
+            options: v.options.clone(),
+            train: v.train.clone(),
+        });
+        plain.chain(variants).collect()
     }
 
     /// Every run of the matrix, outputs under `out/runs/<task>/<method[-variant]>/seed<k>`,
@@ -173,7 +187,7 @@ impl Suite {
         let keys: Vec<String> = self
             .columns()
             .into_iter()
-            .map(|(method, variant, _)| method_key(&method, &variant))
+            .map(|c| method_key(&c.method, &c.variant))
             .collect();
         let selects = |entry: &str, key: &str| match entry.strip_suffix('*') {
             Some(prefix) => key.starts_with(prefix),
@@ -207,7 +221,13 @@ impl Suite {
             if tasks.is_some_and(|t| !t.contains(&task.name)) {
                 continue;
             }
-            for (method, variant, options) in self.columns() {
+            for Column {
+                method,
+                variant,
+                options,
+                train,
+            } in self.columns()
+            {
                 let key = method_key(&method, &variant);
                 if methods.is_some_and(|m| !m.iter().any(|e| selects(e, &key))) {
                     continue;
@@ -217,7 +237,11 @@ impl Suite {
                         .join(slug(&task.name))
                         .join(slug(&key))
                         .join(format!("seed{seed}"));
-                    let config = self.config(&method, &options, task, seed, &out.join(&dir))?;
+                    let overrides = Overrides {
+                        options: &options,
+                        train: &train,
+                    };
+                    let config = self.config(&method, overrides, task, seed, &out.join(&dir))?;
                     specs.push(RunSpec {
                         method: method.clone(),
                         variant: variant.clone(),
@@ -235,7 +259,7 @@ impl Suite {
     fn config(
         &self,
         method: &str,
-        options: &toml::Table,
+        Overrides { options, train }: Overrides<'_>,
         task: &TaskEntry,
         seed: u64,
         output: &Path,
@@ -278,6 +302,13 @@ impl Suite {
             method_t.insert("options".into(), toml::Value::Table(opts));
         }
         t.insert("method".into(), toml::Value::Table(method_t));
+        if !train.is_empty() {
+            let mut train_t = section(&mut t, "train")?;
+            for (k, v) in train {
+                train_t.insert(k.clone(), v.clone());
+            }
+            t.insert("train".into(), toml::Value::Table(train_t));
+        }
         if let Some(target) = task.target {
             let mut target_t = section(&mut t, "target")?;
             target_t.insert("value".into(), toml::Value::Float(target));
@@ -290,6 +321,13 @@ impl Suite {
         )
         .map_err(|e| Error::Suite(e.to_string()))
     }
+}
+
+/// A variant's overrides of the base config.
+#[derive(Clone, Copy)]
+struct Overrides<'a> {
+    options: &'a toml::Table,
+    train: &'a toml::Table,
 }
 
 /// The key of a suite column: its method, or method and variant (`flux-int8`).
@@ -319,6 +357,10 @@ task = { eval_limit = 96 }
 name = "int8"
 method = "flux"
 options = { profile_precision = "int8" }
+[[variants]]
+name = "lr1e-4"
+method = "flux"
+train = { lr = 1e-4 }
 [base]
 [base.model]
 path = "m"
@@ -329,6 +371,9 @@ participants = 4
 [base.rounds]
 rounds = 2
 per_round = 2
+[base.train]
+lr = 1e-3
+max_grad_norm = 0.5
 [base.method.options]
 pca_dim = 8
 "#;
@@ -337,7 +382,7 @@ pca_dim = 8
     fn the_matrix_sets_task_method_seed_target_and_variant_options() {
         let s = Suite::parse(SUITE, "t.toml").unwrap();
         let runs = s.runs(Path::new("/out")).unwrap();
-        assert_eq!(runs.len(), 2 * 3 * 2);
+        assert_eq!(runs.len(), 2 * 4 * 2);
         let r = runs
             .iter()
             .find(|r| r.variant == "int8" && r.seed == 2 && r.task.name == "math")
@@ -353,6 +398,13 @@ pca_dim = 8
         assert_eq!(r.config.task.eval_limit, 96, "the task's own override");
         assert_eq!(r.config.task.max_len, 32, "the base's other task keys kept");
         assert_eq!(r.dir, PathBuf::from("runs/math/flux-int8/seed2"));
+        // A variant's `train` overrides its keys of `[base.train]` and keeps the rest;
+        // every other run keeps the base.
+        for r in &runs {
+            let lr = if r.variant == "lr1e-4" { 1e-4 } else { 1e-3 };
+            assert_eq!(r.config.train.lr, lr, "{}", r.variant);
+            assert_eq!(r.config.train.max_grad_norm, 0.5, "{}", r.variant);
+        }
         let j = &runs[0];
         assert_eq!(j.config.target.as_ref().unwrap().value, 0.5);
         assert_eq!(
@@ -417,6 +469,9 @@ pca_dim = 8
         let bad = SUITE.replace("eval_limit = 96", "eval_limitt = 96");
         let err = Suite::parse(&bad, "t.toml").unwrap_err().to_string();
         assert!(err.contains("eval_limitt"), "{err}");
+        let bad = SUITE.replace("train = { lr = 1e-4 }", "train = { lrr = 1e-4 }");
+        let err = Suite::parse(&bad, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("lrr"), "{err}");
         let bad = SUITE.replace("eval_limit = 96", "name = \"gsm8k\"");
         let err = Suite::parse(&bad, "t.toml").unwrap_err().to_string();
         assert!(err.contains("task.name"), "{err}");

@@ -68,7 +68,7 @@ pub fn train_steps(
     proximal: Option<&Proximal<'_>>,
 ) -> Result<TrainOutcome> {
     let mut out = TrainOutcome::default();
-    for samples in steps {
+    for (step, samples) in steps.iter().enumerate() {
         let total: usize = samples.iter().map(|s| s.targets).sum();
         if total == 0 {
             return Err(Error::Input("a training step has no target tokens".into()));
@@ -135,6 +135,8 @@ pub fn train_steps(
                 v.set(&fake_quantize(v.as_tensor(), p)?)?;
             }
         }
+        // The loss before this step's update (RUST_LOG=debug shows the local curve).
+        tracing::debug!(step, loss = step_loss, "local step");
         out.loss += step_loss / steps.len() as f64;
     }
     Ok(out)

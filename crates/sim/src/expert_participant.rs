@@ -292,6 +292,9 @@ impl ModelParticipant {
             mu: t.fedprox_mu,
             anchor: global,
         };
+        // The participant and round of the trainer's per-step events.
+        let _span =
+            tracing::debug_span!("local", participant = %self.id, round = %ins.round).entered();
         let outcome = train_steps(
             &model,
             &mut opt,

@@ -69,7 +69,7 @@ impl ModelParticipant {
         let stream = u64::from(self.id.0) << 16;
         let mut rng = rand::rngs::StdRng::seed_from_u64(derive_seed(t.seed, ins.round, stream));
         let (mut loss_sum, mut tokens, mut targets) = (0.0f64, 0usize, 0usize);
-        for _ in 0..t.local_steps {
+        for step in 0..t.local_steps {
             let items: Vec<Encoded> = (0..t.batch_size.min(self.shard.len()))
                 .map(|_| self.shard[rng.gen_range(0..self.shard.len())].clone())
                 .collect();
@@ -90,6 +90,8 @@ impl ModelParticipant {
             };
             let stats =
                 train_step_prox(&model, &mut opt, &batch, Some(t.max_grad_norm), Some(&prox))?;
+            // The loss before this step's update (RUST_LOG=debug shows the local curve).
+            tracing::debug!(participant = %self.id, round = %ins.round, step, loss = stats.loss, "local step");
             loss_sum += f64::from(stats.loss);
         }
         let mut deltas = BTreeMap::new();
