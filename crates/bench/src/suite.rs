@@ -58,6 +58,10 @@ pub struct Variant {
     /// `[train]` overrides (e.g. `lr`: a method run at its own learning rate).
     #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
     pub train: toml::Table,
+    /// `[rounds]` overrides (e.g. more `rounds` for a method whose rounds are short,
+    /// so that every method gets a comparable span of virtual time).
+    #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
+    pub rounds: toml::Table,
 }
 
 /// One column of the matrix: a method, its variant label (empty for a plain method)
@@ -67,6 +71,7 @@ struct Column {
     variant: String,
     options: toml::Table,
     train: toml::Table,
+    rounds: toml::Table,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -158,12 +163,14 @@ impl Suite {
             variant: String::new(),
             options: toml::Table::new(),
             train: toml::Table::new(),
+            rounds: toml::Table::new(),
         });
         let variants = self.variants.iter().map(|v| Column {
             method: v.method.clone(),
             variant: v.name.clone(),
             options: v.options.clone(),
             train: v.train.clone(),
+            rounds: v.rounds.clone(),
         });
         plain.chain(variants).collect()
     }
@@ -226,6 +233,7 @@ impl Suite {
                 variant,
                 options,
                 train,
+                rounds,
             } in self.columns()
             {
                 let key = method_key(&method, &variant);
@@ -240,6 +248,7 @@ impl Suite {
                     let overrides = Overrides {
                         options: &options,
                         train: &train,
+                        rounds: &rounds,
                     };
                     let config = self.config(&method, overrides, task, seed, &out.join(&dir))?;
                     specs.push(RunSpec {
@@ -259,7 +268,11 @@ impl Suite {
     fn config(
         &self,
         method: &str,
-        Overrides { options, train }: Overrides<'_>,
+        Overrides {
+            options,
+            train,
+            rounds,
+        }: Overrides<'_>,
         task: &TaskEntry,
         seed: u64,
         output: &Path,
@@ -302,12 +315,14 @@ impl Suite {
             method_t.insert("options".into(), toml::Value::Table(opts));
         }
         t.insert("method".into(), toml::Value::Table(method_t));
-        if !train.is_empty() {
-            let mut train_t = section(&mut t, "train")?;
-            for (k, v) in train {
-                train_t.insert(k.clone(), v.clone());
+        for (name, keys) in [("train", train), ("rounds", rounds)] {
+            if !keys.is_empty() {
+                let mut table = section(&mut t, name)?;
+                for (k, v) in keys {
+                    table.insert(k.clone(), v.clone());
+                }
+                t.insert(name.into(), toml::Value::Table(table));
             }
-            t.insert("train".into(), toml::Value::Table(train_t));
         }
         if let Some(target) = task.target {
             let mut target_t = section(&mut t, "target")?;
@@ -328,6 +343,7 @@ impl Suite {
 struct Overrides<'a> {
     options: &'a toml::Table,
     train: &'a toml::Table,
+    rounds: &'a toml::Table,
 }
 
 /// The key of a suite column: its method, or method and variant (`flux-int8`).
@@ -361,6 +377,7 @@ options = { profile_precision = "int8" }
 name = "lr1e-4"
 method = "flux"
 train = { lr = 1e-4 }
+rounds = { rounds = 6 }
 [base]
 [base.model]
 path = "m"
@@ -404,6 +421,9 @@ pca_dim = 8
             let lr = if r.variant == "lr1e-4" { 1e-4 } else { 1e-3 };
             assert_eq!(r.config.train.lr, lr, "{}", r.variant);
             assert_eq!(r.config.train.max_grad_norm, 0.5, "{}", r.variant);
+            let rounds = if r.variant == "lr1e-4" { 6 } else { 2 };
+            assert_eq!(r.config.rounds.rounds, rounds, "{}", r.variant);
+            assert_eq!(r.config.rounds.per_round, 2, "{}", r.variant);
         }
         let j = &runs[0];
         assert_eq!(j.config.target.as_ref().unwrap().value, 0.5);
@@ -472,6 +492,9 @@ pca_dim = 8
         let bad = SUITE.replace("train = { lr = 1e-4 }", "train = { lrr = 1e-4 }");
         let err = Suite::parse(&bad, "t.toml").unwrap_err().to_string();
         assert!(err.contains("lrr"), "{err}");
+        let bad = SUITE.replace("rounds = { rounds = 6 }", "rounds = { roundz = 6 }");
+        let err = Suite::parse(&bad, "t.toml").unwrap_err().to_string();
+        assert!(err.contains("roundz"), "{err}");
         let bad = SUITE.replace("eval_limit = 96", "name = \"gsm8k\"");
         let err = Suite::parse(&bad, "t.toml").unwrap_err().to_string();
         assert!(err.contains("task.name"), "{err}");
