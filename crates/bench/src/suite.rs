@@ -486,18 +486,21 @@ pca_dim = 8
             .unwrap_err()
             .to_string()
             .contains("fluxx"));
-        let bad = SUITE.replace("eval_limit = 96", "eval_limitt = 96");
-        let err = Suite::parse(&bad, "t.toml").unwrap_err().to_string();
-        assert!(err.contains("eval_limitt"), "{err}");
-        let bad = SUITE.replace("train = { lr = 1e-4 }", "train = { lrr = 1e-4 }");
-        let err = Suite::parse(&bad, "t.toml").unwrap_err().to_string();
-        assert!(err.contains("lrr"), "{err}");
-        let bad = SUITE.replace("rounds = { rounds = 6 }", "rounds = { roundz = 6 }");
-        let err = Suite::parse(&bad, "t.toml").unwrap_err().to_string();
-        assert!(err.contains("roundz"), "{err}");
-        let bad = SUITE.replace("eval_limit = 96", "name = \"gsm8k\"");
-        let err = Suite::parse(&bad, "t.toml").unwrap_err().to_string();
-        assert!(err.contains("task.name"), "{err}");
+        // Unknown keys in a task's or a variant's overrides, and a task that names itself.
+        for (from, to, named) in [
+            ("eval_limit = 96", "eval_limitt = 96", "eval_limitt"),
+            ("train = { lr = 1e-4 }", "train = { lrr = 1e-4 }", "lrr"),
+            (
+                "rounds = { rounds = 6 }",
+                "rounds = { roundz = 6 }",
+                "roundz",
+            ),
+            ("eval_limit = 96", "name = \"gsm8k\"", "task.name"),
+        ] {
+            let bad = SUITE.replace(from, to);
+            let err = Suite::parse(&bad, "t.toml").unwrap_err().to_string();
+            assert!(err.contains(named), "{to}: {err}");
+        }
     }
 }
 
