@@ -64,16 +64,6 @@ pub struct Variant {
     pub rounds: toml::Table,
 }
 
-/// One column of the matrix: a method, its variant label (empty for a plain method)
-/// and the variant's overrides.
-struct Column {
-    method: String,
-    variant: String,
-    options: toml::Table,
-    train: toml::Table,
-    rounds: toml::Table,
-}
-
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Suite {
@@ -156,23 +146,17 @@ impl Suite {
         Self::parse(&text, &path.display().to_string())
     }
 
-    /// Every column: the plain methods, then the variants.
-    fn columns(&self) -> Vec<Column> {
-        let plain = self.methods.iter().map(|m| Column {
+    /// Every column: the plain methods (variants with an empty name and no overrides),
+    /// then the variants.
+    fn columns(&self) -> Vec<Variant> {
+        let plain = self.methods.iter().map(|m| Variant {
+            name: String::new(),
             method: m.clone(),
-            variant: String::new(),
             options: toml::Table::new(),
             train: toml::Table::new(),
             rounds: toml::Table::new(),
         });
-        let variants = self.variants.iter().map(|v| Column {
-            method: v.method.clone(),
-            variant: v.name.clone(),
-            options: v.options.clone(),
-            train: v.train.clone(),
-            rounds: v.rounds.clone(),
-        });
-        plain.chain(variants).collect()
+        plain.chain(self.variants.iter().cloned()).collect()
     }
 
     /// Every run of the matrix, outputs under `out/runs/<task>/<method[-variant]>/seed<k>`,
@@ -194,7 +178,7 @@ impl Suite {
         let keys: Vec<String> = self
             .columns()
             .into_iter()
-            .map(|c| method_key(&c.method, &c.variant))
+            .map(|c| method_key(&c.method, &c.name))
             .collect();
         let selects = |entry: &str, key: &str| match entry.strip_suffix('*') {
             Some(prefix) => key.starts_with(prefix),
@@ -228,15 +212,8 @@ impl Suite {
             if tasks.is_some_and(|t| !t.contains(&task.name)) {
                 continue;
             }
-            for Column {
-                method,
-                variant,
-                options,
-                train,
-                rounds,
-            } in self.columns()
-            {
-                let key = method_key(&method, &variant);
+            for column in self.columns() {
+                let key = method_key(&column.method, &column.name);
                 if methods.is_some_and(|m| !m.iter().any(|e| selects(e, &key))) {
                     continue;
                 }
@@ -245,15 +222,10 @@ impl Suite {
                         .join(slug(&task.name))
                         .join(slug(&key))
                         .join(format!("seed{seed}"));
-                    let overrides = Overrides {
-                        options: &options,
-                        train: &train,
-                        rounds: &rounds,
-                    };
-                    let config = self.config(&method, overrides, task, seed, &out.join(&dir))?;
+                    let config = self.config(&column, task, seed, &out.join(&dir))?;
                     specs.push(RunSpec {
-                        method: method.clone(),
-                        variant: variant.clone(),
+                        method: column.method.clone(),
+                        variant: column.name.clone(),
                         task: task.clone(),
                         seed,
                         config,
@@ -265,14 +237,11 @@ impl Suite {
         Ok(specs)
     }
 
+    /// The run config of `column` on `task`: the base with the task's, the variant's
+    /// and the run's keys set.
     fn config(
         &self,
-        method: &str,
-        Overrides {
-            options,
-            train,
-            rounds,
-        }: Overrides<'_>,
+        column: &Variant,
         task: &TaskEntry,
         seed: u64,
         output: &Path,
@@ -303,7 +272,14 @@ impl Suite {
         task_t.insert("name".into(), toml::Value::String(task.name.clone()));
         t.insert("task".into(), toml::Value::Table(task_t));
         let mut method_t = section(&mut t, "method")?;
-        method_t.insert("name".into(), toml::Value::String(method.to_string()));
+        let Variant {
+            method,
+            options,
+            train,
+            rounds,
+            ..
+        } = column;
+        method_t.insert("name".into(), toml::Value::String(method.clone()));
         if !options.is_empty() {
             let mut opts = match method_t.remove("options") {
                 Some(toml::Value::Table(o)) => o,
@@ -336,14 +312,6 @@ impl Suite {
         )
         .map_err(|e| Error::Suite(e.to_string()))
     }
-}
-
-/// A variant's overrides of the base config.
-#[derive(Clone, Copy)]
-struct Overrides<'a> {
-    options: &'a toml::Table,
-    train: &'a toml::Table,
-    rounds: &'a toml::Table,
 }
 
 /// The key of a suite column: its method, or method and variant (`flux-int8`).
