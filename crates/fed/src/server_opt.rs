@@ -30,7 +30,7 @@ use crate::tensor_data::TensorData;
 use crate::wire::Global;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ServerOptimizerConfig {
     Sgd {
         lr: f64,
@@ -47,6 +47,11 @@ impl ServerOptimizerConfig {
     /// Plain FedAvg.
     pub fn fedavg() -> Self {
         ServerOptimizerConfig::Sgd { lr: 1.0 }
+    }
+
+    /// Whether this is plain FedAvg (`Sgd` with `lr = 1`).
+    pub fn is_fedavg(&self) -> bool {
+        *self == Self::fedavg()
     }
 
     pub fn validate(&self) -> Result<()> {

@@ -353,6 +353,12 @@ impl ExpertStrategy {
         })
     }
 
+    /// Use `cfg` instead of FedAvg to turn each round's mean deltas into a step.
+    pub fn with_server_optimizer(mut self, cfg: ServerOptimizerConfig) -> Result<Self> {
+        self.optimizer = ServerOptimizer::new(cfg)?;
+        Ok(self)
+    }
+
     /// The budget of each participant (empty for participants where it does not fit,
     /// under FMD and FMQ).
     pub fn budgets(&self) -> &BTreeMap<ParticipantId, Budget> {

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use fluxmoe_fed::ServerOptimizerConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -109,6 +110,12 @@ pub struct TrainSection {
     /// aggregation checks it; a deployment's coordinator also checks it on arrival.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_delta_norm: Option<f64>,
+    /// How the server turns each round's weighted mean delta into a step:
+    /// `{ kind = "sgd", lr = 1.0 }` is FedAvg (the default); `lr < 1` damps every
+    /// round's update; `{ kind = "adam", lr, beta1, beta2, tau }` is FedAdam (Reddi et
+    /// al. 2021). The same for every method.
+    #[serde(skip_serializing_if = "ServerOptimizerConfig::is_fedavg")]
+    pub server_optimizer: ServerOptimizerConfig,
 }
 
 impl Default for TrainSection {
@@ -120,6 +127,7 @@ impl Default for TrainSection {
             fedprox_mu: 0.0,
             trainable: "experts".into(),
             max_delta_norm: None,
+            server_optimizer: ServerOptimizerConfig::fedavg(),
         }
     }
 }
@@ -295,6 +303,12 @@ impl RunFile {
                 return bad("train.max_delta_norm", format!("must be > 0, got {max}"));
             }
         }
+        if let Err(e) = self.train.server_optimizer.validate() {
+            return match e {
+                fluxmoe_fed::Error::Config { field, msg } => bad(&format!("train.{field}"), msg),
+                other => bad("train.server_optimizer", other.to_string()),
+            };
+        }
         let mu = self.train.fedprox_mu;
         if !(mu.is_finite() && mu >= 0.0) {
             return bad("train.fedprox_mu", format!("must be >= 0, got {mu}"));
@@ -361,5 +375,51 @@ mod tests {
         let bad = flux.replace("pca_dim = 8", "eps0 = 2.0");
         let err = RunFile::from_toml(&bad, "x.toml").unwrap_err().to_string();
         assert!(err.contains("eps0"), "{err}");
+    }
+
+    #[test]
+    fn server_optimizer_parses_defaults_to_fedavg_and_bad_values_are_named() {
+        let q = RunFile::quickstart().unwrap();
+        assert!(q.train.server_optimizer.is_fedavg());
+        // The default is left out of a saved config, so older run.json files compare equal.
+        assert!(!toml::to_string(&q).unwrap().contains("server_optimizer"));
+        let with = |line: &str| QUICKSTART.replace("[train]", &format!("[train]\n{line}"));
+        let adam = RunFile::from_toml(
+            &with("server_optimizer = { kind = \"adam\", lr = 0.01, beta1 = 0.9, beta2 = 0.99, tau = 1e-3 }"),
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            adam.train.server_optimizer,
+            ServerOptimizerConfig::Adam {
+                lr: 0.01,
+                beta1: 0.9,
+                beta2: 0.99,
+                tau: 1e-3
+            }
+        );
+        let back = RunFile::from_toml(&toml::to_string(&adam).unwrap(), "y.toml").unwrap();
+        assert_eq!(back.train.server_optimizer, adam.train.server_optimizer);
+        let err = RunFile::from_toml(
+            &with("server_optimizer = { kind = \"sgd\", lr = 0.5, momentum = 0.9 }"),
+            "x.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `momentum`"), "{err}");
+        let err = RunFile::from_toml(
+            &with("server_optimizer = { kind = \"yogi\", lr = 0.5 }"),
+            "x.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("yogi"), "{err}");
+        let err = RunFile::from_toml(
+            &with("server_optimizer = { kind = \"sgd\", lr = 0.0 }"),
+            "x.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("train.server_optimizer.lr"), "{err}");
     }
 }

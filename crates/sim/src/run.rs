@@ -23,8 +23,8 @@ use fluxmoe_data::{
 use fluxmoe_fed::{
     load_checkpoint, load_previous, save_checkpoint, AggregateConfig, Clock, Coordinator,
     DeviceProfile, FedAvgFull, FedAvgFullConfig, FleetConfig, Global, LocalTransport,
-    LocalTransportConfig, ParticipantId, RoundRecord, RunConfig, ServerOptimizerConfig, Strategy,
-    TargetConfig, Transport, VirtualClock,
+    LocalTransportConfig, ParticipantId, RoundRecord, RunConfig, Strategy, TargetConfig, Transport,
+    VirtualClock,
 };
 use fluxmoe_model::config::Ffn;
 use fluxmoe_model::keys::{expert_key, Proj};
@@ -375,22 +375,25 @@ pub fn run_over(
             trainable: Some(trainable),
             min_replies: 1,
             aggregate,
-            server_optimizer: ServerOptimizerConfig::fedavg(),
+            server_optimizer: file.train.server_optimizer.clone(),
             params: BTreeMap::new(),
         })?),
         name => {
             let method: Method = serde_json::from_value(serde_json::Value::String(name.into()))
                 .map_err(|e| Error::Config(format!("`method.name`: {e}")))?;
             let model = expert_model(&lm, &stats, file)?;
-            Box::new(ExpertStrategy::new(
-                method,
-                file.method.options.clone(),
-                file.rounds.per_round,
-                model,
-                &devices,
-                aggregate,
-                BTreeMap::new(),
-            )?)
+            Box::new(
+                ExpertStrategy::new(
+                    method,
+                    file.method.options.clone(),
+                    file.rounds.per_round,
+                    model,
+                    &devices,
+                    aggregate,
+                    BTreeMap::new(),
+                )?
+                .with_server_optimizer(file.train.server_optimizer.clone())?,
+            )
         }
     };
     let mut evaluator = ModelEvaluator {

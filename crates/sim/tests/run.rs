@@ -501,3 +501,56 @@ fn updates_beyond_max_delta_norm_are_rejected_and_the_global_keeps_its_weights()
     run(&config(root, "free", 2), &model, false, &mut |_| {}).unwrap();
     assert_eq!(final_bytes(root, "loose"), final_bytes(root, "free"));
 }
+
+#[test]
+fn a_server_learning_rate_scales_each_rounds_update_for_every_method() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let model = model_dir(root);
+    let orig = fluxmoe_model::checkpoint::load_dir(&fixture("mixtral"), &candle_core::Device::Cpu)
+        .unwrap();
+    // Per tensor, the final weights minus the initial ones, after one round.
+    let moved = |cfg: &fluxmoe_sim::config::RunFile, out: &str| -> Vec<(String, Vec<f32>)> {
+        run(cfg, &model, false, &mut |_| {}).unwrap();
+        let ck = fluxmoe_model::checkpoint::load_dir(
+            &root.join(out).join("final"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        orig.params
+            .tensors()
+            .map(|(n, t)| {
+                let d = (ck.params.tensor(n).unwrap() - t).unwrap();
+                (
+                    n.to_string(),
+                    d.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                )
+            })
+            .collect()
+    };
+    for method in ["fedavg-full", "flux"] {
+        let full_out = format!("{method}-full");
+        let half_out = format!("{method}-half");
+        let mut full = method_config(root, &full_out, method, 1);
+        let mut half = method_config(root, &half_out, method, 1);
+        full.train.lr = 1e-2;
+        half.train.lr = 1e-2;
+        half.train.server_optimizer = fluxmoe_fed::ServerOptimizerConfig::Sgd { lr: 0.5 };
+        let (a, b) = (moved(&full, &full_out), moved(&half, &half_out));
+        let mut changed = 0;
+        for ((name, da), (_, db)) in a.iter().zip(&b) {
+            for (x, y) in da.iter().zip(db) {
+                // The same local training (same seed), half of its mean delta applied;
+                // the tolerance covers rounding of w + Δ in f32.
+                assert!(
+                    (y - 0.5 * x).abs() <= 1e-6 + 1e-3 * x.abs(),
+                    "{method} {name}: {y} vs {x}/2"
+                );
+                if *x != 0.0 {
+                    changed += 1;
+                }
+            }
+        }
+        assert!(changed > 0, "{method}: one round changed nothing");
+    }
+}
