@@ -16,6 +16,7 @@
 use candle_core::Device;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 use crate::batch::{collate, encode, Batch, BatchConfig, Encoded};
@@ -72,6 +73,19 @@ pub struct EvalReport {
     pub metric: &'static str,
     pub score: MeanCi,
     pub per_example: Vec<f64>,
+    /// What the model answered, per example scored (in `per_example`'s order).
+    pub outputs: Vec<ExampleOutput>,
+}
+
+/// One scored example: what the model produced and its score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExampleOutput {
+    /// The example's id in the task.
+    pub id: String,
+    /// The generated text (generation tasks, trimmed as it was scored) or the chosen
+    /// option (multiple choice).
+    pub output: String,
+    pub score: f64,
 }
 
 /// Score `scorer` on `task` (its examples as given: pass the test split).
@@ -82,8 +96,8 @@ pub fn evaluate(
     cfg: &EvalConfig,
 ) -> Result<EvalReport> {
     let order = selection(task, cfg)?;
-    let scores = score_examples(task, &order, tokenizer, scorer, cfg)?;
-    report(task, scores)
+    let outputs = score_examples(task, &order, tokenizer, scorer, cfg)?;
+    report(task, outputs)
 }
 
 /// Prompts a generation task hands to [`Scorer::generate_batch`] at once. Groups are
@@ -112,7 +126,7 @@ pub fn evaluate_parallel<S: Scorer + Send>(
         TaskKind::MultipleChoice => 1,
     };
     let share = order.len().div_ceil(unit).div_ceil(scorers.len()).max(1) * unit;
-    let parts: Vec<Result<Vec<f64>>> = std::thread::scope(|scope| {
+    let parts: Vec<Result<Vec<ExampleOutput>>> = std::thread::scope(|scope| {
         let handles: Vec<_> = order
             .chunks(share)
             .zip(scorers.iter_mut())
@@ -129,11 +143,11 @@ pub fn evaluate_parallel<S: Scorer + Send>(
             })
             .collect()
     });
-    let mut scores = Vec::with_capacity(order.len());
+    let mut outputs = Vec::with_capacity(order.len());
     for part in parts {
-        scores.extend(part?);
+        outputs.extend(part?);
     }
-    report(task, scores)
+    report(task, outputs)
 }
 
 /// The indices of the examples to score: all, or a seeded random `limit` of them.
@@ -149,15 +163,15 @@ fn selection(task: &Task, cfg: &EvalConfig) -> Result<Vec<usize>> {
     Ok(order)
 }
 
-/// The scores in [0, 1] of examples `indices`, in order: generation prompts in
-/// groups of [`GENERATION_BATCH`], multiple-choice examples one by one.
+/// The outputs and scores in [0, 1] of examples `indices`, in order: generation
+/// prompts in groups of [`GENERATION_BATCH`], multiple-choice examples one by one.
 fn score_examples(
     task: &Task,
     indices: &[usize],
     tokenizer: &Tokenizer,
     scorer: &mut (impl Scorer + ?Sized),
     cfg: &EvalConfig,
-) -> Result<Vec<f64>> {
+) -> Result<Vec<ExampleOutput>> {
     let TaskKind::Generation { metric } = task.kind else {
         return indices
             .iter()
@@ -195,12 +209,23 @@ fn score_examples(
             let text = tokenizer
                 .decode(&out, true)
                 .map_err(|e| Error::Tokenizer(e.to_string()))?;
-            scores.push(match metric {
-                GenerationMetric::RougeL => rouge_l(text.trim(), &reference).f1,
+            let (output, score) = match metric {
+                GenerationMetric::RougeL => {
+                    let output = text.trim();
+                    (output, rouge_l(output, &reference).f1)
+                }
                 GenerationMetric::ExactMatch => {
                     let first_line = text.trim().lines().next().unwrap_or("");
-                    f64::from(u8::from(exact_match(first_line, &reference)))
+                    (
+                        first_line,
+                        f64::from(u8::from(exact_match(first_line, &reference))),
+                    )
                 }
+            };
+            scores.push(ExampleOutput {
+                id: task.examples[i].id.clone(),
+                output: output.to_string(),
+                score,
             });
         }
     }
@@ -215,14 +240,14 @@ fn batch_config(cfg: &EvalConfig) -> BatchConfig {
     }
 }
 
-/// Multiple-choice example `i`'s score (1 when the chosen answer is right).
+/// Multiple-choice example `i`'s chosen option and score (1 when it is right).
 fn score_choice_example(
     task: &Task,
     i: usize,
     tokenizer: &Tokenizer,
     scorer: &mut (impl Scorer + ?Sized),
     cfg: &EvalConfig,
-) -> Result<f64> {
+) -> Result<ExampleOutput> {
     let template = Template::for_task(&task.name);
     let batch_cfg = batch_config(cfg);
     let ex = &task.examples[i];
@@ -272,12 +297,18 @@ fn score_choice_example(
                     n_chars: o.chars().count(),
                 })
                 .collect();
-            f64::from(u8::from(pick_choice(&scored, cfg.length_norm)? == answer))
+            let picked = pick_choice(&scored, cfg.length_norm)?;
+            ExampleOutput {
+                id: ex.id.clone(),
+                output: choices.get(picked).cloned().unwrap_or_default(),
+                score: f64::from(u8::from(picked == answer)),
+            }
         }
     })
 }
 
-fn report(task: &Task, scores: Vec<f64>) -> Result<EvalReport> {
+fn report(task: &Task, outputs: Vec<ExampleOutput>) -> Result<EvalReport> {
+    let scores: Vec<f64> = outputs.iter().map(|o| o.score).collect();
     let metric = match task.kind {
         TaskKind::Generation {
             metric: GenerationMetric::RougeL,
@@ -292,5 +323,6 @@ fn report(task: &Task, scores: Vec<f64>) -> Result<EvalReport> {
         // Every metric here scores an example in [0, 1].
         score: mean_ci(&scores)?.within(0.0, 1.0),
         per_example: scores,
+        outputs,
     })
 }

@@ -42,7 +42,7 @@ pub mod tasks;
 pub use batch::{collate, encode, make_batch, Batch, BatchConfig, Encoded};
 pub use corpora::{Corpus, CorpusKind, CorpusSources, CorpusSplit, LoadedCorpus};
 pub use error::{Error, Result};
-pub use evaluate::{evaluate, evaluate_parallel, EvalConfig, EvalReport, Scorer};
+pub use evaluate::{evaluate, evaluate_parallel, EvalConfig, EvalReport, ExampleOutput, Scorer};
 pub use histogram::GroupHistogram;
 pub use jsonl::{LoadOptions, Loaded};
 pub use partition::{partition, DirichletConfig, PartitionScheme, Partitions};

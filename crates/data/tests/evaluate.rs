@@ -72,6 +72,13 @@ fn generation_scores_with_the_task_metric() {
         let report = evaluate(&task, &tiny_tokenizer(), &mut fake, &cfg(None)).unwrap();
         assert_eq!(report.metric, name);
         assert_eq!(report.per_example, vec![1.0, 0.0]);
+        // What the model said, per example, beside its score.
+        let said: Vec<(&str, &str, f64)> = report
+            .outputs
+            .iter()
+            .map(|o| (o.id.as_str(), o.output.as_str(), o.score))
+            .collect();
+        assert_eq!(said, vec![("a", "four", 1.0), ("b", "four", 0.0)]);
         assert!((report.score.mean - 0.5).abs() < 1e-12);
         // The model saw the ChatML prompt, ending with the assistant turn.
         let first = &fake.prompts[0];
@@ -97,6 +104,9 @@ fn multiple_choice_picks_the_highest_likelihood() {
     .unwrap();
     assert_eq!(report.metric, "accuracy");
     assert_eq!(report.per_example, vec![1.0, 0.0]);
+    // The chosen option is recorded, right or wrong.
+    let chosen: Vec<&str> = report.outputs.iter().map(|o| o.output.as_str()).collect();
+    assert_eq!(chosen, vec!["four", "four"]);
 }
 
 #[test]

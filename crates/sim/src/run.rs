@@ -41,7 +41,7 @@ use fluxmoe_flux::strategy::{ExpertModel, ExpertStrategy, Method};
 
 use crate::config::RunFile;
 use crate::participant::{LocalTraining, ModelParticipant};
-use crate::scorer::ModelEvaluator;
+use crate::scorer::{ModelEvaluator, Prediction};
 use crate::{Error, Result};
 
 pub const METRICS_FILE: &str = "metrics.jsonl";
@@ -50,6 +50,9 @@ pub const CHECKPOINT_DIR: &str = "checkpoint";
 pub const FINAL_DIR: &str = "final";
 /// The metric before any round, with the key of what it depends on ([`initial_key`]).
 pub const INITIAL_FILE: &str = "initial.json";
+/// What the model answered at each evaluation, one line per test example
+/// ([`crate::scorer::Prediction`]).
+pub const PREDICTIONS_FILE: &str = "predictions.jsonl";
 
 /// What a finished run reports.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -412,6 +415,7 @@ pub fn run_over(
         stop_ids,
         scores: BTreeMap::new(),
         workers: file.rounds.workers,
+        predictions: Some(file.output.join(PREDICTIONS_FILE)),
     };
     let run_cfg = RunConfig {
         n_rounds: file.rounds.rounds,
@@ -446,6 +450,7 @@ pub fn run_over(
         let previous = load_previous(&ckpt_dir, &state, &global, &Device::Cpu)?;
         let done = state.next_round.0.saturating_sub(1);
         keep_metrics_up_to(&out.join(METRICS_FILE), done)?;
+        keep_predictions_up_to(&out.join(PREDICTIONS_FILE), done)?;
         let initial = read_initial(out)?;
         let c = Coordinator::resume(run_cfg, global, &state, strategy.as_mut(), &mut clock)?
             .with_previous(previous);
@@ -455,9 +460,13 @@ pub fn run_over(
         // Another method's run of the same model, task, data and seed (a suite's
         // sibling) may already have scored this very model: its metric is reused.
         let key = initial_key(file, model_path);
+        let predictions = out.join(PREDICTIONS_FILE);
+        if predictions.exists() {
+            std::fs::remove_file(&predictions).map_err(|e| io(&predictions, e))?;
+        }
         let initial = match reusable_initial(out, &key) {
             Some(metric) => metric,
-            None => evaluator.score(&global)?,
+            None => evaluator.score(0, &global)?,
         };
         std::fs::write(out.join(METRICS_FILE), "").map_err(|e| io(out, e))?;
         let text = serde_json::json!({ "initial_metric": initial, "key": key });
@@ -508,7 +517,7 @@ pub fn run_over(
     let last_eval = all.iter().rev().find_map(|r| r.eval);
     let final_metric = match (all.last(), last_eval) {
         (Some(last), Some(m)) if last.eval.is_some() => m,
-        _ => evaluator.score(coordinator.global())?,
+        _ => evaluator.score(all.last().map_or(0, |r| r.round.0), coordinator.global())?,
     };
     save_hf_model(&out.join(FINAL_DIR), coordinator.global(), &lm)?;
     let summary = RunSummary {
@@ -778,6 +787,23 @@ fn io(path: &Path, e: std::io::Error) -> Error {
         path: path.to_path_buf(),
         source: e,
     }
+}
+
+/// Drop the predictions of rounds after `last_round` (a resumed run scores them again).
+fn keep_predictions_up_to(path: &Path, last_round: u32) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let mut kept = String::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let p: Prediction = serde_json::from_str(line)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        if p.round <= last_round {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    checkpoint::write_atomic(path, kept.as_bytes()).map_err(Error::from)
 }
 
 /// The round records of a run's `metrics.jsonl`.

@@ -3,10 +3,12 @@
 //! model on a task's test split.
 
 use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
 
 use candle_core::{Device, IndexOp, Tensor, D};
 use fluxmoe_data::batch::{collate, Batch, Encoded};
-use fluxmoe_data::{evaluate_parallel, EvalConfig, Scorer, Task};
+use fluxmoe_data::{evaluate_parallel, EvalConfig, EvalReport, Scorer, Task};
 use fluxmoe_fed::{Evaluator, Global, Round};
 use fluxmoe_model::generate::{generate, GenerateConfig};
 use fluxmoe_model::model::{CachedLm, ModelCache};
@@ -277,11 +279,47 @@ pub struct ModelEvaluator {
     /// Threads scoring examples at once (the run's `workers`), each with the compute
     /// threads a worker has; the metric does not depend on it.
     pub workers: usize,
+    /// Where each evaluation's outputs go, one JSON line per example
+    /// (`{"round", "id", "output", "score"}`), appended; `None`: nowhere.
+    pub predictions: Option<PathBuf>,
+}
+
+/// One line of a run's `predictions.jsonl`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Prediction {
+    /// The round after which the model was scored (0: the initial model).
+    pub round: u32,
+    #[serde(flatten)]
+    pub example: fluxmoe_data::ExampleOutput,
 }
 
 impl ModelEvaluator {
-    /// Score the model whose tensors are `global`.
-    pub fn score(&self, global: &Global) -> crate::Result<f64> {
+    /// Score the model whose tensors are `global` after `round`, recording its outputs.
+    pub fn score(&self, round: u32, global: &Global) -> crate::Result<f64> {
+        let report = self.report(global)?;
+        if let Some(path) = &self.predictions {
+            let mut text = String::new();
+            for example in report.outputs {
+                let line = serde_json::to_string(&Prediction { round, example })
+                    .map_err(|e| crate::Error::Config(format!("prediction: {e}")))?;
+                text.push_str(&line);
+                text.push('\n');
+            }
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut f| f.write_all(text.as_bytes()))
+                .map_err(|source| crate::Error::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+        }
+        Ok(report.score.mean)
+    }
+
+    /// The evaluation report of the model whose tensors are `global`.
+    pub fn report(&self, global: &Global) -> crate::Result<EvalReport> {
         let params = ParamStore::from_tensors(global.iter().map(|(k, v)| (k.clone(), v.clone())))?;
         let model = MoeModel::new(&self.config, &params)?;
         let mut scorers: Vec<ModelScorer> = (0..self.workers.max(1))
@@ -290,17 +328,18 @@ impl ModelEvaluator {
                 stop_ids: self.stop_ids.clone(),
             })
             .collect();
-        Ok(
-            evaluate_parallel(&self.test, &self.tokenizer, &mut scorers, &self.eval)?
-                .score
-                .mean,
-        )
+        Ok(evaluate_parallel(
+            &self.test,
+            &self.tokenizer,
+            &mut scorers,
+            &self.eval,
+        )?)
     }
 }
 
 impl Evaluator for ModelEvaluator {
     fn evaluate(&mut self, round: Round, global: &Global) -> fluxmoe_fed::Result<f64> {
-        let score = self.score(global).map_err(|e| {
+        let score = self.score(round.0, global).map_err(|e| {
             fluxmoe_fed::Error::State(format!("evaluation after round {round}: {e}"))
         })?;
         self.scores.insert(round.0, score);

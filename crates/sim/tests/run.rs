@@ -4,7 +4,7 @@
 use fluxmoe_sim::run;
 
 mod common;
-use common::{config, final_bytes, fixture, method_config, model_dir, records};
+use common::{config, final_bytes, fixture, method_config, model_dir, predictions, records};
 
 #[test]
 fn run_writes_metrics_summary_and_final_model_deterministically() {
@@ -56,6 +56,23 @@ fn run_writes_metrics_summary_and_final_model_deterministically() {
         serde_json::from_str(&std::fs::read_to_string(root.join("a/summary.json")).unwrap())
             .unwrap();
     assert_eq!(summary["metric"], "exact_match");
+    // predictions.jsonl: what the model answered per test example at each evaluation
+    // (the initial model, round 2, and the final round, scored for the summary); each
+    // evaluation's scores average to its metric.
+    let preds = predictions(root, "a");
+    let mut by_round: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
+    for p in &preds {
+        assert!(p["id"].is_string() && p["output"].is_string(), "{p}");
+        by_round
+            .entry(p["round"].as_u64().unwrap())
+            .or_default()
+            .push(p["score"].as_f64().unwrap());
+    }
+    assert_eq!(by_round.keys().copied().collect::<Vec<_>>(), vec![0, 2, 3]);
+    let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
+    assert!(by_round.values().all(|v| v.len() == by_round[&0].len()));
+    assert!((mean(&by_round[&2]) - recs[1]["eval"].as_f64().unwrap()).abs() < 1e-9);
+    assert!((mean(&by_round[&3]) - summary["final_metric"].as_f64().unwrap()).abs() < 1e-9);
     // The final model loads back with the fixture's keys.
     let ck = fluxmoe_model::checkpoint::load_dir(&root.join("a/final"), &candle_core::Device::Cpu)
         .unwrap();
@@ -114,6 +131,7 @@ fn resume_after_an_interruption_matches_an_uninterrupted_run() {
     assert_eq!(s.rounds, 4);
     assert_eq!(final_bytes(root, "straight"), final_bytes(root, "resumed"));
     assert_eq!(records(root, "straight"), records(root, "resumed"));
+    assert_eq!(predictions(root, "straight"), predictions(root, "resumed"));
 }
 
 #[test]

@@ -102,6 +102,15 @@ pub fn final_bytes(root: &Path, out: &str) -> Vec<u8> {
     std::fs::read(root.join(out).join("final/model.safetensors")).unwrap()
 }
 
+/// The lines of a run's `predictions.jsonl`.
+pub fn predictions(root: &Path, out: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(root.join(out).join("predictions.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 pub fn records(root: &Path, out: &str) -> Vec<serde_json::Value> {
     std::fs::read_to_string(root.join(out).join("metrics.jsonl"))
         .unwrap()
