@@ -400,26 +400,19 @@ mod tests {
         );
         let back = RunFile::from_toml(&toml::to_string(&adam).unwrap(), "y.toml").unwrap();
         assert_eq!(back.train.server_optimizer, adam.train.server_optimizer);
-        let err = RunFile::from_toml(
-            &with("server_optimizer = { kind = \"sgd\", lr = 0.5, momentum = 0.9 }"),
-            "x.toml",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("unknown field `momentum`"), "{err}");
-        let err = RunFile::from_toml(
-            &with("server_optimizer = { kind = \"yogi\", lr = 0.5 }"),
-            "x.toml",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("yogi"), "{err}");
-        let err = RunFile::from_toml(
-            &with("server_optimizer = { kind = \"sgd\", lr = 0.0 }"),
-            "x.toml",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("train.server_optimizer.lr"), "{err}");
+        // Each bad table is an error naming what is wrong.
+        for (table, named) in [
+            (
+                "{ kind = \"sgd\", lr = 0.5, momentum = 0.9 }",
+                "unknown field `momentum`",
+            ),
+            ("{ kind = \"yogi\", lr = 0.5 }", "yogi"),
+            ("{ kind = \"sgd\", lr = 0.0 }", "train.server_optimizer.lr"),
+        ] {
+            let err = RunFile::from_toml(&with(&format!("server_optimizer = {table}")), "x.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(named), "{table}: {err}");
+        }
     }
 }

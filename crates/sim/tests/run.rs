@@ -4,7 +4,9 @@
 use fluxmoe_sim::run;
 
 mod common;
-use common::{config, final_bytes, fixture, method_config, model_dir, predictions, records};
+use common::{
+    config, final_bytes, fixture, method_config, model_dir, predictions, records, weight_moves,
+};
 
 #[test]
 fn run_writes_metrics_summary_and_final_model_deterministically() {
@@ -429,28 +431,13 @@ fn fedprox_keeps_the_global_model_closer_to_where_it_started() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let model = model_dir(root);
-    let orig = fluxmoe_model::checkpoint::load_dir(&fixture("mixtral"), &candle_core::Device::Cpu)
-        .unwrap();
     let moved = |out: &str, mu: f64| {
         let mut cfg = config(root, out, 2);
         cfg.train.fedprox_mu = mu;
         run(&cfg, &model, false, &mut |_| {}).unwrap();
-        let ck = fluxmoe_model::checkpoint::load_dir(
-            &root.join(out).join("final"),
-            &candle_core::Device::Cpu,
-        )
-        .unwrap();
-        orig.params
-            .tensors()
-            .map(|(n, t)| {
-                let d = (ck.params.tensor(n).unwrap() - t).unwrap();
-                d.sqr()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap()
-            })
+        weight_moves(root, out)
+            .iter()
+            .flat_map(|(_, d)| d.iter().map(|x| x * x))
             .sum::<f32>()
     };
     let (plain, prox) = (moved("plain", 0.0), moved("prox", 1e4));
@@ -525,26 +512,10 @@ fn a_server_learning_rate_scales_each_rounds_update_for_every_method() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let model = model_dir(root);
-    let orig = fluxmoe_model::checkpoint::load_dir(&fixture("mixtral"), &candle_core::Device::Cpu)
-        .unwrap();
     // Per tensor, the final weights minus the initial ones, after one round.
-    let moved = |cfg: &fluxmoe_sim::config::RunFile, out: &str| -> Vec<(String, Vec<f32>)> {
+    let moved = |cfg: &fluxmoe_sim::config::RunFile, out: &str| {
         run(cfg, &model, false, &mut |_| {}).unwrap();
-        let ck = fluxmoe_model::checkpoint::load_dir(
-            &root.join(out).join("final"),
-            &candle_core::Device::Cpu,
-        )
-        .unwrap();
-        orig.params
-            .tensors()
-            .map(|(n, t)| {
-                let d = (ck.params.tensor(n).unwrap() - t).unwrap();
-                (
-                    n.to_string(),
-                    d.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                )
-            })
-            .collect()
+        weight_moves(root, out)
     };
     for method in ["fedavg-full", "flux"] {
         let full_out = format!("{method}-full");

@@ -102,6 +102,24 @@ pub fn final_bytes(root: &Path, out: &str) -> Vec<u8> {
     std::fs::read(root.join(out).join("final/model.safetensors")).unwrap()
 }
 
+/// Per tensor of the fixture model, its final weights in run `out` minus its initial
+/// ones, flattened.
+pub fn weight_moves(root: &Path, out: &str) -> Vec<(String, Vec<f32>)> {
+    let device = candle_core::Device::Cpu;
+    let orig = fluxmoe_model::checkpoint::load_dir(&fixture("mixtral"), &device).unwrap();
+    let ck = fluxmoe_model::checkpoint::load_dir(&root.join(out).join("final"), &device).unwrap();
+    orig.params
+        .tensors()
+        .map(|(n, t)| {
+            let d = (ck.params.tensor(n).unwrap() - t).unwrap();
+            (
+                n.to_string(),
+                d.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            )
+        })
+        .collect()
+}
+
 /// The lines of a run's `predictions.jsonl`.
 pub fn predictions(root: &Path, out: &str) -> Vec<serde_json::Value> {
     std::fs::read_to_string(root.join(out).join("predictions.jsonl"))
