@@ -126,6 +126,21 @@ fn share_initial_metric(out: &Path, spec: &RunSpec, dir: &Path, model: &Path) ->
     if let Some(from) = siblings.iter().find(|p| matches(p)) {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         std::fs::copy(from, &to).map_err(|e| io(&to, e))?;
+        // The sibling's answers before round 1 go with its metric (absent if it
+        // reused a metric from a run without them).
+        let answers = from.with_file_name(fluxmoe_sim::run::PREDICTIONS_FILE);
+        if let Ok(text) = std::fs::read_to_string(&answers) {
+            let round0: String = text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<fluxmoe_sim::scorer::Prediction>(l)
+                        .is_ok_and(|p| p.round == 0)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let path = dir.join(fluxmoe_sim::run::PREDICTIONS_FILE);
+            std::fs::write(&path, round0).map_err(|e| io(&path, e))?;
+        }
     }
     Ok(())
 }
@@ -178,6 +193,19 @@ per_round = 2
             serde_json::from_str(&std::fs::read_to_string(initial(flux0)).unwrap()).unwrap();
         assert_eq!(copied["initial_metric"], 0.25);
         assert_eq!(copied["key"], key0.as_str());
+        // ... with the sibling's answers before round 1, and none of later rounds.
+        let answers = |s: &RunSpec| {
+            out.path()
+                .join(&s.dir)
+                .join(fluxmoe_sim::run::PREDICTIONS_FILE)
+        };
+        let line = |round: u32| format!(r#"{{"round":{round},"id":"x","output":"y","score":1.0}}"#);
+        std::fs::write(answers(full0), format!("{}\n{}\n", line(0), line(1))).unwrap();
+        share_initial_metric(out.path(), flux0, &out.path().join(&flux0.dir), &model).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(answers(flux0)).unwrap(),
+            format!("{}\n", line(0))
+        );
         // Seed 1 has another test split: nothing of seed 0 is offered.
         share_initial_metric(out.path(), flux1, &out.path().join(&flux1.dir), &model).unwrap();
         assert!(!initial(flux1).exists());

@@ -460,11 +460,16 @@ pub fn run_over(
         // Another method's run of the same model, task, data and seed (a suite's
         // sibling) may already have scored this very model: its metric is reused.
         let key = initial_key(file, model_path);
+        // Answers already there are kept only with a reused metric, and only those
+        // of the initial model (a suite copies them with the metric).
         let predictions = out.join(PREDICTIONS_FILE);
-        if predictions.exists() {
+        let reused = reusable_initial(out, &key);
+        if reused.is_some() {
+            keep_predictions_up_to(&predictions, 0)?;
+        } else if predictions.exists() {
             std::fs::remove_file(&predictions).map_err(|e| io(&predictions, e))?;
         }
-        let initial = match reusable_initial(out, &key) {
+        let initial = match reused {
             Some(metric) => metric,
             None => evaluator.score(0, &global)?,
         };

@@ -315,17 +315,38 @@ fn a_sibling_runs_initial_metric_is_reused_only_when_its_key_matches() {
         let text = serde_json::json!({ "initial_metric": 0.123456, "key": key });
         std::fs::write(root.join(out).join("initial.json"), text.to_string()).unwrap();
     };
-    // The same model, task, partition, seed and build: the planted value is used.
+    // The same model, task, partition, seed and build: the planted value is used, and
+    // planted answers of the initial model are kept (those of later rounds are not).
     plant("b", &key);
+    let answer = |round: u32| format!(r#"{{"round":{round},"id":"x","output":"y","score":1.0}}"#);
+    std::fs::write(
+        root.join("b/predictions.jsonl"),
+        format!("{}\n{}\n", answer(0), answer(7)),
+    )
+    .unwrap();
     let b = run(&config(root, "b", 1), &model, false, &mut |_| {}).unwrap();
     assert_eq!(b.initial_metric, 0.123456);
+    let rounds: Vec<(u64, String)> = predictions(root, "b")
+        .iter()
+        .map(|p| {
+            (
+                p["round"].as_u64().unwrap(),
+                p["id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(rounds[0], (0, "x".to_string()));
+    assert!(rounds[1..].iter().all(|(r, _)| *r == 1), "{rounds:?}");
     // Another seed changes the test split: the key differs and the model is scored.
     let mut other = config(root, "c", 1);
     other.seed = 6;
     assert_ne!(fluxmoe_sim::run::initial_key(&other, &model), key);
     plant("c", &key);
+    std::fs::write(root.join("c/predictions.jsonl"), format!("{}\n", answer(0))).unwrap();
     let c = run(&other, &model, false, &mut |_| {}).unwrap();
     assert_ne!(c.initial_metric, 0.123456);
+    // ... and its own answers replace the planted ones.
+    assert!(predictions(root, "c").iter().all(|p| p["id"] != "x"));
     // ... and scored exactly as a run with nothing planted scores it.
     let mut fresh = other.clone();
     fresh.output = root.join("c-fresh");
