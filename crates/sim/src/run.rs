@@ -795,17 +795,25 @@ fn io(path: &Path, e: std::io::Error) -> Error {
 }
 
 /// Drop the predictions of rounds after `last_round` (a resumed run scores them again).
+/// A line that does not parse (a crash cut the last append short) is dropped with a
+/// warning: the answers are a record, not state a resume needs.
 fn keep_predictions_up_to(path: &Path, last_round: u32) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(());
     };
     let mut kept = String::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let p: Prediction = serde_json::from_str(line)
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        if p.round <= last_round {
-            kept.push_str(line);
-            kept.push('\n');
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        match serde_json::from_str::<Prediction>(line) {
+            Ok(p) if p.round <= last_round => {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(file = %path.display(), line = i + 1, "dropped: {e}"),
         }
     }
     checkpoint::write_atomic(path, kept.as_bytes()).map_err(Error::from)
