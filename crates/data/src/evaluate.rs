@@ -72,9 +72,15 @@ pub struct EvalReport {
     /// `rouge_l`, `exact_match` or `accuracy`.
     pub metric: &'static str,
     pub score: MeanCi,
-    pub per_example: Vec<f64>,
-    /// What the model answered, per example scored (in `per_example`'s order).
+    /// What the model answered and its score, per example scored.
     pub outputs: Vec<ExampleOutput>,
+}
+
+impl EvalReport {
+    /// Each scored example's score, in order.
+    pub fn per_example(&self) -> Vec<f64> {
+        self.outputs.iter().map(|o| o.score).collect()
+    }
 }
 
 /// One scored example: what the model produced and its score.
@@ -322,7 +328,6 @@ fn report(task: &Task, outputs: Vec<ExampleOutput>) -> Result<EvalReport> {
         metric,
         // Every metric here scores an example in [0, 1].
         score: mean_ci(&scores)?.within(0.0, 1.0),
-        per_example: scores,
         outputs,
     })
 }

@@ -71,7 +71,7 @@ fn generation_scores_with_the_task_metric() {
         let mut fake = Fake { prompts: vec![] };
         let report = evaluate(&task, &tiny_tokenizer(), &mut fake, &cfg(None)).unwrap();
         assert_eq!(report.metric, name);
-        assert_eq!(report.per_example, vec![1.0, 0.0]);
+        assert_eq!(report.per_example(), vec![1.0, 0.0]);
         // What the model said, per example, beside its score.
         let said: Vec<(&str, &str, f64)> = report
             .outputs
@@ -103,7 +103,7 @@ fn multiple_choice_picks_the_highest_likelihood() {
     )
     .unwrap();
     assert_eq!(report.metric, "accuracy");
-    assert_eq!(report.per_example, vec![1.0, 0.0]);
+    assert_eq!(report.per_example(), vec![1.0, 0.0]);
     // The chosen option is recorded, right or wrong.
     let chosen: Vec<&str> = report.outputs.iter().map(|o| o.output.as_str()).collect();
     assert_eq!(chosen, vec!["four", "four"]);
@@ -143,8 +143,8 @@ fn limit_scores_a_seeded_subset() {
         &cfg(Some(4)),
     )
     .unwrap();
-    assert_eq!(a.per_example.len(), 4);
-    assert_eq!(a.per_example, b.per_example);
+    assert_eq!(a.per_example().len(), 4);
+    assert_eq!(a.per_example(), b.per_example());
     assert!(evaluate(
         &task,
         &tiny_tokenizer(),
@@ -183,13 +183,17 @@ fn parallel_evaluation_matches_the_sequential_one_in_order() {
     )
     .unwrap();
     // Not all equal, so a reordering would show.
-    assert!(sequential.per_example.contains(&1.0) && sequential.per_example.contains(&0.0));
+    assert!(sequential.per_example().contains(&1.0) && sequential.per_example().contains(&0.0));
     for n in [1, 2, 3, 7, 12] {
         let mut scorers: Vec<Fake> = (0..n).map(|_| Fake { prompts: vec![] }).collect();
         let parallel =
             fluxmoe_data::evaluate_parallel(&task, &tokenizer, &mut scorers, &cfg(Some(29)))
                 .unwrap();
-        assert_eq!(parallel.per_example, sequential.per_example, "{n} scorers");
+        assert_eq!(
+            parallel.per_example(),
+            sequential.per_example(),
+            "{n} scorers"
+        );
         assert_eq!(parallel.score, sequential.score);
         // Every example scored once, spread over the scorers in whole generation
         // groups (29 examples: 4 groups, the last of 5).
