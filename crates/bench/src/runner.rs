@@ -126,20 +126,12 @@ fn share_initial_metric(out: &Path, spec: &RunSpec, dir: &Path, model: &Path) ->
     if let Some(from) = siblings.iter().find(|p| matches(p)) {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         std::fs::copy(from, &to).map_err(|e| io(&to, e))?;
-        // The sibling's answers before round 1 go with its metric (absent if it
-        // reused a metric from a run without them).
+        // The sibling's answers go with its metric; the run keeps only those of the
+        // initial model (`sim::run`, when it reuses the metric).
         let answers = from.with_file_name(fluxmoe_sim::run::PREDICTIONS_FILE);
-        if let Ok(text) = std::fs::read_to_string(&answers) {
-            let round0: String = text
-                .lines()
-                .filter(|l| {
-                    serde_json::from_str::<fluxmoe_sim::scorer::Prediction>(l)
-                        .is_ok_and(|p| p.round == 0)
-                })
-                .map(|l| format!("{l}\n"))
-                .collect();
+        if answers.exists() {
             let path = dir.join(fluxmoe_sim::run::PREDICTIONS_FILE);
-            std::fs::write(&path, round0).map_err(|e| io(&path, e))?;
+            std::fs::copy(&answers, &path).map_err(|e| io(&path, e))?;
         }
     }
     Ok(())
@@ -193,7 +185,7 @@ per_round = 2
             serde_json::from_str(&std::fs::read_to_string(initial(flux0)).unwrap()).unwrap();
         assert_eq!(copied["initial_metric"], 0.25);
         assert_eq!(copied["key"], key0.as_str());
-        // ... with the sibling's answers before round 1, and none of later rounds.
+        // ... with the sibling's answers (the run keeps those before round 1).
         let answers = |s: &RunSpec| {
             out.path()
                 .join(&s.dir)
@@ -204,7 +196,7 @@ per_round = 2
         share_initial_metric(out.path(), flux0, &out.path().join(&flux0.dir), &model).unwrap();
         assert_eq!(
             std::fs::read_to_string(answers(flux0)).unwrap(),
-            format!("{}\n", line(0))
+            format!("{}\n{}\n", line(0), line(1))
         );
         // Seed 1 has another test split: nothing of seed 0 is offered.
         share_initial_metric(out.path(), flux1, &out.path().join(&flux1.dir), &model).unwrap();
