@@ -415,7 +415,7 @@ pub fn run_over(
         stop_ids,
         scores: BTreeMap::new(),
         workers: file.rounds.workers,
-        predictions: Some(file.output.join(PREDICTIONS_FILE)),
+        predictions: file.output.join(PREDICTIONS_FILE),
     };
     let run_cfg = RunConfig {
         n_rounds: file.rounds.rounds,

@@ -280,8 +280,8 @@ pub struct ModelEvaluator {
     /// threads a worker has; the metric does not depend on it.
     pub workers: usize,
     /// Where each evaluation's outputs go, one JSON line per example
-    /// (`{"round", "id", "output", "score"}`), appended; `None`: nowhere.
-    pub predictions: Option<PathBuf>,
+    /// (`{"round", "id", "output", "score"}`), appended.
+    pub predictions: PathBuf,
 }
 
 /// One line of a run's `predictions.jsonl`.
@@ -297,24 +297,23 @@ impl ModelEvaluator {
     /// Score the model whose tensors are `global` after `round`, recording its outputs.
     pub fn score(&self, round: u32, global: &Global) -> crate::Result<f64> {
         let report = self.report(global)?;
-        if let Some(path) = &self.predictions {
-            let mut text = String::new();
-            for example in report.outputs {
-                let line = serde_json::to_string(&Prediction { round, example })
-                    .map_err(|e| crate::Error::Config(format!("prediction: {e}")))?;
-                text.push_str(&line);
-                text.push('\n');
-            }
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .and_then(|mut f| f.write_all(text.as_bytes()))
-                .map_err(|source| crate::Error::Io {
-                    path: path.clone(),
-                    source,
-                })?;
+        let mut text = String::new();
+        for example in report.outputs {
+            let line = serde_json::to_string(&Prediction { round, example })
+                .map_err(|e| crate::Error::Config(format!("prediction: {e}")))?;
+            text.push_str(&line);
+            text.push('\n');
         }
+        let path = &self.predictions;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(|source| crate::Error::Io {
+                path: path.clone(),
+                source,
+            })?;
         Ok(report.score.mean)
     }
 
