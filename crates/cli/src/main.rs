@@ -511,6 +511,7 @@ enum LogFormat {
 static ALLOC: fluxmoe_fed::measure::CountingAlloc = fluxmoe_fed::measure::CountingAlloc;
 
 fn main() -> ExitCode {
+    run::pin_thread_count();
     let cli = Cli::parse();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
