@@ -47,6 +47,27 @@ fn smoke_suite_runs_every_method_and_resumes_without_rerunning() {
         fmd["phases"]["pcie"].as_f64().unwrap() > 0.0,
         "offloading moves bytes"
     );
+    // ... and is derived from fedavg-full's run (same training): the same curve, each
+    // point later by the PCIe time.
+    let prov: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("runs/math/fmd/seed0/run.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        prov["derived_from"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("runs/math/fedavg-full/seed0")),
+        "{prov}"
+    );
+    let full = runs
+        .iter()
+        .find(|r| r["method"] == "fedavg-full" && r["task"] == fmd["task"])
+        .unwrap();
+    let points = |r: &serde_json::Value| r["curve"].as_array().unwrap().clone();
+    for (a, b) in points(full).iter().zip(points(fmd).iter()).skip(1) {
+        assert_eq!(a["metric"], b["metric"]);
+        assert!(b["virtual_s"].as_f64() > a["virtual_s"].as_f64(), "{a} {b}");
+    }
 
     // Finished runs keep their metrics but not their checkpoint and final model.
     let run_dir = out.join("runs/math/flux/seed0");

@@ -23,6 +23,10 @@ pub struct RunOptions<'a> {
     /// removed once the run's metrics are written: at SmolLM2 size they are 1.5 GB
     /// each, and a suite has dozens of runs).
     pub keep_models: bool,
+    /// Write each FMD run from the finished fedavg-full run of the same task, seed and
+    /// settings (`fluxmoe_sim::derive`: FMD trains exactly what fedavg-full trains and
+    /// only adds PCIe time) instead of training it again.
+    pub derive_fmd: bool,
     /// Turns `model.path` (e.g. `builtin:…`) into a folder or file.
     pub resolve_model: &'a dyn Fn(&str) -> Result<PathBuf>,
     /// Called before each run with (index, total, spec) and after it with its result.
@@ -37,6 +41,7 @@ pub fn run_suite(suite: &Suite, suite_file: &str, opts: RunOptions<'_>) -> Resul
     }
     std::fs::create_dir_all(opts.out).map_err(|e| io(opts.out, e))?;
     let specs = suite.runs_filtered(opts.out, opts.methods, opts.tasks)?;
+    let all = suite.runs(opts.out)?;
     let total = specs.len();
     let mut runs = Vec::with_capacity(total);
     for (i, spec) in specs.iter().enumerate() {
@@ -49,15 +54,22 @@ pub fn run_suite(suite: &Suite, suite_file: &str, opts: RunOptions<'_>) -> Resul
                 .join("state.json")
                 .exists();
             let model = (opts.resolve_model)(&spec.config.model.path)?;
-            if !interrupted {
-                share_initial_metric(opts.out, spec, &dir, &model)?;
+            let source = (opts.derive_fmd && !interrupted)
+                .then(|| offloading_source(&all, opts.out, spec))
+                .flatten();
+            if let Some(source) = source {
+                fluxmoe_sim::derive::derive_offloading(&source, &spec.config, &model)?;
+            } else {
+                if !interrupted {
+                    share_initial_metric(opts.out, spec, &dir, &model)?;
+                }
+                fluxmoe_sim::run(
+                    &spec.config,
+                    &model,
+                    opts.resume && interrupted,
+                    &mut |_| {},
+                )?;
             }
-            fluxmoe_sim::run(
-                &spec.config,
-                &model,
-                opts.resume && interrupted,
-                &mut |_| {},
-            )?;
         }
         if !opts.keep_models {
             for sub in [
@@ -88,6 +100,21 @@ pub fn run_suite(suite: &Suite, suite_file: &str, opts: RunOptions<'_>) -> Resul
         suite_file: suite_file.to_string(),
         runs,
     })
+}
+
+/// The folder of a finished fedavg-full run that FMD run `spec` can be derived from:
+/// same task and seed, settings equal but for the method
+/// (`fluxmoe_sim::derive::check_derivable`).
+fn offloading_source(all: &[RunSpec], out: &Path, spec: &RunSpec) -> Option<PathBuf> {
+    use fluxmoe_sim::derive::{check_derivable, DERIVED, SOURCE};
+    if spec.method != DERIVED {
+        return None;
+    }
+    all.iter()
+        .filter(|s| s.method == SOURCE && s.task.name == spec.task.name && s.seed == spec.seed)
+        .filter(|s| check_derivable(&s.config, &spec.config).is_ok())
+        .map(|s| out.join(&s.dir))
+        .find(|dir| dir.join(fluxmoe_sim::run::SUMMARY_FILE).exists())
 }
 
 /// Offer `dir` the metric before any round that another run of the same task and seed

@@ -391,6 +391,11 @@ enum BenchKind {
         /// metrics are written, by default: 1.5 GB each at SmolLM2 size).
         #[arg(long)]
         keep_models: bool,
+        /// Train FMD's runs too. By default each is derived from the fedavg-full run of
+        /// the same task, seed and settings: FMD trains exactly what fedavg-full trains
+        /// and only adds PCIe time on the virtual clock (tested equal).
+        #[arg(long)]
+        simulate_fmd: bool,
     },
     /// Tokens/s of forward + backward + AdamW over the trainable experts, and peak RSS.
     TrainStep {
@@ -845,6 +850,7 @@ fn run(cli: Cli) -> Result<()> {
                     out,
                     resume,
                     keep_models,
+                    simulate_fmd,
                 },
         }) => run::bench_tta(&run::TtaArgs {
             suite,
@@ -854,6 +860,7 @@ fn run(cli: Cli) -> Result<()> {
             out,
             resume,
             keep_models,
+            derive_fmd: !simulate_fmd,
         }),
         Some(Command::Bench {
             which:

@@ -28,6 +28,7 @@ pub struct TtaArgs {
     pub out: PathBuf,
     pub resume: bool,
     pub keep_models: bool,
+    pub derive_fmd: bool,
 }
 
 /// The suite file of `name`: a path, or `suites/<name>.toml` of this source tree.
@@ -107,6 +108,7 @@ pub fn bench_tta(args: &TtaArgs) -> Result<()> {
             seeds: args.seeds,
             resume: args.resume,
             keep_models: args.keep_models,
+            derive_fmd: args.derive_fmd,
             resolve_model: &resolve,
             on_run: &mut on_run,
         },

@@ -458,13 +458,12 @@ impl ExpertStrategy {
             }
             Method::Fmd => {
                 plan.roles.tuning = all.clone();
-                let m = &self.model.memory;
-                let need = m.fixed_bytes()?
-                    + all.len() as u64
-                        * self.opts.memory_model().tuning_expert_bytes(m.expert_bytes);
-                let memory = self.memory.get(&id).copied().unwrap_or(0);
-                // What does not fit is moved in and out once per step.
-                plan.pcie_bytes_per_step = 2 * need.saturating_sub(memory);
+                plan.pcie_bytes_per_step = offload_bytes_per_step(
+                    &self.model.memory,
+                    &self.opts.memory_model(),
+                    all.len(),
+                    self.memory.get(&id).copied().unwrap_or(0),
+                )?;
             }
             Method::Fmq => {
                 plan.roles.tuning = all.clone();
@@ -479,6 +478,40 @@ impl ExpertStrategy {
             .iter()
             .flat_map(|e| self.model.keys[e].iter().cloned())
             .collect()
+    }
+}
+
+/// Bytes FMD moves between host and device memory per optimizer step on a device
+/// offering `memory` bytes: it tunes all `experts`, and what does not fit beside the
+/// fixed part (their weights, gradients and optimizer state) goes out and back once.
+pub fn offload_bytes_per_step(
+    inputs: &MemoryInputs,
+    model: &MemoryModel,
+    experts: usize,
+    memory: u64,
+) -> Result<u64> {
+    let need =
+        inputs.fixed_bytes()? + experts as u64 * model.tuning_expert_bytes(inputs.expert_bytes);
+    Ok(2 * need.saturating_sub(memory))
+}
+
+/// The [`RoundReport`] of a round in which each of `participants` tuned every one of
+/// `experts` (FMD and FMQ: no roles, no dropped experts, no profiles).
+pub fn all_tuning_report(participants: &[ParticipantId], experts: &[ExpertId]) -> RoundReport {
+    RoundReport {
+        roles: participants
+            .iter()
+            .map(|id| {
+                (
+                    id.0,
+                    RoundRoles {
+                        tuning: experts.to_vec(),
+                        ..RoundRoles::default()
+                    },
+                )
+            })
+            .collect(),
+        activation: Vec::new(),
     }
 }
 

@@ -9,6 +9,7 @@
 //! runtime together.
 
 pub mod config;
+pub mod derive;
 pub mod error;
 mod expert_participant;
 pub mod participant;

@@ -7,7 +7,9 @@
 //! return `ΔW = W_local − W_global` per tuned tensor, weighted by the number of target
 //! (loss) tokens trained on.
 //! Cost charged on the virtual clock: `6 · active_params · tokens` FLOPs (forward 2,
-//! backward 4), download of the tuned tensors, upload of the deltas.
+//! backward 4) over the padded batches' positions, as the expert methods count them
+//! (an FMD run is this run plus PCIe time: `derive`), download of the tuned tensors,
+//! upload of the deltas.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -74,7 +76,7 @@ impl ModelParticipant {
                 .map(|_| self.shard[rng.gen_range(0..self.shard.len())].clone())
                 .collect();
             let b = collate(&items, t.pad_id, &Device::Cpu)?;
-            tokens += items.iter().map(|e| e.ids.len()).sum::<usize>();
+            tokens += b.input_ids.elem_count();
             targets += items
                 .iter()
                 .map(|e| e.loss_mask.iter().filter(|&&m| m == 1).count())

@@ -439,6 +439,7 @@ pub fn run_over(
             model_path: std::fs::canonicalize(model_path).unwrap_or(model_path.to_path_buf()),
             commit: build_commit(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            derived_from: None,
         };
         let text = serde_json::to_string_pretty(&prov).map_err(|e| Error::Config(e.to_string()))?;
         checkpoint::write_atomic(&out.join(PROVENANCE_FILE), text.as_bytes())?;
@@ -569,6 +570,9 @@ pub struct Provenance {
     /// (`-dirty` with uncommitted changes), when built from a git checkout.
     pub commit: Option<String>,
     pub version: String,
+    /// The run this one was computed from instead of trained (`derive`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub derived_from: Option<PathBuf>,
 }
 
 pub const PROVENANCE_FILE: &str = "run.json";
@@ -787,7 +791,7 @@ fn trainable_names(lm: &LoadedModel, spec: &str) -> Result<Vec<String>> {
     Ok(names)
 }
 
-fn io(path: &Path, e: std::io::Error) -> Error {
+pub(crate) fn io(path: &Path, e: std::io::Error) -> Error {
     Error::Io {
         path: path.to_path_buf(),
         source: e,

@@ -263,6 +263,75 @@ fn flux_profiles_merges_tunes_a_subset_and_is_deterministic() {
     assert_eq!(records(root, "f1"), records(root, "f2"));
 }
 
+/// FMD trains what fedavg-full trains; a derived FMD run is the simulated one, record
+/// for record, apart from the reply metrics only the expert methods report.
+#[test]
+fn fmd_derived_from_fedavg_full_equals_fmd_simulated() {
+    use fluxmoe_sim::derive::{check_derivable, derive_offloading};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let model = model_dir(root);
+    // Any evaluation reaches it: the time to target is the first round's end.
+    let target = Some(fluxmoe_sim::config::TargetSection {
+        value: 0.0,
+        stop: false,
+    });
+    let with_target = |out: &str, method: &str| {
+        let mut cfg = method_config(root, out, method, 3);
+        cfg.rounds.eval_every = 1;
+        cfg.target = target.clone();
+        cfg
+    };
+    let full = with_target("full", "fedavg-full");
+    let fmd = with_target("fmd", "fmd");
+    run(&full, &model, false, &mut |_| {}).unwrap();
+    let simulated = run(&fmd, &model, false, &mut |_| {}).unwrap();
+    let derived_cfg = with_target("derived", "fmd");
+    let derived = derive_offloading(&root.join("full"), &derived_cfg, &model).unwrap();
+
+    let strip = |recs: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
+        recs.into_iter()
+            .map(|mut r| {
+                let loss = r["train_metrics"]["train_loss"].clone();
+                r["train_metrics"] = serde_json::json!({ "train_loss": loss });
+                r
+            })
+            .collect()
+    };
+    let (sim, der) = (strip(records(root, "fmd")), strip(records(root, "derived")));
+    let pcie: f64 = der
+        .iter()
+        .flat_map(|r| r["times"].as_array().unwrap().clone())
+        .map(|t| t["phases"]["pcie"].as_f64().unwrap())
+        .sum();
+    assert!(pcie > 0.0, "the fixture fleet offloads");
+    assert_eq!(sim, der);
+    assert_eq!(simulated.virtual_seconds, derived.virtual_seconds);
+    assert_eq!(simulated.time_to_target, derived.time_to_target);
+    assert!(derived.time_to_target.is_some());
+    assert_eq!(simulated.final_metric, derived.final_metric);
+    assert_eq!(predictions(root, "fmd"), predictions(root, "derived"));
+    let prov = fluxmoe_sim::run::read_provenance(&root.join("derived")).unwrap();
+    assert_eq!(
+        prov.derived_from.as_deref(),
+        Some(root.join("full").as_path())
+    );
+
+    // Only FMD derives, only from fedavg-full, only with the same settings.
+    let mut other = with_target("x", "fmd");
+    other.train.lr *= 2.0;
+    let err = check_derivable(&full, &other).unwrap_err().to_string();
+    assert!(err.contains("train.lr"), "{err}");
+    let err = check_derivable(&full, &with_target("x", "fmq"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("only a fmd run"), "{err}");
+    let mut late = with_target("x", "fmd");
+    late.fleet.deadline_s = Some(100.0);
+    let err = check_derivable(&full, &late).unwrap_err().to_string();
+    assert!(err.contains("deadline_s"), "{err}");
+}
+
 #[test]
 fn baselines_run_on_the_same_runtime_with_their_costs() {
     let tmp = tempfile::tempdir().unwrap();
