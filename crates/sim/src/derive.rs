@@ -16,15 +16,11 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
-use fluxmoe_fed::ParticipantId;
 use fluxmoe_flux::strategy::{all_tuning_report, offload_bytes_per_step};
-use fluxmoe_model::load_model;
-use fluxmoe_model::stats::ModelStats;
 
 use crate::config::RunFile;
 use crate::run::{
-    build_commit, expert_model, fleet, io, read_provenance, read_records, Provenance, RunSummary,
+    build_commit, experts_and_fleet, io, read_provenance, read_records, Provenance, RunSummary,
     INITIAL_FILE, METRICS_FILE, PREDICTIONS_FILE, PROVENANCE_FILE, SUMMARY_FILE,
 };
 use crate::{Error, Result};
@@ -105,19 +101,7 @@ pub fn derive_offloading(
     let source: RunSummary = serde_json::from_str(&text)
         .map_err(|e| Error::Config(format!("{}: {e}", summary_path.display())))?;
 
-    let lm = load_model(model_path, &Device::Cpu)?;
-    let stats = ModelStats::of(&lm.checkpoint.config, &lm.checkpoint.params);
-    let model = expert_model(&lm, &stats, file)?;
-    if model.experts.is_empty() {
-        return Err(Error::Config(format!(
-            "{DERIVED} needs an MoE model; {} has no routed experts",
-            model_path.display()
-        )));
-    }
-    let ids: Vec<ParticipantId> = (0..file.partition.participants as u32)
-        .map(ParticipantId)
-        .collect();
-    let devices: std::collections::BTreeMap<_, _> = fleet(file, &ids)?.into_iter().collect();
+    let (model, devices) = experts_and_fleet(file, model_path)?;
     let memory_model = file.method.options.memory_model();
     let steps = file.rounds.local_steps as u64;
 

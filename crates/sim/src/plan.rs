@@ -1,19 +1,13 @@
 //! `fluxmoe plan`: each participant's memory budget under a run config, before running
 //! it (METHOD.md step 3), so a user sees why a method tunes what it tunes.
 
-use std::collections::BTreeMap;
-
-use candle_core::Device;
-use fluxmoe_fed::ParticipantId;
 use fluxmoe_flux::budget::{fleet_budgets, Budget, MemoryInputs, TuneCap};
 use fluxmoe_flux::strategy::Method;
-use fluxmoe_model::load_model;
-use fluxmoe_model::stats::ModelStats;
 use serde::Serialize;
 
 use crate::config::RunFile;
-use crate::run::{expert_model, fleet};
-use crate::{Error, Result};
+use crate::run::experts_and_fleet;
+use crate::Result;
 
 /// One participant's budget.
 #[derive(Debug, Clone, Serialize)]
@@ -34,23 +28,11 @@ pub struct PlanReport {
 
 /// Budgets of every participant of `file` with the model at `model_path`.
 pub fn plan(file: &RunFile, model_path: &std::path::Path) -> Result<PlanReport> {
-    let lm = load_model(model_path, &Device::Cpu)?;
-    let stats = ModelStats::of(&lm.checkpoint.config, &lm.checkpoint.params);
-    let model = expert_model(&lm, &stats, file)?;
-    if model.experts.is_empty() {
-        return Err(Error::Config(format!(
-            "`model.path`: {} has no routed experts to budget",
-            model_path.display()
-        )));
-    }
-    let ids: Vec<ParticipantId> = (0..file.partition.participants as u32)
-        .map(ParticipantId)
-        .collect();
+    let (model, devices) = experts_and_fleet(file, model_path)?;
     let opts = &file.method.options;
     // As `ExpertStrategy::new` plans; fedavg-full has no budget cap.
     let cap = serde_json::from_value::<Method>(serde_json::Value::String(file.method.name.clone()))
         .map_or(TuneCap::None, |m| opts.tune_cap_for(m));
-    let devices: BTreeMap<_, _> = fleet(file, &ids)?.into_iter().collect();
     let rows = fleet_budgets(&devices, &model.memory, &opts.memory_model(), cap)
         .into_iter()
         .map(|(id, budget)| PlanRow {

@@ -707,6 +707,28 @@ pub(crate) fn fleet(
     Ok(out)
 }
 
+/// The expert model of `file`'s model at `model_path` and each participant's device:
+/// what a budget depends on (`plan`, `derive`). Errs on a model without routed experts.
+pub(crate) fn experts_and_fleet(
+    file: &RunFile,
+    model_path: &Path,
+) -> Result<(ExpertModel, BTreeMap<ParticipantId, DeviceProfile>)> {
+    let lm = load_model(model_path, &Device::Cpu)?;
+    let stats = ModelStats::of(&lm.checkpoint.config, &lm.checkpoint.params);
+    let model = expert_model(&lm, &stats, file)?;
+    if model.experts.is_empty() {
+        return Err(Error::Config(format!(
+            "`model.path`: {} has no routed experts",
+            model_path.display()
+        )));
+    }
+    let ids: Vec<ParticipantId> = (0..file.partition.participants as u32)
+        .map(ParticipantId)
+        .collect();
+    let devices = fleet(file, &ids)?.into_iter().collect();
+    Ok((model, devices))
+}
+
 /// What the expert strategies plan with: every routed expert, its tensor names and
 /// the memory model's inputs (f32 weights; activations of a full batch of `max_len`
 /// tokens, as `fluxmoe_model::train::step_activation_bytes` counts them).
