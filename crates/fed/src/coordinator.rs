@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::Clock;
 use crate::device::DeviceProfile;
 use crate::error::{Error, Result};
-use crate::history::{History, RoundRecord, TargetHit};
+use crate::history::{History, ParticipantTime, RoundRecord, TargetHit};
 use crate::ids::{ParticipantId, Round};
 use crate::seed::{round_rng, STREAM_SAMPLE};
 use crate::state::CoordinatorState;
@@ -53,6 +53,16 @@ impl TargetConfig {
             metric <= self.value
         }
     }
+}
+
+/// A round's training time: its slowest working participant's critical path, capped
+/// at the deadline (the server stops waiting there).
+pub fn train_seconds(times: &[ParticipantTime], deadline_s: Option<f64>) -> f64 {
+    let deadline = deadline_s.unwrap_or(f64::INFINITY);
+    times
+        .iter()
+        .map(|t| t.critical_s().min(deadline))
+        .fold(0.0, f64::max)
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -334,12 +344,7 @@ impl Coordinator {
         );
         dropped.sort_by_key(|f| f.participant);
 
-        let deadline = self.cfg.deadline_s.unwrap_or(f64::INFINITY);
-        let train_s = exchange
-            .times
-            .iter()
-            .map(|t| t.critical_s().min(deadline))
-            .fold(0.0, f64::max);
+        let train_s = train_seconds(&exchange.times, self.cfg.deadline_s);
         let aggregate_s = outcome.cost.seconds(&self.cfg.server)?.total;
         let round_s = train_s + aggregate_s;
         clock.advance(round_s)?;

@@ -68,8 +68,18 @@ impl WorkCost {
             pcie,
             upload,
             download,
-            total: compute + quant + pcie + upload + download,
-        })
+            total: 0.0,
+        }
+        .totalled())
+    }
+}
+
+impl PhaseTimes {
+    /// These phases with `total` set to their plain sum (phases are charged as if
+    /// serial).
+    pub fn totalled(mut self) -> PhaseTimes {
+        self.total = self.compute + self.quant + self.pcie + self.upload + self.download;
+        self
     }
 }
 

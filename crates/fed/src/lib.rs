@@ -41,7 +41,7 @@ pub use aggregate::{
     fedavg, mean_assigned_deltas, mean_deltas, AggregateConfig, AggregateReport, MeanDelta,
 };
 pub use clock::{Clock, VirtualClock};
-pub use coordinator::{Coordinator, Download, Evaluator, RunConfig, TargetConfig};
+pub use coordinator::{train_seconds, Coordinator, Download, Evaluator, RunConfig, TargetConfig};
 pub use cost::{PhaseTimes, WorkCost};
 pub use device::{Assignment, DeviceProfile, FleetConfig};
 pub use error::{Error, Result};

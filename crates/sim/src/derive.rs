@@ -16,12 +16,13 @@
 
 use std::path::{Path, PathBuf};
 
+use fluxmoe_fed::train_seconds;
 use fluxmoe_flux::strategy::{all_tuning_report, offload_bytes_per_step};
 
 use crate::config::RunFile;
 use crate::run::{
-    build_commit, experts_and_fleet, io, read_provenance, read_records, Provenance, RunSummary,
-    INITIAL_FILE, METRICS_FILE, PREDICTIONS_FILE, PROVENANCE_FILE, SUMMARY_FILE,
+    build_commit, experts_and_fleet, io, read_provenance, read_records, target_config, Provenance,
+    RunSummary, INITIAL_FILE, METRICS_FILE, PREDICTIONS_FILE, PROVENANCE_FILE, SUMMARY_FILE,
 };
 use crate::{Error, Result};
 
@@ -105,6 +106,7 @@ pub fn derive_offloading(
     let memory_model = file.method.options.memory_model();
     let steps = file.rounds.local_steps as u64;
 
+    let target = target_config(file);
     let mut records = read_records(&source_dir.join(METRICS_FILE))?;
     let (mut now, mut hit) = (0.0f64, None);
     for rec in &mut records {
@@ -121,19 +123,17 @@ pub fn derive_offloading(
                 model.experts.len(),
                 device.memory_bytes,
             )?;
-            let p = &mut t.phases;
-            p.pcie = (per_step * steps) as f64 / device.pcie_bytes_per_s;
-            // The cost model's order of the sum (`WorkCost::seconds`).
-            p.total = p.compute + p.quant + p.pcie + p.upload + p.download;
+            t.phases.pcie = (per_step * steps) as f64 / device.pcie_bytes_per_s;
+            t.phases = t.phases.totalled();
         }
-        rec.train_s = rec.times.iter().map(|t| t.critical_s()).fold(0.0, f64::max);
+        rec.train_s = train_seconds(&rec.times, file.fleet.deadline_s);
         rec.round_s = rec.train_s + rec.aggregate_s;
         now += rec.round_s;
         rec.virtual_time_end = now;
         rec.strategy = serde_json::to_value(all_tuning_report(&rec.participants, &model.experts))
             .map_err(|e| Error::Config(e.to_string()))?;
-        if let (None, Some(metric), Some(target)) = (hit, rec.eval, &file.target) {
-            if metric >= target.value {
+        if let (None, Some(metric), Some(target)) = (hit, rec.eval, &target) {
+            if target.reached(metric) {
                 hit = Some(now);
             }
         }

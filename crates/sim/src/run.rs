@@ -422,11 +422,7 @@ pub fn run_over(
         seed: file.seed,
         deadline_s: file.fleet.deadline_s,
         eval_every: file.rounds.eval_every,
-        target: file.target.as_ref().map(|t| TargetConfig {
-            value: t.value,
-            higher_is_better: true,
-            stop: t.stop,
-        }),
+        target: target_config(file),
         server: DeviceProfile::cpu(),
         download: file.fleet.download,
     };
@@ -705,6 +701,15 @@ pub(crate) fn fleet(
         p.memory_bytes = (p.memory_bytes as f64 * file.fleet.memory_fraction) as u64;
     }
     Ok(out)
+}
+
+/// The run's target as the coordinator checks it (every task metric is higher-better).
+pub(crate) fn target_config(file: &RunFile) -> Option<TargetConfig> {
+    file.target.as_ref().map(|t| TargetConfig {
+        value: t.value,
+        higher_is_better: true,
+        stop: t.stop,
+    })
 }
 
 /// The expert model of `file`'s model at `model_path` and each participant's device:
