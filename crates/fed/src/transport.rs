@@ -4,8 +4,10 @@
 //! reply and every failure, plus each working participant's virtual time by phase
 //! (its reply's [`crate::WorkCost`] on its [`DeviceProfile`]).
 //!
-//! [`LocalTransport`] runs in-process [`Participant`]s one after another, in ascending
-//! id order, and simulates the network's failures deterministically:
+//! [`LocalTransport`] runs in-process [`Participant`]s on its `workers` threads
+//! (participant i of a phase on worker i mod `workers`, each worker in ascending id
+//! order; results do not depend on it), and simulates the network's failures
+//! deterministically:
 //! - dropout: participant p drops out of round r iff `u < dropout`, with `u` the first
 //!   uniform draw of the generator seeded by `(seed, r, p)`, so who drops out depends
 //!   neither on order nor on who else was sampled; a dropout does no work;
@@ -283,8 +285,9 @@ impl Transport for LocalTransport {
         self.members.keys().copied().collect()
     }
 
-    /// Participants profile one after another, in ascending id order. Dropouts are
-    /// simulated in the training phase only.
+    /// Participants profile on the transport's workers, as they train (each worker
+    /// takes its share in ascending id order). Dropouts are simulated in the training
+    /// phase only.
     fn profile(
         &mut self,
         mut msgs: Vec<(ParticipantId, ProfileIns)>,
@@ -292,16 +295,33 @@ impl Transport for LocalTransport {
         previous: &Global,
     ) -> Result<ProfileExchange> {
         check_recipients(&mut msgs, |id| self.members.contains_key(&id))?;
-        let mut out = ProfileExchange::default();
-        for (id, ins) in msgs {
-            let Some(member) = self.members.get_mut(&id) else {
-                return Err(Error::UnknownParticipant(id));
-            };
+        let jobs: BTreeMap<ParticipantId, ProfileIns> = msgs.into_iter().collect();
+        let members: Vec<(ParticipantId, &mut Member)> = self
+            .members
+            .iter_mut()
+            .filter(|(id, _)| jobs.contains_key(id))
+            .map(|(id, m)| (*id, m))
+            .collect();
+        let work = |id: ParticipantId, member: &mut Member| {
+            let ins = &jobs[&id];
             let model = if ins.stale { previous } else { current };
             let start = std::time::Instant::now();
-            let result = member.participant.profile(&ins, model, current);
-            let measured_s = start.elapsed().as_secs_f64();
-            settle_profile(&mut out, id, result, &member.profile, measured_s);
+            let result = member.participant.profile(ins, model, current);
+            (result, start.elapsed().as_secs_f64())
+        };
+        let failed = |id: ParticipantId| {
+            (
+                Err(Error::Participant {
+                    participant: id,
+                    msg: "its worker thread panicked".into(),
+                }),
+                0.0,
+            )
+        };
+        let results = on_workers(members, self.cfg.workers, &work, &failed);
+        let mut out = ProfileExchange::default();
+        for (id, (result, measured_s)) in results {
+            settle_profile(&mut out, id, result, &self.members[&id].profile, measured_s);
         }
         Ok(out)
     }
@@ -328,14 +348,15 @@ impl Transport for LocalTransport {
                 jobs.insert(id, ins);
             }
         }
-        let workers = self.cfg.workers.max(1);
-        let mut members: Vec<(ParticipantId, &mut Member)> = self
+        let members: Vec<(ParticipantId, &mut Member)> = self
             .members
             .iter_mut()
             .filter(|(id, _)| jobs.contains_key(id))
             .map(|(id, m)| (*id, m))
             .collect();
-        let train = |id: ParticipantId, member: &mut Member, measure_peak: bool| {
+        // Peak memory is per process: measured only when participants run one at a time.
+        let measure_peak = self.cfg.workers <= 1;
+        let train = |id: ParticipantId, member: &mut Member| {
             let mut rss = MeasuredRss::default();
             let mut heap_start = None;
             if measure_peak {
@@ -362,61 +383,74 @@ impl Transport for LocalTransport {
                 rss_after = ?crate::measure::rss_bytes(),
                 "participant trained"
             );
-            (id, trained, measured_s, rss)
+            (trained, measured_s, rss)
         };
-        let mut results = if workers == 1 {
-            members
-                .iter_mut()
-                .map(|(id, m)| train(*id, m, true))
-                .collect::<Vec<_>>()
-        } else {
-            // Participant i goes to worker i mod workers; each worker trains its share in
-            // id order. Peak memory is per process, so it is not attributed here.
-            let mut shares: Vec<Vec<(ParticipantId, &mut Member)>> =
-                (0..workers).map(|_| Vec::new()).collect();
-            for (i, pair) in members.drain(..).enumerate() {
-                shares[i % workers].push(pair);
-            }
-            let train = &train;
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = shares
-                    .into_iter()
-                    .map(|share| {
-                        let ids: Vec<ParticipantId> = share.iter().map(|(id, _)| *id).collect();
-                        let handle = scope.spawn(move || {
-                            share
-                                .into_iter()
-                                .map(|(id, m)| train(id, m, false))
-                                .collect::<Vec<_>>()
-                        });
-                        (ids, handle)
-                    })
-                    .collect();
-                let mut done = Vec::new();
-                for (ids, handle) in handles {
-                    match handle.join() {
-                        Ok(results) => done.extend(results),
-                        // A panicking participant fails its worker's share, not the round.
-                        Err(_) => done.extend(ids.into_iter().map(|id| {
-                            let e = Error::Participant {
-                                participant: id,
-                                msg: "its worker thread panicked".into(),
-                            };
-                            (id, Err(e), 0.0, MeasuredRss::default())
-                        })),
-                    }
-                }
-                done
-            })
+        // A panicking participant fails its worker's share, not the round.
+        let failed = |id: ParticipantId| {
+            let e = Error::Participant {
+                participant: id,
+                msg: "its worker thread panicked".into(),
+            };
+            (Err(e), 0.0, MeasuredRss::default())
         };
-        results.sort_by_key(|r| r.0);
-        for (id, trained, measured_s, rss) in results {
+        let results = on_workers(members, self.cfg.workers, &train, &failed);
+        for (id, (trained, measured_s, rss)) in results {
             let profile = &self.members[&id].profile;
             settle_train(&mut out, id, trained, profile, measured_s, rss, deadline_s);
         }
         out.failures.sort_by_key(|f| f.participant);
         Ok(out)
     }
+}
+
+/// Run `work` for every member on `workers` threads: member i (in the given order)
+/// goes to worker i mod `workers`, and each worker takes its share in order, so who
+/// runs with whom does not depend on timing. A worker that panics yields `failed(id)`
+/// for every member of its share. Results come back ascending by id.
+fn on_workers<M: Send, R: Send>(
+    mut members: Vec<(ParticipantId, &mut M)>,
+    workers: usize,
+    work: &(dyn Fn(ParticipantId, &mut M) -> R + Sync),
+    failed: &(dyn Fn(ParticipantId) -> R + Sync),
+) -> Vec<(ParticipantId, R)> {
+    let workers = workers.max(1);
+    let mut results: Vec<(ParticipantId, R)> = if workers == 1 {
+        members
+            .iter_mut()
+            .map(|(id, m)| (*id, work(*id, m)))
+            .collect()
+    } else {
+        let mut shares: Vec<Vec<(ParticipantId, &mut M)>> =
+            (0..workers).map(|_| Vec::new()).collect();
+        for (i, pair) in members.drain(..).enumerate() {
+            shares[i % workers].push(pair);
+        }
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = shares
+                .into_iter()
+                .map(|share| {
+                    let ids: Vec<ParticipantId> = share.iter().map(|(id, _)| *id).collect();
+                    let handle = scope.spawn(move || {
+                        share
+                            .into_iter()
+                            .map(|(id, m)| (id, work(id, m)))
+                            .collect::<Vec<_>>()
+                    });
+                    (ids, handle)
+                })
+                .collect();
+            let mut done = Vec::new();
+            for (ids, handle) in handles {
+                match handle.join() {
+                    Ok(results) => done.extend(results),
+                    Err(_) => done.extend(ids.into_iter().map(|id| (id, failed(id)))),
+                }
+            }
+            done
+        })
+    };
+    results.sort_by_key(|r| r.0);
+    results
 }
 
 #[cfg(test)]
