@@ -3,13 +3,20 @@
 //! utility of Eq. 3), and zeroth-order probes of the exploration experts.
 //!
 //! Per step, each sample of the step's batch is a separate forward/backward pass that
-//! yields `||g_k^e||²` per tuning expert e; then one backward pass through
-//! `Σ_k (n_k / N) L_k` (n_k target tokens of sample k, N in total), the batch's
-//! token-mean loss, gives the step's gradient. Twice the compute of summing the
-//! per-sample gradients, but never two gradients in memory at once.
+//! yields `||g_k^e||²` per tuning expert e. The step's gradient, that of the batch's
+//! token-mean loss `Σ_k (n_k / N) L_k` (n_k target tokens of sample k, N in total),
+//! comes one of two ways:
+//! - accumulated: the running sum `Σ_k (n_k / N) g_k` over the per-sample passes. It
+//!   holds two gradients of every tuning expert (the sum and sample k's) beside one
+//!   sample's activations;
+//! - recomputed: one more backward pass through the weighted losses of the whole step,
+//!   holding one gradient beside the whole step's activations, at twice the compute.
+//!
+//! The caller picks the one its memory model covers ([`train_steps`]).
 
 use std::collections::BTreeMap;
 
+use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use fluxmoe_model::layers::moe::ExpertSlots;
 use fluxmoe_model::layers::{Linear, SwiGlu};
@@ -55,15 +62,19 @@ pub struct TrainOutcome {
 
 /// Train `model` (whose trainable `Var`s are in `opt`) on `steps`, each a list of
 /// samples, with global-norm clipping at `max_grad_norm`. `expert_vars` lists the
-/// variables of each tuned expert, for the per-sample norms. With `requantize`, every
-/// trainable weight is quantized and dequantized after each update (FMQ); with
-/// `proximal`, FedProx's pull towards the round's starting weights is added.
+/// variables of each tuned expert, for the per-sample norms. With `accumulate`, a
+/// step's gradient is the running sum of its samples' (else one more backward pass;
+/// the module docs weigh the two). With `requantize`, every trainable weight is
+/// quantized and dequantized after each update (FMQ); with `proximal`, FedProx's pull
+/// towards the round's starting weights is added.
+#[allow(clippy::too_many_arguments)]
 pub fn train_steps(
     model: &MoeModel,
     opt: &mut AdamW,
     steps: &[Vec<Sample>],
     expert_vars: &BTreeMap<ExpertId, Vec<Var>>,
     max_grad_norm: f64,
+    accumulate: bool,
     requantize: Option<Precision>,
     proximal: Option<&Proximal<'_>>,
 ) -> Result<TrainOutcome> {
@@ -74,11 +85,9 @@ pub fn train_steps(
             return Err(Error::Input("a training step has no target tokens".into()));
         }
         // Pass 1, each sample alone: its loss and, per tuning expert, its squared
-        // gradient norm (Eq. 3). Its gradients are dropped before the next sample: a
-        // running sum beside them would hold two gradients of every tuning expert,
-        // one more than the memory model's 4·s_e (weight, gradient, two moments).
+        // gradient norm (Eq. 3); with `accumulate`, also the running gradient sum.
         let mut step_loss = 0.0f64;
-        let mut last = None;
+        let mut last: Option<GradStore> = None;
         for sample in samples {
             let loss = sample_loss(model, sample)?;
             let value = f64::from(loss.to_scalar::<f32>()?);
@@ -100,12 +109,13 @@ pub fn train_steps(
             }
             if samples.len() == 1 {
                 last = Some(grads);
+            } else if accumulate {
+                last = Some(add_scaled(last, grads, share, opt)?);
             }
         }
-        // Pass 2, the step's gradient: one backward pass through the samples' losses
-        // weighted by their target tokens (the batch's token-mean loss), holding one
-        // gradient and the activations of the whole step, as the memory model counts.
-        // A step of one sample already has it from pass 1.
+        // Pass 2 (unless pass 1 accumulated the step's gradient or the step has one
+        // sample): one backward pass through the samples' losses weighted by their
+        // target tokens (the batch's token-mean loss).
         let mut grads = match last {
             Some(grads) => grads,
             None => {
@@ -140,6 +150,33 @@ pub fn train_steps(
         out.loss += step_loss / steps.len() as f64;
     }
     Ok(out)
+}
+
+/// `sum + share · grads` over the trainable variables of `opt` (`sum` absent: the
+/// first sample), one variable at a time so that at most one extra matrix is live.
+fn add_scaled(
+    sum: Option<GradStore>,
+    mut grads: GradStore,
+    share: f64,
+    opt: &AdamW,
+) -> Result<GradStore> {
+    let mut sum = sum;
+    for (_, v) in opt.vars() {
+        let Some(g) = grads.remove(v.as_tensor()) else {
+            continue;
+        };
+        let scaled = (g * share)?;
+        let store = match sum.as_mut() {
+            Some(store) => store,
+            None => &mut grads,
+        };
+        let total = match store.remove(v.as_tensor()) {
+            Some(previous) => (previous + scaled)?,
+            None => scaled,
+        };
+        store.insert(v.as_tensor(), total);
+    }
+    Ok(sum.unwrap_or(grads))
 }
 
 /// The token-mean loss of one sample under `model`.

@@ -1,6 +1,6 @@
 //! FLUX's local training on a real (fixture) MoE: a step of per-sample passes applies
-//! the gradient of the batch's token-mean loss, and records each sample's own
-//! gradient norm per tuning expert.
+//! the gradient of the batch's token-mean loss (accumulated over the passes or
+//! recomputed), and records each sample's own gradient norm per tuning expert.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -56,7 +56,10 @@ fn experts(ck: &Checkpoint) -> BTreeMap<ExpertId, Vec<String>> {
 
 /// One step on `samples` from the fixture; the trained experts' updates and the
 /// recorded per-sample squared gradient norms.
-fn step(samples: Vec<Sample>) -> (BTreeMap<String, Vec<f32>>, BTreeMap<ExpertId, Vec<f64>>) {
+fn step(
+    samples: Vec<Sample>,
+    accumulate: bool,
+) -> (BTreeMap<String, Vec<f32>>, BTreeMap<ExpertId, Vec<f64>>) {
     let ck = fixture();
     let experts = experts(&ck);
     let mut params =
@@ -84,7 +87,17 @@ fn step(samples: Vec<Sample>) -> (BTreeMap<String, Vec<f32>>, BTreeMap<ExpertId,
         ..AdamWConfig::default()
     };
     let mut opt = AdamW::new(params.trainable(), cfg).unwrap();
-    let out = train_steps(&model, &mut opt, &[samples], &expert_vars, 1e9, None, None).unwrap();
+    let out = train_steps(
+        &model,
+        &mut opt,
+        &[samples],
+        &expert_vars,
+        1e9,
+        accumulate,
+        None,
+        None,
+    )
+    .unwrap();
     let updates = vars
         .iter()
         .map(|(n, v)| {
@@ -107,18 +120,28 @@ fn per_sample_passes_apply_the_batch_gradient_and_record_each_samples_norm() {
             targets: targets(&[r]),
         })
         .collect();
-    let (split, norms) = step(per_sample);
-    let (whole, batched_norms) = step(vec![Sample {
-        batch: batch(&ROWS),
-        targets: targets(&ROWS),
-    }]);
+    let (split, norms) = step(per_sample.clone(), false);
+    let (summed, summed_norms) = step(per_sample, true);
+    let (whole, batched_norms) = step(
+        vec![Sample {
+            batch: batch(&ROWS),
+            targets: targets(&ROWS),
+        }],
+        false,
+    );
     let scale = whole.values().flatten().fold(0f32, |m, x| m.max(x.abs()));
     assert!(scale > 1e-7, "the step moved nothing");
+    // The step's gradient, recomputed or accumulated over the per-sample passes, is
+    // the batch's.
     for (name, w) in &whole {
         for (a, b) in split[name].iter().zip(w) {
             assert!((a - b).abs() <= 1e-4 * scale, "{name}: {a} vs {b}");
         }
+        for (a, b) in summed[name].iter().zip(w) {
+            assert!((a - b).abs() <= 1e-4 * scale, "{name}, accumulated: {a} vs {b}");
+        }
     }
+    assert_eq!(norms, summed_norms);
     // One squared norm per sample per expert; the batched step records one per expert.
     // The token-weighted per-sample gradients sum to the batch gradient, so their norms
     // bound its norm: ||Σ w_k g_k|| ≤ Σ w_k ||g_k||.

@@ -295,12 +295,18 @@ impl ModelParticipant {
         // The participant and round of the trainer's per-step events.
         let _span =
             tracing::debug_span!("local", participant = %self.id, round = %ins.round).entered();
+        // A running gradient sum of the tuned experts fits where the memory model
+        // counted a full batch's activations and the per-sample passes hold one
+        // sample's: then the step's gradient needs no second backward pass.
+        let tuned_bytes: usize = vars.values().map(|v| 4 * v.elem_count()).sum();
+        let accumulate = tuned_bytes as u64 <= t.gradient_sum_bytes;
         let outcome = train_steps(
             &model,
             &mut opt,
             &steps,
             &expert_vars,
             t.max_grad_norm,
+            accumulate,
             plan.requantize,
             Some(&prox),
         )?;

@@ -35,6 +35,10 @@ pub struct LocalTraining {
     pub seed: u64,
     /// Parameters a token passes through (total minus unselected routed experts).
     pub active_params: f64,
+    /// What the memory model's activation term (a full batch) holds beyond one
+    /// sample's activations: FLUX's per-sample passes may keep a running gradient sum
+    /// of its tuning experts there instead of recomputing the step's gradient.
+    pub gradient_sum_bytes: u64,
 }
 
 pub struct ModelParticipant {

@@ -261,6 +261,12 @@ fn model_participant(
             pad_id,
             seed: file.seed,
             active_params: stats.active_params as f64,
+            gradient_sum_bytes: step_activation_bytes(
+                cfg,
+                file.rounds.batch_size,
+                file.task.max_len,
+            )
+            .saturating_sub(step_activation_bytes(cfg, 1, file.task.max_len)),
         },
     }
 }
