@@ -325,7 +325,8 @@ pub fn member_with_own_data(
 }
 
 /// Render `examples` with the training template of task `task` and tokenise them as the
-/// run's batches expect (`task.max_len`).
+/// run's batches expect (`task.max_len`), in order, on every core (a run's setup
+/// tokenises the whole training split: 117k glosses for the WordNet tasks).
 fn encode_examples<'a>(
     examples: impl IntoIterator<Item = &'a Example>,
     task: &str,
@@ -335,17 +336,41 @@ fn encode_examples<'a>(
 ) -> Result<Vec<Encoded>> {
     let template = Template::for_task(task);
     let batch_cfg = conventions.batch_config(file.task.max_len);
-    let encoded = examples
-        .into_iter()
-        .map(|ex| {
-            encode(
-                tokenizer,
-                &template.render(ex, conventions.format)?,
-                &batch_cfg,
-            )
-        })
-        .collect::<fluxmoe_data::Result<Vec<_>>>()?;
+    let examples: Vec<&Example> = examples.into_iter().collect();
+    let encoded = map_on_cores(&examples, |ex| {
+        encode(
+            tokenizer,
+            &template.render(ex, conventions.format)?,
+            &batch_cfg,
+        )
+    })?;
     Ok(encoded)
+}
+
+/// `items.map(f)` in order, the items split into one contiguous part per core; the
+/// first error in item order wins.
+fn map_on_cores<T: Sync, R: Send, E: Send>(
+    items: &[T],
+    f: impl Fn(&T) -> std::result::Result<R, E> + Sync,
+) -> std::result::Result<Vec<R>, E> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = items.len().div_ceil(threads).max(1);
+    let f = &f;
+    let parts: Vec<std::result::Result<Vec<R>, E>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(f).collect()))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    let mut out = Vec::with_capacity(items.len());
+    for part in parts {
+        out.extend(part?);
+    }
+    Ok(out)
 }
 
 /// [`run`] over the transport `transport` makes from the run's participants. When
@@ -917,4 +942,21 @@ pub fn read_initial(out: &Path) -> Result<f64> {
     v.get("initial_metric")
         .and_then(serde_json::Value::as_f64)
         .ok_or_else(|| Error::Config(format!("{}: no initial_metric", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::map_on_cores;
+
+    #[test]
+    fn map_on_cores_keeps_item_order_and_reports_the_first_error() {
+        for n in [0usize, 1, 2, 7, 101] {
+            let items: Vec<usize> = (0..n).collect();
+            let out: Vec<usize> = map_on_cores(&items, |&i| Ok::<_, String>(i * 3)).unwrap();
+            assert_eq!(out, items.iter().map(|i| i * 3).collect::<Vec<_>>(), "{n} items");
+        }
+        let items: Vec<usize> = (0..50).collect();
+        let err = map_on_cores(&items, |&i| if i % 20 == 19 { Err(i) } else { Ok(i) }).unwrap_err();
+        assert_eq!(err, 19);
+    }
 }
