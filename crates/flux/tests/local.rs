@@ -138,7 +138,10 @@ fn per_sample_passes_apply_the_batch_gradient_and_record_each_samples_norm() {
             assert!((a - b).abs() <= 1e-4 * scale, "{name}: {a} vs {b}");
         }
         for (a, b) in summed[name].iter().zip(w) {
-            assert!((a - b).abs() <= 1e-4 * scale, "{name}, accumulated: {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 1e-4 * scale,
+                "{name}, accumulated: {a} vs {b}"
+            );
         }
     }
     assert_eq!(norms, summed_norms);

@@ -953,7 +953,11 @@ mod tests {
         for n in [0usize, 1, 2, 7, 101] {
             let items: Vec<usize> = (0..n).collect();
             let out: Vec<usize> = map_on_cores(&items, |&i| Ok::<_, String>(i * 3)).unwrap();
-            assert_eq!(out, items.iter().map(|i| i * 3).collect::<Vec<_>>(), "{n} items");
+            assert_eq!(
+                out,
+                items.iter().map(|i| i * 3).collect::<Vec<_>>(),
+                "{n} items"
+            );
         }
         let items: Vec<usize> = (0..50).collect();
         let err = map_on_cores(&items, |&i| if i % 20 == 19 { Err(i) } else { Ok(i) }).unwrap_err();
