@@ -296,12 +296,7 @@ impl Transport for LocalTransport {
     ) -> Result<ProfileExchange> {
         check_recipients(&mut msgs, |id| self.members.contains_key(&id))?;
         let jobs: BTreeMap<ParticipantId, ProfileIns> = msgs.into_iter().collect();
-        let members: Vec<(ParticipantId, &mut Member)> = self
-            .members
-            .iter_mut()
-            .filter(|(id, _)| jobs.contains_key(id))
-            .map(|(id, m)| (*id, m))
-            .collect();
+        let members = with_jobs(&mut self.members, &jobs);
         let work = |id: ParticipantId, member: &mut Member| {
             let ins = &jobs[&id];
             let model = if ins.stale { previous } else { current };
@@ -348,12 +343,7 @@ impl Transport for LocalTransport {
                 jobs.insert(id, ins);
             }
         }
-        let members: Vec<(ParticipantId, &mut Member)> = self
-            .members
-            .iter_mut()
-            .filter(|(id, _)| jobs.contains_key(id))
-            .map(|(id, m)| (*id, m))
-            .collect();
+        let members = with_jobs(&mut self.members, &jobs);
         // Peak memory is per process: measured only when participants run one at a time.
         let measure_peak = self.cfg.workers <= 1;
         let train = |id: ParticipantId, member: &mut Member| {
@@ -401,6 +391,18 @@ impl Transport for LocalTransport {
         out.failures.sort_by_key(|f| f.participant);
         Ok(out)
     }
+}
+
+/// The members that have a job in `jobs`, ascending by id.
+fn with_jobs<'a, J>(
+    members: &'a mut BTreeMap<ParticipantId, Member>,
+    jobs: &BTreeMap<ParticipantId, J>,
+) -> Vec<(ParticipantId, &'a mut Member)> {
+    members
+        .iter_mut()
+        .filter(|(id, _)| jobs.contains_key(id))
+        .map(|(id, m)| (*id, m))
+        .collect()
 }
 
 /// Run `work` for every member on `workers` threads: member i (in the given order)
