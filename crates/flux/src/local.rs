@@ -155,12 +155,11 @@ pub fn train_steps(
 /// `sum + share · grads` over the trainable variables of `opt` (`sum` absent: the
 /// first sample), one variable at a time so that at most one extra matrix is live.
 fn add_scaled(
-    sum: Option<GradStore>,
+    mut sum: Option<GradStore>,
     mut grads: GradStore,
     share: f64,
     opt: &AdamW,
 ) -> Result<GradStore> {
-    let mut sum = sum;
     for (_, v) in opt.vars() {
         let Some(g) = grads.remove(v.as_tensor()) else {
             continue;
