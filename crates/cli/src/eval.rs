@@ -51,10 +51,7 @@ pub fn run(lm: &LoadedModel, args: &EvalArgs) -> Result<()> {
         pad_id: conventions.pad_id,
     };
     let mut scorers: Vec<ModelScorer> = (0..args.workers.max(1))
-        .map(|_| ModelScorer {
-            model: &model,
-            stop_ids: conventions.stop_ids.clone(),
-        })
+        .map(|_| ModelScorer::new(&model, conventions.stop_ids.clone()))
         .collect();
     let report = evaluate_parallel(&data.test, tokenizer, &mut scorers, &cfg)?;
     println!(

@@ -17,8 +17,22 @@ use fluxmoe_model::{ModelConfig, MoeModel, ParamStore};
 use tokenizers::Tokenizer;
 
 pub struct ModelScorer<'a> {
-    pub model: &'a MoeModel,
-    pub stop_ids: Vec<u32>,
+    model: &'a MoeModel,
+    stop_ids: Vec<u32>,
+    /// The first multiple-choice prompt this scorer ran, with its KV cache: later
+    /// prompts start from its cache up to the tokens they share with it (a task's
+    /// instruction, e.g. 28 of wordnet-supersense's ~52 prompt tokens).
+    first_prompt: Option<(Vec<u32>, ModelCache)>,
+}
+
+impl<'a> ModelScorer<'a> {
+    pub fn new(model: &'a MoeModel, stop_ids: Vec<u32>) -> Self {
+        Self {
+            model,
+            stop_ids,
+            first_prompt: None,
+        }
+    }
 }
 
 fn data_err(e: impl std::fmt::Display) -> fluxmoe_data::Error {
@@ -192,16 +206,15 @@ impl ModelScorer<'_> {
     /// parent prefix's cache row. Each answer token's log-probability is read from the
     /// row of the prefix before it.
     fn prefix_cached_logliks(
-        &self,
+        &mut self,
         items: &[Encoded],
         shared: usize,
     ) -> fluxmoe_model::Result<Vec<f32>> {
-        let device = self.model.device();
-        let prompt = Tensor::from_vec(items[0].ids[..shared].to_vec(), (1, shared), device)?;
-        let mut cache = ModelCache::default();
-        let prompt_logits = self.model.forward_cached(&prompt, &mut cache)?;
+        let device = self.model.device().clone();
+        let device = &device;
+        let (mut cache, last_logits) = self.run_prompt(&items[0].ids[..shared])?;
         // log p(first answer token | prompt), the same for every item.
-        let after_prompt: Vec<f32> = log_softmax(&prompt_logits.i((0, shared - 1))?)?.to_vec1()?;
+        let after_prompt: Vec<f32> = log_softmax(&last_logits)?.to_vec1()?;
         let answers: Vec<&[u32]> = items.iter().map(|e| &e.ids[shared..]).collect();
         // logp[i][j]: log p(answer i's token j | prompt, its tokens before j).
         let mut logp: Vec<Vec<f32>> = answers
@@ -256,6 +269,35 @@ impl ModelScorer<'_> {
                     .sum()
             })
             .collect())
+    }
+}
+
+impl ModelScorer<'_> {
+    /// The KV cache of `prompt` and the logits after its last token. The tokens it
+    /// shares with the first prompt this scorer ran (all but its last, at most) come
+    /// from that prompt's cache; only the rest runs. Equal to running the whole prompt
+    /// up to float rounding (test).
+    fn run_prompt(&mut self, prompt: &[u32]) -> fluxmoe_model::Result<(ModelCache, Tensor)> {
+        let reused = match &self.first_prompt {
+            Some((ids, _)) => ids
+                .iter()
+                .zip(prompt)
+                .take_while(|(a, b)| a == b)
+                .count()
+                .min(prompt.len().saturating_sub(1)),
+            None => 0,
+        };
+        let mut cache = match &self.first_prompt {
+            Some((_, cache)) if reused > 0 => cache.truncated(reused)?,
+            _ => ModelCache::default(),
+        };
+        let rest = &prompt[reused..];
+        let ids = Tensor::from_vec(rest.to_vec(), (1, rest.len()), self.model.device())?;
+        let logits = self.model.forward_cached(&ids, &mut cache)?;
+        if self.first_prompt.is_none() {
+            self.first_prompt = Some((prompt.to_vec(), cache.clone()));
+        }
+        Ok((cache, logits.i((0, rest.len() - 1))?))
     }
 }
 
@@ -322,10 +364,7 @@ impl ModelEvaluator {
         let params = ParamStore::from_tensors(global.iter().map(|(k, v)| (k.clone(), v.clone())))?;
         let model = MoeModel::new(&self.config, &params)?;
         let mut scorers: Vec<ModelScorer> = (0..self.workers.max(1))
-            .map(|_| ModelScorer {
-                model: &model,
-                stop_ids: self.stop_ids.clone(),
-            })
+            .map(|_| ModelScorer::new(&model, self.stop_ids.clone()))
             .collect();
         Ok(evaluate_parallel(
             &self.test,
@@ -406,18 +445,12 @@ mod tests {
         ];
         for arch in ARCHS {
             let model = fixture_model(arch);
-            let mut alone = ModelScorer {
-                model: &model,
-                stop_ids: Vec::new(),
-            };
+            let mut alone = ModelScorer::new(&model, Vec::new());
             // A stop token that ends the first prompt's continuation after two tokens.
             let first = alone.generate(&prompts[0], 6).unwrap();
             let stop = first[2];
             for stop_ids in [Vec::new(), vec![stop]] {
-                let mut scorer = ModelScorer {
-                    model: &model,
-                    stop_ids: stop_ids.clone(),
-                };
+                let mut scorer = ModelScorer::new(&model, stop_ids.clone());
                 let want: Vec<Vec<u32>> = prompts
                     .iter()
                     .map(|p| scorer.generate(p, 6).unwrap())
@@ -440,10 +473,7 @@ mod tests {
     fn prompt_cached_choices_match_the_padded_batch() {
         for arch in ARCHS {
             let model = fixture_model(arch);
-            let mut scorer = ModelScorer {
-                model: &model,
-                stop_ids: Vec::new(),
-            };
+            let mut scorer = ModelScorer::new(&model, Vec::new());
             let it = items(
                 &[3, 17, 42, 9, 11, 64, 2],
                 &[
@@ -471,6 +501,45 @@ mod tests {
             }
             // The answers really differ in likelihood (the test is not vacuous).
             assert!(batched.iter().any(|&x| (x - batched[0]).abs() > 1e-3));
+        }
+    }
+
+    /// Questions that share an instruction: the second and later start from the first
+    /// one's cache, and score as a fresh scorer (which runs the whole prompt) does. That
+    /// includes a prompt equal to the first, one that extends it, one that shares only
+    /// its first token and one that shares nothing.
+    #[test]
+    fn later_questions_reuse_the_first_prompt_and_score_the_same() {
+        let answers: &[&[u32]] = &[&[5], &[7, 8, 9], &[7, 2]];
+        let prompts: [&[u32]; 6] = [
+            &[3, 17, 42, 9, 11, 64, 2],
+            &[3, 17, 42, 9, 50, 51],
+            &[3, 17, 42, 9, 11, 64, 2],
+            &[3, 17, 42, 9, 11, 64, 2, 6, 6],
+            &[3, 90],
+            &[88, 17, 42],
+        ];
+        for arch in ARCHS {
+            let model = fixture_model(arch);
+            let mut reusing = ModelScorer::new(&model, Vec::new());
+            for (q, prompt) in prompts.iter().enumerate() {
+                let it = items(prompt, answers);
+                let got = reusing.choice_logliks(&it, 0).unwrap();
+                let want = ModelScorer::new(&model, Vec::new())
+                    .choice_logliks(&it, 0)
+                    .unwrap();
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                        "{arch}, question {q}: reusing {got:?} vs fresh {want:?}"
+                    );
+                }
+            }
+            let (ids, cache) = reusing.first_prompt.as_ref().unwrap();
+            assert_eq!(
+                (ids.as_slice(), cache.len()),
+                (prompts[0], prompts[0].len())
+            );
         }
     }
 }
