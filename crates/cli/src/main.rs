@@ -516,6 +516,7 @@ enum LogFormat {
 static ALLOC: fluxmoe_fed::measure::CountingAlloc = fluxmoe_fed::measure::CountingAlloc;
 
 fn main() -> ExitCode {
+    run::retain_freed_buffers();
     run::pin_thread_count();
     let cli = Cli::parse();
     let logs = tracing_subscriber::fmt()

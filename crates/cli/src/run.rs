@@ -252,6 +252,31 @@ pub(crate) fn pin_thread_count() {
     }
 }
 
+/// Keep freed tensor buffers in the process (glibc only; a user's `MALLOC_*`
+/// settings are kept). glibc serves a large allocation with its own `mmap` and unmaps
+/// it on free, raising that cutoff only gradually, and hands free memory at the top of
+/// its heap back to the system past 128 KiB. Training allocates and frees buffers of a
+/// few MiB per tensor per step, so many came back as fresh pages that the kernel
+/// faults in and zeroes. Fixing the cutoff at glibc's 32 MiB maximum and trimming only
+/// past 2 GiB keeps them for reuse. Measured on a 2-participant fedavg-full round of
+/// the standard suite's model (2 workers): page faults 3.46 M to 2.67 M, kernel time
+/// 27-29 s to 23 s, peak RSS unchanged at 8.8 GB; the wall-clock change was within
+/// this machine's run-to-run noise (README, "Performance").
+pub(crate) fn retain_freed_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let user = std::env::vars_os().any(|(k, _)| k.to_string_lossy().starts_with("MALLOC_"));
+        if !user {
+            // SAFETY: mallopt only sets allocator parameters; called before any thread
+            // is spawned.
+            unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+                libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+            }
+        }
+    }
+}
+
 /// With `workers` participants training at once, give each worker an equal share of
 /// the cores (at least one) unless the user set `RAYON_NUM_THREADS`: a participant's
 /// per-sample passes are small matrix products that gain little from a second thread,
