@@ -18,3 +18,29 @@ fn inspect_reports_layout_counts_and_memory() {
     assert!(s.contains("active per token  134.6K"), "{s}");
     assert!(s.contains("memory, full fine-tuning"), "{s}");
 }
+
+/// Every command that loads a model takes the built-in names a config's `model.path`
+/// takes: `builtin:tiny-moe` is built into the cache on first use and inspected.
+#[test]
+fn inspect_takes_a_builtin_model_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().to_str().unwrap();
+    let o = super::fluxmoe_env(
+        &["inspect", "--model", "builtin:tiny-moe"],
+        &[("FLUXMOE_CACHE", cache)],
+    );
+    assert!(o.status.success(), "{}", super::stderr(&o));
+    let s = stdout(&o);
+    assert!(s.contains("architecture      mixtral"), "{s}");
+    assert!(tmp.path().join("tiny-moe").join("config.json").exists());
+    let bad = super::fluxmoe_env(
+        &["inspect", "--model", "builtin:tiny-mo"],
+        &[("FLUXMOE_CACHE", cache)],
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    let err = super::stderr(&bad);
+    assert!(
+        err.contains("unknown built-in model `builtin:tiny-mo`"),
+        "{err}"
+    );
+}

@@ -156,7 +156,8 @@ enum Command {
     /// Logits and selected experts for token ids, written as safetensors
     /// (`logits` f32 [B,T,V], `topk_idx.L` i64 [B*T,k] per MoE layer L).
     Logits {
-        /// A checkpoint folder (config.json + safetensors) or a .gguf file.
+        /// A checkpoint folder (config.json + safetensors), a .gguf file, or `builtin:NAME`
+        /// (built and cached on first use; `fluxmoe assets build`).
         #[arg(long)]
         model: PathBuf,
         /// Token ids, rows separated by `;`, ids by `,`; rows of equal length.
@@ -167,11 +168,15 @@ enum Command {
     },
     /// Architecture, layer and expert layout, parameter counts and memory.
     Inspect {
+        /// A checkpoint folder (config.json + safetensors), a .gguf file, or `builtin:NAME`
+        /// (built and cached on first use; `fluxmoe assets build`).
         #[arg(long)]
         model: PathBuf,
     },
     /// Generate text (greedy by default; --temperature/--top-p to sample).
     Generate {
+        /// A checkpoint folder (config.json + safetensors), a .gguf file, or `builtin:NAME`
+        /// (built and cached on first use; `fluxmoe assets build`).
         #[arg(long)]
         model: PathBuf,
         #[arg(long)]
@@ -194,7 +199,7 @@ enum Command {
     },
     /// Turn a dense Llama model into a Mixtral-format MoE checkpoint folder.
     Upcycle {
-        /// Dense Llama model: checkpoint folder or .gguf file.
+        /// Dense Llama model: checkpoint folder, .gguf file or `builtin:NAME`.
         #[arg(long)]
         from: PathBuf,
         #[arg(long, value_enum, default_value_t = UpcycleMethod::Sparse)]
@@ -257,6 +262,8 @@ enum Command {
     },
     /// Score a model on a task's test split (metric with a 95% interval).
     Eval {
+        /// A checkpoint folder (config.json + safetensors), a .gguf file, or `builtin:NAME`
+        /// (built and cached on first use; `fluxmoe assets build`).
         #[arg(long)]
         model: PathBuf,
         /// math, wordnet-define, wordnet-supersense, dolly:PATH, gsm8k:PATH, mmlu:PATH,
@@ -283,6 +290,8 @@ enum Command {
     },
     /// Held-out next-token loss and perplexity per domain corpus (fetched on first use).
     EvalLoss {
+        /// A checkpoint folder (config.json + safetensors), a .gguf file, or `builtin:NAME`
+        /// (built and cached on first use; `fluxmoe assets build`).
         #[arg(long)]
         model: PathBuf,
         /// `all` or a comma-separated list of sotu, moby, kjv, fortunes, wordnet, math.
@@ -399,6 +408,8 @@ enum BenchKind {
     },
     /// Tokens/s of forward + backward + AdamW over the trainable experts, and peak RSS.
     TrainStep {
+        /// A checkpoint folder (config.json + safetensors), a .gguf file, or `builtin:NAME`
+        /// (built and cached on first use; `fluxmoe assets build`).
         #[arg(long)]
         model: PathBuf,
         #[arg(long, default_value_t = 4)]
@@ -415,6 +426,8 @@ enum BenchKind {
     /// Merging evidence (METHOD.md): output error of layer-aware vs uniform vs
     /// one-per-layer slots and of α = f·ā vs α = f, against the unmerged model.
     FluxMerge {
+        /// A checkpoint folder (config.json + safetensors), a .gguf file, or `builtin:NAME`
+        /// (built and cached on first use; `fluxmoe assets build`).
         #[arg(long)]
         model: PathBuf,
         /// A task spec, as for `eval` (its training examples are measured).
@@ -936,7 +949,13 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Load a model given as a path or as `builtin:NAME` (its cached folder, built on first
+/// use), the same names a config's `model.path` takes.
 fn load(path: &std::path::Path) -> Result<LoadedModel> {
-    fluxmoe_model::load_model(path, &Device::Cpu)
+    let path = match path.to_str() {
+        Some(spec) if spec.starts_with("builtin:") => run::resolve_model(spec)?,
+        _ => path.to_path_buf(),
+    };
+    fluxmoe_model::load_model(&path, &Device::Cpu)
         .with_context(|| format!("loading model {}", path.display()))
 }

@@ -331,7 +331,7 @@ pub fn build_builtin(name: &str) -> Result<PathBuf> {
                 .map(|(n, _)| format!("builtin:{n}"))
                 .collect();
             anyhow::bail!(
-                "`model.path`: unknown built-in model `builtin:{other}` (available: {})",
+                "unknown built-in model `builtin:{other}` (available: {})",
                 known.join(", ")
             )
         }
