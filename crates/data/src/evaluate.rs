@@ -52,6 +52,13 @@ pub trait Scorer {
     fn choice_logliks(&mut self, items: &[Encoded], pad_id: u32) -> Result<Vec<f32>> {
         self.logliks(&collate(items, pad_id, &Device::Cpu)?)
     }
+    /// Told before an evaluation's examples that every one of their prompts starts with
+    /// `ids` (a task's instruction, with the chat template's opening). A scorer may run
+    /// them once for all; the default ignores it. Every scorer of an evaluation is told
+    /// the same, so how the examples are split over scorers changes no score.
+    fn share_prompt_prefix(&mut self, ids: &[u32]) {
+        let _ = ids;
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -101,18 +108,68 @@ pub fn evaluate(
     scorer: &mut dyn Scorer,
     cfg: &EvalConfig,
 ) -> Result<EvalReport> {
-    let order = selection(task, cfg)?;
+    let (order, shared) = plan(task, tokenizer, cfg)?;
+    scorer.share_prompt_prefix(&shared);
     let outputs = score_examples(task, &order, tokenizer, scorer, cfg)?;
     report(task, outputs)
 }
 
 /// Prompts a generation task hands to [`Scorer::generate_batch`] at once. Groups are
-/// fixed runs of the selection, whatever the number of scorers, so that the
-/// report does not depend on it.
+/// fixed runs of the scoring order ([`plan`]), whatever the number of scorers, so that
+/// the report does not depend on it.
 pub const GENERATION_BATCH: usize = 8;
 
-/// [`evaluate`] with the examples split over `scorers`, one thread each: contiguous
-/// shares of the selection, scores gathered back in selection order. Each example is
+/// The order the selected examples are scored and reported in, and the token prefix
+/// all their prompts share. A generation task's examples go by prompt length
+/// (stable), so that each batch holds prompts of similar length: a batch is
+/// left-padded to its longest prompt and the pads cost as much as tokens (math, 48
+/// questions: 2,896 padded prompt positions in drawn order, 2,096 sorted, for 1,917
+/// tokens). A prompt continues as it would alone (`Scorer::generate_batch`), so the
+/// order changes no output.
+fn plan(task: &Task, tokenizer: &Tokenizer, cfg: &EvalConfig) -> Result<(Vec<usize>, Vec<u32>)> {
+    let mut order = selection(task, cfg)?;
+    let template = Template::for_task(&task.name);
+    let batch_cfg = batch_config(cfg);
+    let prompts = order
+        .iter()
+        .map(|&i| {
+            let rendered = template.render(&task.examples[i], cfg.format)?;
+            let r = Rendered {
+                prompt: rendered.prompt,
+                target: String::new(),
+            };
+            Ok(encode(tokenizer, &r, &batch_cfg)?.ids)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let shared = common_prefix(&prompts);
+    if let TaskKind::Generation { .. } = task.kind {
+        let mut by_length: Vec<(usize, usize)> = order
+            .iter()
+            .zip(&prompts)
+            .map(|(&i, p)| (p.len(), i))
+            .collect();
+        by_length.sort_by_key(|&(len, _)| len);
+        order = by_length.into_iter().map(|(_, i)| i).collect();
+    }
+    Ok((order, shared))
+}
+
+/// The longest common prefix of `prompts`, short of each one's last token.
+fn common_prefix(prompts: &[Vec<u32>]) -> Vec<u32> {
+    let Some(first) = prompts.first() else {
+        return Vec::new();
+    };
+    let mut n = first.len();
+    for p in prompts {
+        let common = first.iter().zip(p).take_while(|(a, b)| a == b).count();
+        n = n.min(common).min(p.len().saturating_sub(1));
+    }
+    first[..n].to_vec()
+}
+
+/// [`evaluate`] with the examples split over `scorers`, one thread each: generation
+/// groups (or single multiple-choice examples) dealt out in turn, scores gathered back
+/// in [`evaluate`]'s order. Each example is
 /// scored as [`evaluate`] would score it, so the report is the same for any number of
 /// scorers given scorers that compute alike (e.g. one compute thread each).
 pub fn evaluate_parallel<S: Scorer + Send>(
@@ -124,20 +181,36 @@ pub fn evaluate_parallel<S: Scorer + Send>(
     if scorers.is_empty() {
         return Err(Error::param("scorers", "need at least one"));
     }
-    let order = selection(task, cfg)?;
-    // Shares are whole generation groups, so each group is batched as `evaluate`
-    // batches it.
+    let (order, shared) = plan(task, tokenizer, cfg)?;
+    // Units are whole generation groups, so each group is batched as `evaluate`
+    // batches it; they are dealt out in turn, so that with a generation task's
+    // length order every scorer gets short and long prompts alike.
     let unit = match task.kind {
         TaskKind::Generation { .. } => GENERATION_BATCH,
         TaskKind::MultipleChoice => 1,
     };
-    let share = order.len().div_ceil(unit).div_ceil(scorers.len()).max(1) * unit;
+    let units: Vec<&[usize]> = order.chunks(unit).collect();
+    let n = scorers.len().min(units.len()).max(1);
+    let shares: Vec<Vec<usize>> = (0..n)
+        .map(|w| {
+            units
+                .iter()
+                .skip(w)
+                .step_by(n)
+                .flat_map(|u| u.iter().copied())
+                .collect()
+        })
+        .collect();
     let parts: Vec<Result<Vec<ExampleOutput>>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = order
-            .chunks(share)
+        let handles: Vec<_> = shares
+            .iter()
             .zip(scorers.iter_mut())
-            .map(|(chunk, scorer)| {
-                scope.spawn(move || score_examples(task, chunk, tokenizer, scorer, cfg))
+            .map(|(share, scorer)| {
+                let shared = &shared;
+                scope.spawn(move || {
+                    scorer.share_prompt_prefix(shared);
+                    score_examples(task, share, tokenizer, scorer, cfg)
+                })
             })
             .collect();
         handles
@@ -149,9 +222,14 @@ pub fn evaluate_parallel<S: Scorer + Send>(
             })
             .collect()
     });
+    // Back in scoring order: unit j is the (j / n)-th unit of share j % n.
+    let mut parts: Vec<std::vec::IntoIter<ExampleOutput>> = parts
+        .into_iter()
+        .map(|p| p.map(Vec::into_iter))
+        .collect::<Result<_>>()?;
     let mut outputs = Vec::with_capacity(order.len());
-    for part in parts {
-        outputs.extend(part?);
+    for (j, u) in units.iter().enumerate() {
+        outputs.extend(parts[j % n].by_ref().take(u.len()));
     }
     report(task, outputs)
 }

@@ -71,14 +71,15 @@ fn generation_scores_with_the_task_metric() {
         let mut fake = Fake { prompts: vec![] };
         let report = evaluate(&task, &tiny_tokenizer(), &mut fake, &cfg(None)).unwrap();
         assert_eq!(report.metric, name);
-        assert_eq!(report.per_example(), vec![1.0, 0.0]);
+        // Scored and reported by prompt length: "b" first.
+        assert_eq!(report.per_example(), vec![0.0, 1.0]);
         // What the model said, per example, beside its score.
         let said: Vec<(&str, &str, f64)> = report
             .outputs
             .iter()
             .map(|o| (o.id.as_str(), o.output.as_str(), o.score))
             .collect();
-        assert_eq!(said, vec![("a", "four", 1.0), ("b", "four", 0.0)]);
+        assert_eq!(said, vec![("b", "four", 0.0), ("a", "four", 1.0)]);
         assert!((report.score.mean - 0.5).abs() < 1e-12);
         // The model saw the ChatML prompt, ending with the assistant turn.
         let first = &fake.prompts[0];
@@ -196,23 +197,67 @@ fn parallel_evaluation_matches_the_sequential_one_in_order() {
         );
         assert_eq!(parallel.score, sequential.score);
         // Every example scored once, spread over the scorers in whole generation
-        // groups (29 examples: 4 groups, the last of 5).
+        // groups dealt out in turn (29 examples: 4 groups, the last of 5).
         let used: Vec<usize> = scorers.iter().map(|s| s.prompts.len()).collect();
         assert_eq!(used.iter().sum::<usize>(), 29, "{n} scorers: {used:?}");
-        let groups_per_scorer = 4usize.div_ceil(n);
         assert_eq!(
             used.iter().filter(|&&u| u > 0).count(),
-            4usize.div_ceil(groups_per_scorer),
+            n.min(4),
             "{n} scorers: {used:?}"
         );
-        let busy: Vec<usize> = used.iter().copied().filter(|&u| u > 0).collect();
-        assert!(
-            busy[..busy.len() - 1]
-                .iter()
-                .all(|u| u % GENERATION_BATCH == 0),
-            "{n} scorers: {used:?}"
-        );
+        for (w, &u) in used.iter().enumerate() {
+            let groups = (w..4).step_by(n).count();
+            let short = usize::from(w == 3 % n);
+            assert_eq!(
+                u,
+                groups * GENERATION_BATCH - 3 * short,
+                "{n} scorers: {used:?}"
+            );
+        }
     }
     let mut none: Vec<Fake> = Vec::new();
     assert!(fluxmoe_data::evaluate_parallel(&task, &tokenizer, &mut none, &cfg(None)).is_err());
+}
+
+/// Generation prompts are batched by length, shortest first, whatever the number of
+/// scorers; the report lists the examples in that order, each with its own output.
+#[test]
+fn generation_batches_hold_prompts_of_similar_length() {
+    let words = [
+        "two",
+        "two two two two",
+        "two two",
+        "two two two two two two",
+        "two two two",
+    ];
+    let examples: Vec<Example> = (0..20)
+        .map(|i| Example::generation(format!("{i}"), words[i % 5], "four", None))
+        .collect();
+    let task = Task::new(
+        "generic",
+        TaskKind::Generation {
+            metric: GenerationMetric::ExactMatch,
+        },
+        examples,
+    )
+    .unwrap();
+    let tokenizer = tiny_tokenizer();
+    let mut one = Fake { prompts: vec![] };
+    let report = evaluate(&task, &tokenizer, &mut one, &cfg(None)).unwrap();
+    let lengths: Vec<usize> = one.prompts.iter().map(Vec::len).collect();
+    assert!(lengths.windows(2).all(|w| w[0] <= w[1]), "{lengths:?}");
+    assert!(lengths[0] < lengths[19], "{lengths:?}");
+    // Report order = scoring order: the ids of the shortest prompts come first.
+    let ids: Vec<&str> = report.outputs.iter().map(|o| o.id.as_str()).collect();
+    assert_eq!(&ids[..4], &["0", "5", "10", "15"]);
+    let mut two = vec![Fake { prompts: vec![] }, Fake { prompts: vec![] }];
+    let parallel =
+        fluxmoe_data::evaluate_parallel(&task, &tokenizer, &mut two, &cfg(None)).unwrap();
+    assert_eq!(parallel.outputs, report.outputs);
+    // Groups 0 and 2 (the shortest and middle prompts) to the first scorer, 1 to the second.
+    assert_eq!(
+        two[0].prompts,
+        [&one.prompts[..8], &one.prompts[16..]].concat()
+    );
+    assert_eq!(two[1].prompts, one.prompts[8..16].to_vec());
 }

@@ -19,10 +19,11 @@ use tokenizers::Tokenizer;
 pub struct ModelScorer<'a> {
     model: &'a MoeModel,
     stop_ids: Vec<u32>,
-    /// The first multiple-choice prompt this scorer ran, with its KV cache: later
-    /// prompts start from its cache up to the tokens they share with it (a task's
-    /// instruction, e.g. 28 of wordnet-supersense's ~52 prompt tokens).
-    first_prompt: Option<(Vec<u32>, ModelCache)>,
+    /// The prefix every prompt of the evaluation shares
+    /// ([`Scorer::share_prompt_prefix`]: the task's instruction, e.g. 28 of
+    /// wordnet-supersense's ~52 prompt tokens), and its KV cache once computed.
+    shared_prefix: Vec<u32>,
+    prefix_cache: Option<ModelCache>,
 }
 
 impl<'a> ModelScorer<'a> {
@@ -30,7 +31,8 @@ impl<'a> ModelScorer<'a> {
         Self {
             model,
             stop_ids,
-            first_prompt: None,
+            shared_prefix: Vec::new(),
+            prefix_cache: None,
         }
     }
 }
@@ -105,6 +107,13 @@ impl Scorer for ModelScorer<'_> {
             return self.logliks(&collate(items, pad_id, &Device::Cpu)?);
         }
         self.prefix_cached_logliks(items, shared).map_err(data_err)
+    }
+
+    fn share_prompt_prefix(&mut self, ids: &[u32]) {
+        if ids != self.shared_prefix {
+            self.shared_prefix = ids.to_vec();
+            self.prefix_cache = None;
+        }
     }
 }
 
@@ -273,30 +282,27 @@ impl ModelScorer<'_> {
 }
 
 impl ModelScorer<'_> {
-    /// The KV cache of `prompt` and the logits after its last token. The tokens it
-    /// shares with the first prompt this scorer ran (all but its last, at most) come
-    /// from that prompt's cache; only the rest runs. Equal to running the whole prompt
-    /// up to float rounding (test).
+    /// The KV cache of `prompt` and the logits after its last token. A prompt that
+    /// continues the evaluation's shared prefix starts from that prefix's cache
+    /// (computed once); only the rest runs. Equal to running the whole prompt up to
+    /// float rounding (test).
     fn run_prompt(&mut self, prompt: &[u32]) -> fluxmoe_model::Result<(ModelCache, Tensor)> {
-        let reused = match &self.first_prompt {
-            Some((ids, _)) => ids
-                .iter()
-                .zip(prompt)
-                .take_while(|(a, b)| a == b)
-                .count()
-                .min(prompt.len().saturating_sub(1)),
-            None => 0,
+        let device = self.model.device().clone();
+        let n = self.shared_prefix.len();
+        let mut cache = if n > 0 && prompt.len() > n && prompt.starts_with(&self.shared_prefix) {
+            if self.prefix_cache.is_none() {
+                let ids = Tensor::from_vec(self.shared_prefix.clone(), (1, n), &device)?;
+                let mut cache = ModelCache::default();
+                self.model.forward_cached(&ids, &mut cache)?;
+                self.prefix_cache = Some(cache);
+            }
+            self.prefix_cache.clone().unwrap_or_default()
+        } else {
+            ModelCache::default()
         };
-        let mut cache = match &self.first_prompt {
-            Some((_, cache)) if reused > 0 => cache.truncated(reused)?,
-            _ => ModelCache::default(),
-        };
-        let rest = &prompt[reused..];
-        let ids = Tensor::from_vec(rest.to_vec(), (1, rest.len()), self.model.device())?;
+        let rest = &prompt[cache.len()..];
+        let ids = Tensor::from_vec(rest.to_vec(), (1, rest.len()), &device)?;
         let logits = self.model.forward_cached(&ids, &mut cache)?;
-        if self.first_prompt.is_none() {
-            self.first_prompt = Some((prompt.to_vec(), cache.clone()));
-        }
         Ok((cache, logits.i((0, rest.len() - 1))?))
     }
 }
@@ -504,42 +510,40 @@ mod tests {
         }
     }
 
-    /// Questions that share an instruction: the second and later start from the first
-    /// one's cache, and score as a fresh scorer (which runs the whole prompt) does. That
-    /// includes a prompt equal to the first, one that extends it, one that shares only
-    /// its first token and one that shares nothing.
+    /// Questions that continue the evaluation's shared prefix start from its cache
+    /// and score as a scorer without it (which runs each whole prompt) does; a
+    /// question that does not continue it, or is no longer than it, runs whole.
     #[test]
-    fn later_questions_reuse_the_first_prompt_and_score_the_same() {
+    fn questions_start_from_the_shared_prefix_and_score_the_same() {
         let answers: &[&[u32]] = &[&[5], &[7, 8, 9], &[7, 2]];
-        let prompts: [&[u32]; 6] = [
+        let prompts: [&[u32]; 5] = [
             &[3, 17, 42, 9, 11, 64, 2],
-            &[3, 17, 42, 9, 50, 51],
-            &[3, 17, 42, 9, 11, 64, 2],
-            &[3, 17, 42, 9, 11, 64, 2, 6, 6],
-            &[3, 90],
-            &[88, 17, 42],
+            &[3, 17, 42, 9, 50],
+            &[3, 17, 42, 9],
+            &[3, 17, 90],
+            &[88, 17, 42, 9, 1],
         ];
         for arch in ARCHS {
             let model = fixture_model(arch);
-            let mut reusing = ModelScorer::new(&model, Vec::new());
+            let mut sharing = ModelScorer::new(&model, Vec::new());
+            sharing.share_prompt_prefix(&[3, 17, 42, 9]);
             for (q, prompt) in prompts.iter().enumerate() {
                 let it = items(prompt, answers);
-                let got = reusing.choice_logliks(&it, 0).unwrap();
+                let got = sharing.choice_logliks(&it, 0).unwrap();
                 let want = ModelScorer::new(&model, Vec::new())
                     .choice_logliks(&it, 0)
                     .unwrap();
                 for (g, w) in got.iter().zip(&want) {
                     assert!(
                         (g - w).abs() <= 1e-4 * w.abs().max(1.0),
-                        "{arch}, question {q}: reusing {got:?} vs fresh {want:?}"
+                        "{arch}, question {q}: sharing {got:?} vs whole {want:?}"
                     );
                 }
             }
-            let (ids, cache) = reusing.first_prompt.as_ref().unwrap();
-            assert_eq!(
-                (ids.as_slice(), cache.len()),
-                (prompts[0], prompts[0].len())
-            );
+            assert_eq!(sharing.prefix_cache.as_ref().map(ModelCache::len), Some(4));
+            // A new prefix drops the old cache.
+            sharing.share_prompt_prefix(&[3, 17]);
+            assert!(sharing.prefix_cache.is_none());
         }
     }
 }
