@@ -5,7 +5,11 @@
 use std::process::Command;
 
 fn main() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // The folder cargo runs this script for, read when it runs: `env!` would keep the
+    // folder the script was compiled in, and a target folder reused for a copy of the
+    // tree elsewhere then recorded no commit (runs of 2026-11-30 said `null`).
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default();
+    let root = std::path::Path::new(&manifest).join("../..");
     let git = |args: &[&str]| {
         Command::new("git")
             .args(args)
