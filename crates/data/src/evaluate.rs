@@ -128,18 +128,9 @@ pub const GENERATION_BATCH: usize = 8;
 /// order changes no output.
 fn plan(task: &Task, tokenizer: &Tokenizer, cfg: &EvalConfig) -> Result<(Vec<usize>, Vec<u32>)> {
     let mut order = selection(task, cfg)?;
-    let template = Template::for_task(&task.name);
-    let batch_cfg = batch_config(cfg);
     let prompts = order
         .iter()
-        .map(|&i| {
-            let rendered = template.render(&task.examples[i], cfg.format)?;
-            let r = Rendered {
-                prompt: rendered.prompt,
-                target: String::new(),
-            };
-            Ok(encode(tokenizer, &r, &batch_cfg)?.ids)
-        })
+        .map(|&i| prompt_ids(task, i, tokenizer, cfg))
         .collect::<Result<Vec<_>>>()?;
     let shared = common_prefix(&prompts);
     if let TaskKind::Generation { .. } = task.kind {
@@ -152,6 +143,16 @@ fn plan(task: &Task, tokenizer: &Tokenizer, cfg: &EvalConfig) -> Result<(Vec<usi
         order = by_length.into_iter().map(|(_, i)| i).collect();
     }
     Ok((order, shared))
+}
+
+/// Example `i`'s rendered prompt as token ids (no target).
+fn prompt_ids(task: &Task, i: usize, tokenizer: &Tokenizer, cfg: &EvalConfig) -> Result<Vec<u32>> {
+    let rendered = Template::for_task(&task.name).render(&task.examples[i], cfg.format)?;
+    let r = Rendered {
+        prompt: rendered.prompt,
+        target: String::new(),
+    };
+    Ok(encode(tokenizer, &r, &batch_config(cfg))?.ids)
 }
 
 /// The longest common prefix of `prompts`, short of each one's last token.
@@ -263,19 +264,11 @@ fn score_examples(
             .collect();
     };
     let template = Template::for_task(&task.name);
-    let batch_cfg = batch_config(cfg);
     let mut scores = Vec::with_capacity(indices.len());
     for group in indices.chunks(GENERATION_BATCH) {
         let prompts = group
             .iter()
-            .map(|&i| {
-                let rendered = template.render(&task.examples[i], cfg.format)?;
-                let r = Rendered {
-                    prompt: rendered.prompt,
-                    target: String::new(),
-                };
-                Ok(encode(tokenizer, &r, &batch_cfg)?.ids)
-            })
+            .map(|&i| prompt_ids(task, i, tokenizer, cfg))
             .collect::<Result<Vec<_>>>()?;
         let outs = scorer.generate_batch(&prompts, cfg.max_new_tokens)?;
         if outs.len() != group.len() {
