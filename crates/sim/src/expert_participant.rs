@@ -300,6 +300,7 @@ impl ModelParticipant {
         // sample's: then the step's gradient needs no second backward pass.
         let tuned_bytes: usize = vars.values().map(|v| 4 * v.elem_count()).sum();
         let accumulate = tuned_bytes as u64 <= t.gradient_sum_bytes;
+        let started = std::time::Instant::now();
         let outcome = train_steps(
             &model,
             &mut opt,
@@ -310,6 +311,7 @@ impl ModelParticipant {
             plan.requantize,
             Some(&prox),
         )?;
+        let train_s = started.elapsed().as_secs_f64();
 
         // Utilities (FLUX): tuned experts from their per-sample gradients, explorers
         // from zeroth-order probes on the last step's samples.
@@ -334,7 +336,16 @@ impl ModelParticipant {
                     .collect::<Result<Vec<(ExpertId, [Tensor; 3])>>>()?;
                 let batch = to_batch(&last_items, t.pad_id)?;
                 zo_tokens = batch.input_ids.elem_count() * (explorers.len() + 1);
+                let started = std::time::Instant::now();
                 let probes = zo_probe(&model, &explorers, &batch, plan.zo_sigma, plan.seed)?;
+                tracing::debug!(
+                    train_s,
+                    tuned = expert_vars.len(),
+                    probe_s = started.elapsed().as_secs_f64(),
+                    explorers = explorers.len(),
+                    probe_tokens = batch.input_ids.elem_count(),
+                    "local work (measured)"
+                );
                 for (e, sq) in probes {
                     utilities.push((e, utility(samples_of(&e), &sq)));
                 }
