@@ -45,6 +45,18 @@ impl Scorer for Fake {
     }
 }
 
+/// A generation task scored by exact match.
+fn exact_match_task(examples: Vec<Example>) -> Task {
+    Task::new(
+        "generic",
+        TaskKind::Generation {
+            metric: GenerationMetric::ExactMatch,
+        },
+        examples,
+    )
+    .unwrap()
+}
+
 fn cfg(limit: Option<usize>) -> EvalConfig {
     EvalConfig {
         format: PromptFormat::ChatMl,
@@ -122,14 +134,7 @@ fn limit_scores_a_seeded_subset() {
             )
         })
         .collect();
-    let task = Task::new(
-        "generic",
-        TaskKind::Generation {
-            metric: GenerationMetric::ExactMatch,
-        },
-        examples,
-    )
-    .unwrap();
+    let task = exact_match_task(examples);
     let a = evaluate(
         &task,
         &tiny_tokenizer(),
@@ -167,14 +172,7 @@ fn parallel_evaluation_matches_the_sequential_one_in_order() {
             )
         })
         .collect();
-    let task = Task::new(
-        "generic",
-        TaskKind::Generation {
-            metric: GenerationMetric::ExactMatch,
-        },
-        examples,
-    )
-    .unwrap();
+    let task = exact_match_task(examples);
     let tokenizer = tiny_tokenizer();
     let sequential = evaluate(
         &task,
@@ -233,14 +231,7 @@ fn generation_batches_hold_prompts_of_similar_length() {
     let examples: Vec<Example> = (0..20)
         .map(|i| Example::generation(format!("{i}"), words[i % 5], "four", None))
         .collect();
-    let task = Task::new(
-        "generic",
-        TaskKind::Generation {
-            metric: GenerationMetric::ExactMatch,
-        },
-        examples,
-    )
-    .unwrap();
+    let task = exact_match_task(examples);
     let tokenizer = tiny_tokenizer();
     let mut one = Fake { prompts: vec![] };
     let report = evaluate(&task, &tokenizer, &mut one, &cfg(None)).unwrap();

@@ -82,29 +82,6 @@ impl ModelCache {
         self.len == 0
     }
 
-    /// The cache of the first `len` positions only: a prompt that shares those
-    /// tokens with the one cached continues from here.
-    pub fn truncated(&self, len: usize) -> Result<ModelCache> {
-        if len > self.len {
-            return Err(Error::Input(format!(
-                "cache truncated to {len} positions, it has {}",
-                self.len
-            )));
-        }
-        let layers = self
-            .layers
-            .iter()
-            .map(|layer| {
-                let kv = match &layer.kv {
-                    Some((k, v)) => Some((k.narrow(2, 0, len)?, v.narrow(2, 0, len)?)),
-                    None => None,
-                };
-                Ok(KvCache { kv })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(ModelCache { layers, len })
-    }
-
     /// A cache whose row `i` is this cache's row `rows[i]`: continuations that branch
     /// (row `rows[i]` is the prefix row `i` continues).
     pub fn select_rows(&self, rows: &[u32]) -> Result<ModelCache> {

@@ -219,8 +219,9 @@ impl ModelScorer<'_> {
         items: &[Encoded],
         shared: usize,
     ) -> fluxmoe_model::Result<Vec<f32>> {
-        let device = self.model.device().clone();
-        let device = &device;
+        // The model outlives `self`'s borrow (`run_prompt` takes `&mut self`).
+        let model = self.model;
+        let device = model.device();
         let (mut cache, last_logits) = self.run_prompt(&items[0].ids[..shared])?;
         // log p(first answer token | prompt), the same for every item.
         let after_prompt: Vec<f32> = log_softmax(&last_logits)?.to_vec1()?;
@@ -258,7 +259,7 @@ impl ModelScorer<'_> {
             let mut step = cache.select_rows(&from)?;
             let ids = Tensor::from_vec(ids, (m, 1), device)?;
             let mask = Tensor::ones((m, shared + d + 1), candle_core::DType::U32, device)?;
-            let logits = self.model.forward_cached_masked(&ids, &mask, &mut step)?;
+            let logits = model.forward_cached_masked(&ids, &mask, &mut step)?;
             let lp: Vec<Vec<f32>> = log_softmax(&logits.squeeze(1)?)?.to_vec2()?;
             for (a, out) in answers.iter().zip(logp.iter_mut()) {
                 if a.len() > d + 1 {
@@ -287,13 +288,14 @@ impl ModelScorer<'_> {
     /// (computed once); only the rest runs. Equal to running the whole prompt up to
     /// float rounding (test).
     fn run_prompt(&mut self, prompt: &[u32]) -> fluxmoe_model::Result<(ModelCache, Tensor)> {
-        let device = self.model.device().clone();
+        let model = self.model;
+        let device = model.device();
         let n = self.shared_prefix.len();
         let mut cache = if n > 0 && prompt.len() > n && prompt.starts_with(&self.shared_prefix) {
             if self.prefix_cache.is_none() {
-                let ids = Tensor::from_vec(self.shared_prefix.clone(), (1, n), &device)?;
+                let ids = Tensor::from_vec(self.shared_prefix.clone(), (1, n), device)?;
                 let mut cache = ModelCache::default();
-                self.model.forward_cached(&ids, &mut cache)?;
+                model.forward_cached(&ids, &mut cache)?;
                 self.prefix_cache = Some(cache);
             }
             self.prefix_cache.clone().unwrap_or_default()
@@ -301,8 +303,8 @@ impl ModelScorer<'_> {
             ModelCache::default()
         };
         let rest = &prompt[cache.len()..];
-        let ids = Tensor::from_vec(rest.to_vec(), (1, rest.len()), &device)?;
-        let logits = self.model.forward_cached(&ids, &mut cache)?;
+        let ids = Tensor::from_vec(rest.to_vec(), (1, rest.len()), device)?;
+        let logits = model.forward_cached(&ids, &mut cache)?;
         Ok((cache, logits.i((0, rest.len() - 1))?))
     }
 }
