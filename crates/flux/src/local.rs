@@ -14,6 +14,7 @@
 //!
 //! The caller picks the one its memory model covers ([`train_steps`]).
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 
 use candle_core::backprop::GradStore;
@@ -24,7 +25,7 @@ use fluxmoe_model::train::{sum_of_squares, AdamW, Batch, Proximal};
 use fluxmoe_model::MoeModel;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use rand_distr_free::standard_normal;
+use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -188,16 +189,12 @@ fn sample_loss(model: &MoeModel, sample: &Sample) -> Result<Tensor> {
     )?)
 }
 
-/// Per-row token-mean losses of `batch` under `model`.
+/// Per-row token-mean losses of `batch` under `model`, for the rows with a target.
 pub fn row_losses(model: &MoeModel, batch: &Batch) -> Result<Vec<f64>> {
     let (hidden, _) =
         model.forward_hidden(&batch.input_ids, batch.attention_mask.as_ref(), false)?;
-    losses_of_hidden(model, batch, &hidden)
-}
-
-/// Per-row token-mean losses of `batch` from final hidden states `hidden`.
-fn losses_of_hidden(model: &MoeModel, batch: &Batch, hidden: &Tensor) -> Result<Vec<f64>> {
-    let (logp, rows) = model.target_logprobs(hidden, &batch.input_ids, batch.loss_mask.as_ref())?;
+    let (logp, rows) =
+        model.target_logprobs(&hidden, &batch.input_ids, batch.loss_mask.as_ref())?;
     let logp: Vec<f32> = logp.to_vec1()?;
     let n_rows = batch.input_ids.dim(0)?;
     let (mut sum, mut count) = (vec![0.0f64; n_rows], vec![0usize; n_rows]);
@@ -239,69 +236,203 @@ fn with_expert(model: &MoeModel, id: ExpertId, weights: [Tensor; 3]) -> Result<M
 /// ĝ = ((L(W+σz) − L(W))/σ)·z divided by the expert's dimension d, because
 /// E||ĝ||² ≈ d·||g||² while E[(zᵀg)²] = ||g||² [ours: this scaling keeps explorers'
 /// utilities comparable with the tuning experts' backprop norms].
+///
+/// A perturbed forward runs only what the perturbation can change: for explorer e of
+/// layer l and sample k, the positions from the first token layer l routes to e up to
+/// the sample's last target, from layer l up. Earlier positions, and every layer below
+/// l, are those of one unperturbed forward (causal attention; their keys and values
+/// are kept). A sample none of whose predicting positions reach e has
+/// `L_k(W + σz) = L_k(W)` exactly.
 pub fn zo_probe(
     model: &MoeModel,
     explorers: &[(ExpertId, [Tensor; 3])],
     batch: &Batch,
     sigma: f64,
     seed: u64,
-) -> Result<BTreeMap<ExpertId, Vec<f64>>> {
+) -> Result<ZoOutcome> {
     if !(sigma.is_finite() && sigma > 0.0) {
         return Err(Error::config(
             "zo_sigma",
             format!("must be > 0, got {sigma}"),
         ));
     }
-    // One unperturbed forward keeps the residual stream entering every layer; a probe
-    // of an expert in layer l changes nothing before l, so it resumes there.
-    let (hidden, inputs) =
-        model.forward_hidden_layer_inputs(&batch.input_ids, batch.attention_mask.as_ref())?;
-    let base = losses_of_hidden(model, batch, &hidden)?;
-    let mut out = BTreeMap::new();
+    let (hidden, resume) =
+        model.forward_hidden_resumable(&batch.input_ids, batch.attention_mask.as_ref())?;
+    let base = Targets::of(model, batch, &hidden)?;
+    let ids: Vec<Vec<u32>> = batch
+        .input_ids
+        .to_dtype(candle_core::DType::U32)?
+        .to_vec2()?;
+    let t = ids.first().map_or(0, Vec::len);
+    let device = batch.input_ids.device();
+    let mut routes_of: BTreeMap<usize, (Vec<u32>, usize)> = BTreeMap::new();
+    let n_layers = model.config().layers.len();
+    let mut out = ZoOutcome {
+        sq_grad_norms: BTreeMap::new(),
+        layer_positions: batch.input_ids.elem_count() * n_layers,
+    };
     for (id, weights) in explorers {
-        let mut rng = StdRng::seed_from_u64(
-            seed ^ ((id.layer as u64) << 32 | id.expert as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        );
-        let (mut z_sq, mut d) = (0.0f64, 0usize);
-        let mut perturbed = Vec::with_capacity(3);
-        for w in weights {
-            let n = w.elem_count();
-            let z: Vec<f32> = (0..n).map(|_| standard_normal(&mut rng) as f32).collect();
-            z_sq += z.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
-            d += n;
-            let z = Tensor::from_vec(z, w.dims(), w.device())?;
-            perturbed.push((w + (z * sigma)?)?);
-        }
-        let perturbed: [Tensor; 3] = perturbed
-            .try_into()
-            .map_err(|_| Error::Input("an expert has three matrices".into()))?;
-        let x = inputs.get(id.layer).ok_or_else(|| {
-            Error::Input(format!("expert {id:?}: layer {} is out of range", id.layer))
-        })?;
-        let hidden = with_expert(model, *id, perturbed)?.forward_hidden_from(
-            &batch.input_ids,
-            batch.attention_mask.as_ref(),
-            id.layer,
-            x,
-        )?;
-        let plus = losses_of_hidden(model, batch, &hidden)?;
-        let sq: Vec<f64> = plus
+        let (routes, k) = match routes_of.entry(id.layer) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(slot) => {
+                let r = resume.routes(id.layer).ok_or_else(|| {
+                    Error::Input(format!(
+                        "expert {id:?}: layer {} is not an MoE layer of the model",
+                        id.layer
+                    ))
+                })?;
+                let k = r.dim(1)?;
+                slot.insert((r.flatten_all()?.to_vec1()?, k))
+            }
+        };
+        let (perturbed, z_scale) = perturb(*id, weights, sigma, seed)?;
+        let probe = with_expert(model, *id, perturbed)?;
+        // The rows the perturbation reaches, each with the first position whose
+        // token layer l sends to the explorer, when a target comes after it (only
+        // targets after it can change).
+        let routed =
+            |row: usize, p: usize| routes[(row * t + p) * *k..][..*k].contains(&(id.expert as u32));
+        let reached: Vec<(&RowTargets, usize)> = base
+            .rows
             .iter()
-            .zip(&base)
-            .map(|(p, b)| ((p - b) / sigma).powi(2) * z_sq / d as f64)
+            .filter_map(|row| Some((row, (0..row.last).find(|&p| routed(row.row, p))?)))
             .collect();
-        out.insert(*id, sq);
+        let mut change: BTreeMap<usize, f64> = BTreeMap::new();
+        if let Some(start) = reached.iter().map(|&(_, first)| first).min() {
+            // One forward over the reached rows, from the earliest reached position
+            // to the last target of any of them.
+            let end = reached
+                .iter()
+                .map(|(row, _)| row.last)
+                .max()
+                .unwrap_or(start);
+            let n = end + 1 - start;
+            out.layer_positions += n * reached.len() * (n_layers - id.layer);
+            let rows: Vec<usize> = reached.iter().map(|(row, _)| row.row).collect();
+            let seg: Vec<u32> = rows
+                .iter()
+                .flat_map(|&r| ids[r][start..=end].iter().copied())
+                .collect();
+            let seg = Tensor::from_vec(seg, (rows.len(), n), device)?;
+            let hidden = probe.forward_hidden_from(&resume, id.layer, &rows, start, &seg)?;
+            // Each row's targets after its own first reached position, as a loss mask
+            // over the segment; the row's other targets keep their log-probability.
+            let mut seg_mask = vec![0u32; rows.len() * n];
+            for (j, (row, first)) in reached.iter().enumerate() {
+                for &q in row.targets.iter().filter(|&&q| q > *first) {
+                    seg_mask[j * n + q - start] = 1;
+                }
+            }
+            let seg_mask = Tensor::from_vec(seg_mask, (rows.len(), n), device)?;
+            let (logp, of_row) = model.target_logprobs(&hidden, &seg, Some(&seg_mask))?;
+            let mut after = vec![0.0f64; rows.len()];
+            for (v, j) in logp.to_vec1::<f32>()?.iter().zip(of_row) {
+                after[j] += f64::from(*v);
+            }
+            for ((row, first), after) in reached.iter().zip(after) {
+                let before: f64 = row
+                    .targets
+                    .iter()
+                    .filter(|&&q| q > *first)
+                    .map(|&q| base.logp[&(row.row, q)])
+                    .sum();
+                // L_k(W + σz) − L_k(W): the token-mean loss changes only at these targets.
+                change.insert(row.row, (before - after) / row.targets.len() as f64);
+            }
+        }
+        // One estimate per row with a target; unreached rows' losses are unchanged.
+        let sq: Vec<f64> = base
+            .rows
+            .iter()
+            .map(|row| (change.get(&row.row).unwrap_or(&0.0) / sigma).powi(2) * z_scale)
+            .collect();
+        out.sq_grad_norms.insert(*id, sq);
     }
     Ok(out)
 }
 
-/// Standard normal draws without an extra crate (Box–Muller on the seeded generator).
-mod rand_distr_free {
-    use rand::Rng;
+/// The weights [`zo_probe`] evaluates for expert `id`: `W + σz`, z ~ N(0, I) drawn from
+/// `seed` and the expert's position, and the scale `||z||² / d` of its estimate.
+pub fn perturb(
+    id: ExpertId,
+    weights: &[Tensor; 3],
+    sigma: f64,
+    seed: u64,
+) -> Result<([Tensor; 3], f64)> {
+    let mut rng = StdRng::seed_from_u64(
+        seed ^ ((id.layer as u64) << 32 | id.expert as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    );
+    let (mut z_sq, mut d) = (0.0f64, 0usize);
+    let mut perturbed = Vec::with_capacity(3);
+    for w in weights {
+        let n = w.elem_count();
+        let z: Vec<f32> = StandardNormal.sample_iter(&mut rng).take(n).collect();
+        z_sq += z.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
+        d += n;
+        let z = Tensor::from_vec(z, w.dims(), w.device())?;
+        perturbed.push((w + (z * sigma)?)?);
+    }
+    let perturbed: [Tensor; 3] = perturbed
+        .try_into()
+        .map_err(|_| Error::Input("an expert has three matrices".into()))?;
+    Ok((perturbed, z_sq / d.max(1) as f64))
+}
 
-    pub fn standard_normal(rng: &mut impl Rng) -> f64 {
-        let u1: f64 = rng.gen_range(f64::EPSILON..1.0);
-        let u2: f64 = rng.gen();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+/// What [`zo_probe`] measured and how much it ran.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ZoOutcome {
+    /// Per explorer, the estimate of `||g_k||²` for every row of the batch with a target.
+    pub sq_grad_norms: BTreeMap<ExpertId, Vec<f64>>,
+    /// Decoder-layer passes of one position, summed: the unperturbed forward's
+    /// (positions × layers) plus every perturbed one's (positions run × layers above
+    /// and including the explorer's).
+    pub layer_positions: usize,
+}
+
+/// A batch's target tokens and their log-probabilities under the unperturbed model.
+struct Targets {
+    /// Rows with at least one target, in batch order.
+    rows: Vec<RowTargets>,
+    /// `log p` of the token at `(row, position)` given the positions before it.
+    logp: BTreeMap<(usize, usize), f64>,
+}
+
+struct RowTargets {
+    row: usize,
+    /// Positions of the row's target tokens, ascending.
+    targets: Vec<usize>,
+    /// The last of them.
+    last: usize,
+}
+
+impl Targets {
+    fn of(model: &MoeModel, batch: &Batch, hidden: &Tensor) -> Result<Self> {
+        let (b, t) = batch.input_ids.dims2()?;
+        let mask: Vec<Vec<u32>> = match &batch.loss_mask {
+            Some(m) => m.to_dtype(candle_core::DType::U32)?.to_vec2()?,
+            None => vec![vec![1; t]; b],
+        };
+        // target_logprobs lists targets row by row, positions ascending.
+        let (logp, _) =
+            model.target_logprobs(hidden, &batch.input_ids, batch.loss_mask.as_ref())?;
+        let logp: Vec<f32> = logp.to_vec1()?;
+        let mut values = logp.iter();
+        let mut out = Targets {
+            rows: Vec::new(),
+            logp: BTreeMap::new(),
+        };
+        for (row, m) in mask.iter().enumerate() {
+            let targets: Vec<usize> = (1..t).filter(|&q| m[q] != 0).collect();
+            for &q in &targets {
+                let v = values
+                    .next()
+                    .ok_or_else(|| Error::Input("fewer log-probabilities than targets".into()))?;
+                out.logp.insert((row, q), f64::from(*v));
+            }
+            if let Some(&last) = targets.last() {
+                out.rows.push(RowTargets { row, targets, last });
+            }
+        }
+        Ok(out)
     }
 }

@@ -1,17 +1,18 @@
-//! FLUX's local training on a real (fixture) MoE: a step of per-sample passes applies
-//! the gradient of the batch's token-mean loss (accumulated over the passes or
-//! recomputed), and records each sample's own gradient norm per tuning expert.
+//! FLUX's local work on a real (fixture) MoE: a step of per-sample passes applies the
+//! gradient of the batch's token-mean loss (accumulated over the passes or
+//! recomputed), and records each sample's own gradient norm per tuning expert; the
+//! zeroth-order probes of explorers equal whole forwards of the perturbed model.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor, Var};
-use fluxmoe_flux::local::{train_steps, Sample};
+use fluxmoe_flux::local::{perturb, row_losses, train_steps, zo_probe, Sample};
 use fluxmoe_flux::roles::ExpertId;
 use fluxmoe_model::keys::{expert_key, Proj};
 use fluxmoe_model::params::ParamStore;
 use fluxmoe_model::train::{AdamW, AdamWConfig, Batch};
-use fluxmoe_model::{checkpoint, Checkpoint, MoeModel};
+use fluxmoe_model::{checkpoint, Checkpoint, MergedExpert, MoeModel};
 
 fn fixture() -> Checkpoint {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/mixtral");
@@ -159,4 +160,96 @@ fn per_sample_passes_apply_the_batch_gradient_and_record_each_samples_norm() {
         );
     }
     assert!(norms.values().flatten().any(|&s| s > 0.0));
+}
+
+/// Expert `id`'s gate, up and down matrices in the fixture.
+fn expert_weights(ck: &Checkpoint, id: ExpertId) -> [Tensor; 3] {
+    [Proj::Gate, Proj::Up, Proj::Down].map(|p| {
+        ck.params
+            .tensor(&expert_key(ck.config.arch, id.layer, id.expert, p))
+            .unwrap()
+            .clone()
+    })
+}
+
+#[test]
+fn zeroth_order_probes_equal_whole_forwards_of_the_perturbed_model() {
+    let ck = fixture();
+    let model = MoeModel::new(&ck.config, &ck.params).unwrap();
+    // Row 0's targets are its every next token; row 1's only positions 1..=3, so that
+    // experts first routed at position 3 or later cannot change its loss.
+    let mut b = batch(&ROWS);
+    let t = ROWS[1].len();
+    let loss: Vec<u32> = (0..2 * t)
+        .map(|i| {
+            let (row, pos) = (i / t, i % t);
+            u32::from(if row == 0 {
+                pos < ROWS[0].len()
+            } else {
+                (1..=3).contains(&pos)
+            })
+        })
+        .collect();
+    b.loss_mask = Some(Tensor::from_vec(loss, (2, t), &Device::Cpu).unwrap());
+    let explorers: Vec<(ExpertId, [Tensor; 3])> = (0..2)
+        .flat_map(|layer| (0..4).map(move |expert| ExpertId { layer, expert }))
+        .map(|id| (id, expert_weights(&ck, id)))
+        .collect();
+    let (sigma, seed) = (1e-2, 7);
+    let outcome = zo_probe(&model, &explorers, &b, sigma, seed).unwrap();
+    let probes = &outcome.sq_grad_norms;
+    assert_eq!(probes.len(), explorers.len());
+    // The unperturbed forward runs every position through both layers; each perturbed
+    // one at most every position from the explorer's layer up, and less for some.
+    let full = b.input_ids.elem_count() * 2;
+    let most = full
+        + explorers
+            .iter()
+            .map(|(id, _)| b.input_ids.elem_count() * (2 - id.layer))
+            .sum::<usize>();
+    assert!(
+        outcome.layer_positions > full && outcome.layer_positions < most,
+        "{}",
+        outcome.layer_positions
+    );
+    let base = row_losses(&model, &b).unwrap();
+    let (mut zeros, mut positive) = (0, 0);
+    for (id, weights) in &explorers {
+        let ([gate, up, down], scale) = perturb(*id, weights, sigma, seed).unwrap();
+        let mut perturbed = model.clone();
+        let mut slot_of: Vec<usize> = (0..4).collect();
+        slot_of[id.expert] = 4;
+        perturbed
+            .set_merged_experts(id.layer, slot_of, vec![MergedExpert { gate, up, down }])
+            .unwrap();
+        let plus = row_losses(&perturbed, &b).unwrap();
+        let got = &probes[id];
+        assert_eq!(got.len(), 2, "{id:?}");
+        for (k, g) in got.iter().enumerate() {
+            let want = ((plus[k] - base[k]) / sigma).powi(2) * scale;
+            assert!(
+                (g - want).abs() <= 3e-3 * want + 1e-6,
+                "{id:?} row {k}: probe {g}, whole forward {want}"
+            );
+            if *g == 0.0 {
+                zeros += 1;
+            } else {
+                positive += 1;
+            }
+        }
+    }
+    // Both kinds occur: rows the explorer cannot reach (exactly 0) and rows it does.
+    assert!(
+        zeros > 0 && positive > 0,
+        "{zeros} zero, {positive} positive"
+    );
+    // The same seed draws the same perturbation; σ must be positive.
+    assert_eq!(
+        zo_probe(&model, &explorers, &b, sigma, seed).unwrap(),
+        outcome
+    );
+    let err = zo_probe(&model, &explorers, &b, 0.0, seed)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("zo_sigma"), "{err}");
 }

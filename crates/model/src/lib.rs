@@ -34,6 +34,8 @@ pub mod upcycle;
 pub use checkpoint::{Checkpoint, StorageLayout};
 pub use config::{Arch, ModelConfig};
 pub use error::{Error, Result};
-pub use model::{causal_lm_loss, ForwardOutput, LayerTrace, MergedExpert, ModelCache, MoeModel};
+pub use model::{
+    causal_lm_loss, ForwardOutput, LayerTrace, MergedExpert, ModelCache, MoeModel, Resume,
+};
 pub use params::ParamStore;
 pub use source::{load_model, LoadedModel};

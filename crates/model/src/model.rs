@@ -119,6 +119,28 @@ impl ModelCache {
     }
 }
 
+/// What [`MoeModel::forward_hidden_resumable`] keeps of a forward, so that forwards
+/// of a model changed from some layer on resume there ([`MoeModel::forward_hidden_from`]).
+#[derive(Debug, Clone)]
+pub struct Resume {
+    /// The residual stream entering each layer, `[B, T, hidden]`.
+    layer_inputs: Vec<Tensor>,
+    /// Per layer, the selected experts `[B * T, k]` (u32; `None` for dense layers).
+    routes: Vec<Option<Tensor>>,
+    /// Every layer's keys and values.
+    cache: ModelCache,
+    /// The attention mask `[B][T]`.
+    key_valid: Vec<Vec<u32>>,
+}
+
+impl Resume {
+    /// The experts layer `layer` selected for each token, `[B * T, k]` (u32, rows in
+    /// `(batch, position)` order); `None` for a dense layer or one out of range.
+    pub fn routes(&self, layer: usize) -> Option<&Tensor> {
+        self.routes.get(layer).and_then(Option::as_ref)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct MoeModel {
     cfg: ModelConfig,
@@ -308,50 +330,139 @@ impl MoeModel {
         )
     }
 
-    /// [`MoeModel::forward_hidden`] without traces, plus the residual stream entering
-    /// every decoder layer (`[B, T, hidden]` each, in layer order), so that a change
-    /// confined to layer `l` and later can be evaluated with
-    /// [`MoeModel::forward_hidden_from`] without recomputing layers `0..l`.
-    pub fn forward_hidden_layer_inputs(
+    /// [`MoeModel::forward_hidden`] without traces, plus what later forwards need to
+    /// resume from it ([`Resume`]; [`MoeModel::forward_hidden_from`]).
+    pub fn forward_hidden_resumable(
         &self,
         input_ids: &Tensor,
         attention_mask: Option<&Tensor>,
-    ) -> Result<(Tensor, Vec<Tensor>)> {
+    ) -> Result<(Tensor, Resume)> {
+        let (b, t) = input_ids.dims2().map_err(|_| {
+            Error::Input(format!(
+                "input ids must be [batch, seq], got {:?}",
+                input_ids.dims()
+            ))
+        })?;
         let mut inputs = Vec::with_capacity(self.layers.len());
+        let mut routes = Vec::with_capacity(self.layers.len());
+        let mut cache = ModelCache {
+            layers: vec![KvCache::default(); self.layers.len()],
+            len: 0,
+        };
         let (hidden, _) = self.run_hidden(
             input_ids,
             attention_mask,
             Hooks {
+                cache: Some(&mut cache),
                 layer_inputs: Some(&mut inputs),
+                routes: Some(&mut routes),
                 ..Hooks::default()
             },
         )?;
-        Ok((hidden, inputs))
+        let key_valid = match attention_mask {
+            Some(m) => m.to_dtype(DType::U32)?.to_vec2::<u32>()?,
+            None => vec![vec![1; t]; b],
+        };
+        Ok((
+            hidden,
+            Resume {
+                layer_inputs: inputs,
+                routes,
+                cache,
+                key_valid,
+            },
+        ))
     }
 
-    /// The final-norm hidden states when decoder layer `layer` receives `x` (`[B, T,
-    /// hidden]`, e.g. from [`MoeModel::forward_hidden_layer_inputs`] of a model that
-    /// agrees with this one on layers `0..layer`): layers `layer..` run, earlier ones do
-    /// not. `input_ids` and `attention_mask` are those `x` was computed from (they give
-    /// positions and the mask).
+    /// The final-norm hidden states `[R, n, hidden]` at positions `start..start + n`
+    /// of batch rows `rows` (R of them) of the forward that left `resume`, computed by
+    /// this model from layer `layer` on, where `input_ids` `[R, n]` are those rows'
+    /// tokens at those positions. Layers before `layer` are not run: their results,
+    /// and the keys and values of positions before `start` in every layer, come from
+    /// `resume`, as does the attention mask.
+    ///
+    /// Exact when this model agrees with the one that left `resume` on layers
+    /// `0..layer` and, at layer `layer` and later, on every position before `start`:
+    /// with causal attention, a change confined to tokens at `start` or later (e.g.
+    /// to an expert no earlier token is routed to) leaves earlier positions as they
+    /// were. `resume` must come from a model with the same attention layout.
     pub fn forward_hidden_from(
         &self,
-        input_ids: &Tensor,
-        attention_mask: Option<&Tensor>,
+        resume: &Resume,
         layer: usize,
-        x: &Tensor,
+        rows: &[usize],
+        start: usize,
+        input_ids: &Tensor,
     ) -> Result<Tensor> {
-        if layer >= self.layers.len() {
+        if resume.layer_inputs.len() != self.layers.len() {
             return Err(Error::Input(format!(
-                "layer {layer} is out of range: the model has {} layers",
+                "the resume state has {} layers, the model {}",
+                resume.layer_inputs.len(),
                 self.layers.len()
             )));
         }
+        let x = resume.layer_inputs.get(layer).ok_or_else(|| {
+            Error::Input(format!(
+                "layer {layer} is out of range: the model has {} layers",
+                self.layers.len()
+            ))
+        })?;
+        let (b, t, _) = x.dims3()?;
+        let n = match input_ids.dims2() {
+            Ok((r, n)) if r == rows.len() && r > 0 && n > 0 => n,
+            _ => {
+                return Err(Error::Input(format!(
+                    "resumed input ids must be [{} rows, n > 0], got {:?}",
+                    rows.len(),
+                    input_ids.dims()
+                )))
+            }
+        };
+        if let Some(bad) = rows.iter().find(|&&r| r >= b) {
+            return Err(Error::Input(format!(
+                "row {bad} is outside the resumed batch of {b} rows"
+            )));
+        }
+        if start + n > t {
+            return Err(Error::Input(format!(
+                "positions {start}..{} are outside the resumed batch's {t}",
+                start + n
+            )));
+        }
+        let index: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        let index = Tensor::new(index.as_slice(), &self.device)?;
+        let x = x.index_select(&index, 0)?.narrow(1, start, n)?;
+        let mut cache = ModelCache {
+            layers: vec![KvCache::default(); self.layers.len()],
+            len: start,
+        };
+        if start > 0 {
+            for (kept, new) in resume
+                .cache
+                .layers
+                .iter()
+                .zip(&mut cache.layers)
+                .skip(layer)
+            {
+                if let Some((k, v)) = &kept.kv {
+                    new.kv = Some((
+                        k.index_select(&index, 0)?.narrow(2, 0, start)?,
+                        v.index_select(&index, 0)?.narrow(2, 0, start)?,
+                    ));
+                }
+            }
+        }
+        let valid: Vec<u32> = rows
+            .iter()
+            .flat_map(|&r| resume.key_valid[r][..start + n].iter().copied())
+            .collect();
+        let mask = Tensor::from_vec(valid, (rows.len(), start + n), &self.device)?;
         let (hidden, _) = self.run_hidden(
             input_ids,
-            attention_mask,
+            Some(&mask),
             Hooks {
-                start: Some((layer, x)),
+                cache: Some(&mut cache),
+                start: Some((layer, &x)),
                 ..Hooks::default()
             },
         )?;
@@ -444,6 +555,7 @@ impl MoeModel {
             mut ffn_inputs,
             mut layer_inputs,
             start,
+            mut routes,
         } = hooks;
         let (b, t) = input_ids.dims2().map_err(|_| {
             Error::Input(format!(
@@ -524,9 +636,17 @@ impl MoeModel {
                 inputs.push(normed.clone());
             }
             let f = match &layer.ffn {
-                FfnLayer::Dense(mlp) => mlp.forward(&normed)?,
+                FfnLayer::Dense(mlp) => {
+                    if let Some(routes) = routes.as_deref_mut() {
+                        routes.push(None);
+                    }
+                    mlp.forward(&normed)?
+                }
                 FfnLayer::Moe(moe) => {
                     let (y, routing) = moe.forward(&normed)?;
+                    if let Some(routes) = routes.as_deref_mut() {
+                        routes.push(Some(routing.topk_idx.clone()));
+                    }
                     if let Some(attention_score) = scores {
                         traces.push(LayerTrace {
                             layer: l,
@@ -561,6 +681,8 @@ struct Hooks<'a> {
     layer_inputs: Option<&'a mut Vec<Tensor>>,
     /// Start at this layer with this residual stream instead of the embeddings.
     start: Option<(usize, &'a Tensor)>,
+    /// Collect each layer's selected experts `[B * T, k]` (`None` for dense layers).
+    routes: Option<&'a mut Vec<Option<Tensor>>>,
 }
 
 /// `[B, 1, T, S]`: 0 where query `i` (at position `offset + i`) may see key `j`

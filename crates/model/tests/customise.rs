@@ -201,45 +201,125 @@ fn traces_hold_each_moe_blocks_input_and_output() {
     }
 }
 
+/// `hidden[row, start..start + n]` as `[1, n, h]`.
+fn segment(hidden: &Tensor, row: usize, start: usize, n: usize) -> Tensor {
+    hidden
+        .narrow(0, row, 1)
+        .unwrap()
+        .narrow(1, start, n)
+        .unwrap()
+}
+
 #[test]
-fn resuming_at_a_layer_matches_a_full_forward() {
+fn resuming_a_row_at_a_layer_and_position_matches_a_full_forward() {
     for arch in ARCHS {
         let ck = load(arch);
         let ids = golden_ids(arch);
+        let (b, t) = ids.dims2().unwrap();
+        // Right padding: row 0's last two positions are not tokens.
+        let mut valid = vec![1u32; b * t];
+        valid[t - 2..t].fill(0);
+        let mask = Tensor::from_vec(valid, (b, t), ids.device()).unwrap();
         let plain = MoeModel::new(&ck.config, &ck.params).unwrap();
-        let (hidden, inputs) = plain.forward_hidden_layer_inputs(&ids, None).unwrap();
-        let (reference, _) = plain.forward_hidden(&ids, None, false).unwrap();
+        let (hidden, resume) = plain.forward_hidden_resumable(&ids, Some(&mask)).unwrap();
+        let (reference, _) = plain.forward_hidden(&ids, Some(&mask), false).unwrap();
         assert_eq!(max_abs_diff(&hidden, &reference), 0.0, "{arch}");
-        assert_eq!(inputs.len(), ck.config.layers.len(), "{arch}");
-        for (l, x) in inputs.iter().enumerate() {
-            let resumed = plain.forward_hidden_from(&ids, None, l, x).unwrap();
-            assert_eq!(
-                max_abs_diff(&resumed, &reference),
-                0.0,
-                "{arch}: resuming at layer {l} changed the output"
-            );
+        let row_ids = |row: usize, start: usize, n: usize| {
+            ids.narrow(0, row, 1).unwrap().narrow(1, start, n).unwrap()
+        };
+        // Every row at once, from the middle on (row 0's padding is resumed too).
+        let half = t / 2;
+        let all: Vec<usize> = (0..b).collect();
+        for l in 0..ck.config.layers.len() {
+            let resumed = plain
+                .forward_hidden_from(
+                    &resume,
+                    l,
+                    &all,
+                    half,
+                    &ids.narrow(1, half, t - half).unwrap(),
+                )
+                .unwrap();
+            for row in 0..b {
+                let n = if row == 0 { t - 2 - half } else { t - half };
+                let diff = max_abs_diff(
+                    &resumed.narrow(0, row, 1).unwrap().narrow(1, 0, n).unwrap(),
+                    &segment(&reference, row, half, n),
+                );
+                assert!(
+                    diff < 1e-4,
+                    "{arch}: layer {l}, all rows, row {row}: {diff}"
+                );
+            }
         }
-        // A model that differs only from layer l on, resumed from the unchanged
-        // model's input of layer l, equals its own full forward.
-        for (l, n, _) in moe_layers(&ck.config) {
-            let mut slot_of: Vec<usize> = (0..n).collect();
-            slot_of[1] = n;
+        for l in 0..ck.config.layers.len() {
+            for (row, start) in [(0, 0), (0, t / 2), (b - 1, t - 3)] {
+                let n = t - 2 - start;
+                let resumed = plain
+                    .forward_hidden_from(&resume, l, &[row], start, &row_ids(row, start, n))
+                    .unwrap();
+                let diff = max_abs_diff(&resumed, &segment(&reference, row, start, n));
+                assert!(
+                    diff < 1e-4,
+                    "{arch}: layer {l} row {row} from {start}: {diff}"
+                );
+            }
+        }
+        // A model whose layer l differs only in expert 1, resumed at the first token
+        // routed to expert 1, equals its own full forward there; earlier positions
+        // are those of the unchanged model.
+        for (l, n_experts, k) in moe_layers(&ck.config) {
+            let mut slot_of: Vec<usize> = (0..n_experts).collect();
+            slot_of[1] = n_experts;
             let mut changed = plain.clone();
             changed
                 .set_merged_experts(l, slot_of, vec![copy_of_expert(&ck, l, 0)])
                 .unwrap();
-            let (full, _) = changed.forward_hidden(&ids, None, false).unwrap();
-            let resumed = changed
-                .forward_hidden_from(&ids, None, l, &inputs[l])
+            let (full, _) = changed.forward_hidden(&ids, Some(&mask), false).unwrap();
+            let routes: Vec<u32> = resume
+                .routes(l)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
                 .unwrap();
-            assert_eq!(max_abs_diff(&resumed, &full), 0.0, "{arch} layer {l}");
-            assert!(max_abs_diff(&full, &reference) > 0.0, "{arch} layer {l}");
+            assert_eq!(routes.len(), b * t * k, "{arch} layer {l}");
+            let row = b - 1;
+            let Some(start) = (0..t).find(|p| routes[(row * t + p) * k..][..k].contains(&1)) else {
+                continue;
+            };
+            let n = t - start;
+            let resumed = changed
+                .forward_hidden_from(&resume, l, &[row], start, &row_ids(row, start, n))
+                .unwrap();
+            let diff = max_abs_diff(&resumed, &segment(&full, row, start, n));
+            assert!(diff < 1e-4, "{arch} layer {l} from {start}: {diff}");
+            if start > 0 {
+                let before = max_abs_diff(
+                    &segment(&full, row, 0, start),
+                    &segment(&reference, row, 0, start),
+                );
+                assert!(before < 1e-5, "{arch} layer {l}: {before}");
+            }
+            assert!(max_abs_diff(&full, &reference) > 1e-3, "{arch} layer {l}");
         }
-        let n = ck.config.layers.len();
-        assert!(plain
-            .forward_hidden_from(&ids, None, n, &inputs[0])
-            .is_err());
-        let wrong = inputs[0].narrow(1, 0, 1).unwrap();
-        assert!(plain.forward_hidden_from(&ids, None, 0, &wrong).is_err());
+        assert!(resume.routes(ck.config.layers.len()).is_none());
+        let n_layers = ck.config.layers.len();
+        let one = row_ids(0, 0, 1);
+        for (layer, row, start, ids) in [
+            (n_layers, 0, 0, one.clone()),
+            (0, b, 0, one.clone()),
+            (0, 0, t - 1, row_ids(0, 0, 2)),
+            (0, 0, t, one.clone()),
+            (0, 0, 0, ids.clone()),
+        ] {
+            assert!(
+                plain
+                    .forward_hidden_from(&resume, layer, &[row], start, &ids)
+                    .is_err(),
+                "{arch}: layer {layer} row {row} start {start} ids {:?}",
+                ids.dims()
+            );
+        }
     }
 }

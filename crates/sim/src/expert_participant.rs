@@ -335,18 +335,22 @@ impl ModelParticipant {
                     .map(|&e| Ok((e, expert_tensors(&self.config, global, e)?)))
                     .collect::<Result<Vec<(ExpertId, [Tensor; 3])>>>()?;
                 let batch = to_batch(&last_items, t.pad_id)?;
-                zo_tokens = batch.input_ids.elem_count() * (explorers.len() + 1);
                 let started = std::time::Instant::now();
                 let probes = zo_probe(&model, &explorers, &batch, plan.zo_sigma, plan.seed)?;
+                // Charged as the whole-model forwards the probes amount to: each
+                // perturbed forward runs only the positions and layers it can change.
+                let layers = self.config.layers.len().max(1);
+                zo_tokens = probes.layer_positions.div_ceil(layers);
                 tracing::debug!(
                     train_s,
                     tuned = expert_vars.len(),
                     probe_s = started.elapsed().as_secs_f64(),
                     explorers = explorers.len(),
                     probe_tokens = batch.input_ids.elem_count(),
+                    forward_tokens = zo_tokens,
                     "local work (measured)"
                 );
-                for (e, sq) in probes {
+                for (e, sq) in probes.sq_grad_norms {
                     utilities.push((e, utility(samples_of(&e), &sq)));
                 }
             }
