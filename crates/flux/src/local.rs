@@ -292,23 +292,24 @@ pub fn zo_probe(
         // targets after it can change).
         let routed =
             |row: usize, p: usize| routes[(row * t + p) * *k..][..*k].contains(&(id.expert as u32));
-        let reached: Vec<(&RowTargets, usize)> = base
+        let reached: Vec<(usize, &RowTargets, usize)> = base
             .rows
             .iter()
-            .filter_map(|row| Some((row, (0..row.last).find(|&p| routed(row.row, p))?)))
+            .enumerate()
+            .filter_map(|(i, row)| Some((i, row, (0..row.last()).find(|&p| routed(row.row, p))?)))
             .collect();
-        let mut change: BTreeMap<usize, f64> = BTreeMap::new();
-        if let Some(start) = reached.iter().map(|&(_, first)| first).min() {
+        let mut change = vec![0.0f64; base.rows.len()];
+        if let Some(start) = reached.iter().map(|&(_, _, first)| first).min() {
             // One forward over the reached rows, from the earliest reached position
             // to the last target of any of them.
             let end = reached
                 .iter()
-                .map(|(row, _)| row.last)
+                .map(|(_, row, _)| row.last())
                 .max()
                 .unwrap_or(start);
             let n = end + 1 - start;
             out.layer_positions += n * reached.len() * (n_layers - id.layer);
-            let rows: Vec<usize> = reached.iter().map(|(row, _)| row.row).collect();
+            let rows: Vec<usize> = reached.iter().map(|(_, row, _)| row.row).collect();
             let seg: Vec<u32> = rows
                 .iter()
                 .flat_map(|&r| ids[r][start..=end].iter().copied())
@@ -318,7 +319,7 @@ pub fn zo_probe(
             // Each row's targets after its own first reached position, as a loss mask
             // over the segment; the row's other targets keep their log-probability.
             let mut seg_mask = vec![0u32; rows.len() * n];
-            for (j, (row, first)) in reached.iter().enumerate() {
+            for (j, (_, row, first)) in reached.iter().enumerate() {
                 for &q in row.targets.iter().filter(|&&q| q > *first) {
                     seg_mask[j * n + q - start] = 1;
                 }
@@ -329,22 +330,22 @@ pub fn zo_probe(
             for (v, j) in logp.to_vec1::<f32>()?.iter().zip(of_row) {
                 after[j] += f64::from(*v);
             }
-            for ((row, first), after) in reached.iter().zip(after) {
+            for (&(i, row, first), after) in reached.iter().zip(after) {
                 let before: f64 = row
                     .targets
                     .iter()
-                    .filter(|&&q| q > *first)
-                    .map(|&q| base.logp[&(row.row, q)])
+                    .zip(&row.logp)
+                    .filter(|(&q, _)| q > first)
+                    .map(|(_, lp)| lp)
                     .sum();
                 // L_k(W + σz) − L_k(W): the token-mean loss changes only at these targets.
-                change.insert(row.row, (before - after) / row.targets.len() as f64);
+                change[i] = (before - after) / row.targets.len() as f64;
             }
         }
         // One estimate per row with a target; unreached rows' losses are unchanged.
-        let sq: Vec<f64> = base
-            .rows
+        let sq: Vec<f64> = change
             .iter()
-            .map(|row| (change.get(&row.row).unwrap_or(&0.0) / sigma).powi(2) * z_scale)
+            .map(|c| (c / sigma).powi(2) * z_scale)
             .collect();
         out.sq_grad_norms.insert(*id, sq);
     }
@@ -369,8 +370,8 @@ pub fn perturb(
         let z: Vec<f32> = StandardNormal.sample_iter(&mut rng).take(n).collect();
         z_sq += z.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
         d += n;
-        let z = Tensor::from_vec(z, w.dims(), w.device())?;
-        perturbed.push((w + (z * sigma)?)?);
+        let step: Vec<f32> = z.into_iter().map(|v| v * sigma as f32).collect();
+        perturbed.push((w + Tensor::from_vec(step, w.dims(), w.device())?)?);
     }
     let perturbed: [Tensor; 3] = perturbed
         .try_into()
@@ -393,16 +394,20 @@ pub struct ZoOutcome {
 struct Targets {
     /// Rows with at least one target, in batch order.
     rows: Vec<RowTargets>,
-    /// `log p` of the token at `(row, position)` given the positions before it.
-    logp: BTreeMap<(usize, usize), f64>,
 }
 
 struct RowTargets {
     row: usize,
     /// Positions of the row's target tokens, ascending.
     targets: Vec<usize>,
-    /// The last of them.
-    last: usize,
+    /// `log p` of each target given the positions before it.
+    logp: Vec<f64>,
+}
+
+impl RowTargets {
+    fn last(&self) -> usize {
+        self.targets.last().copied().unwrap_or(0)
+    }
 }
 
 impl Targets {
@@ -417,22 +422,22 @@ impl Targets {
             model.target_logprobs(hidden, &batch.input_ids, batch.loss_mask.as_ref())?;
         let logp: Vec<f32> = logp.to_vec1()?;
         let mut values = logp.iter();
-        let mut out = Targets {
-            rows: Vec::new(),
-            logp: BTreeMap::new(),
-        };
+        let mut rows = Vec::new();
         for (row, m) in mask.iter().enumerate() {
             let targets: Vec<usize> = (1..t).filter(|&q| m[q] != 0).collect();
-            for &q in &targets {
-                let v = values
-                    .next()
-                    .ok_or_else(|| Error::Input("fewer log-probabilities than targets".into()))?;
-                out.logp.insert((row, q), f64::from(*v));
-            }
-            if let Some(&last) = targets.last() {
-                out.rows.push(RowTargets { row, targets, last });
+            let logp = targets
+                .iter()
+                .map(|_| {
+                    values
+                        .next()
+                        .map(|v| f64::from(*v))
+                        .ok_or_else(|| Error::Input("fewer log-probabilities than targets".into()))
+                })
+                .collect::<Result<Vec<f64>>>()?;
+            if !targets.is_empty() {
+                rows.push(RowTargets { row, targets, logp });
             }
         }
-        Ok(out)
+        Ok(Targets { rows })
     }
 }
