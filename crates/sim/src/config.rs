@@ -52,6 +52,12 @@ pub struct TaskSection {
     /// Test examples scored per evaluation (a seeded subset).
     #[serde(default = "default_eval_limit")]
     pub eval_limit: usize,
+    /// Seeds the 80/20 train/test split and the scored test subset; unset: the run's
+    /// `seed`. Set it to compare seeds on the same test examples, so that a fixed
+    /// target means the same on each (the suites do); the run's `seed` still drives
+    /// the partition, participant sampling and training.
+    #[serde(default)]
+    pub test_seed: Option<u64>,
     #[serde(default = "default_max_new_tokens")]
     pub max_new_tokens: usize,
 }
@@ -267,6 +273,12 @@ impl RunFile {
 
     pub fn quickstart() -> Result<Self> {
         Self::from_toml(QUICKSTART, "built-in quickstart")
+    }
+
+    /// The seed of the train/test split and of the scored test subset:
+    /// `task.test_seed`, else the run's `seed`.
+    pub fn test_seed(&self) -> u64 {
+        self.task.test_seed.unwrap_or(self.seed)
     }
 
     pub fn validate(&self) -> Result<()> {

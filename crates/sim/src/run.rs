@@ -183,7 +183,7 @@ impl Setup {
             &file.task.name,
             &data_dirs(file),
             LoadOptions::STRICT,
-            file.seed,
+            file.test_seed(),
         )?;
         let conventions =
             PromptConventions::new(lm.chat_template.as_deref(), &lm.eos_ids, &tokenizer);
@@ -439,7 +439,7 @@ pub fn run_over(
             max_len: 512,
             max_new_tokens: file.task.max_new_tokens,
             limit: Some(file.task.eval_limit),
-            seed: file.seed,
+            seed: file.test_seed(),
             length_norm: LengthNorm::Sum,
             pad_id,
         },

@@ -631,3 +631,57 @@ fn a_server_learning_rate_scales_each_rounds_update_for_every_method() {
         assert!(changed > 0, "{method}: one round changed nothing");
     }
 }
+
+/// `task.test_seed` fixes the test examples across run seeds (so a suite's fixed target
+/// means the same on every seed) and leaves the rest of the run to `seed`; unset, the
+/// run's seed picks the test examples too.
+#[test]
+fn test_seed_fixes_the_scored_examples_across_run_seeds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let model = model_dir(root);
+    let scored = |out: &str| -> Vec<String> {
+        predictions(root, out)
+            .iter()
+            .filter(|p| p["round"] == 0)
+            .map(|p| p["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let go = |out: &str, seed: u64, test_seed: Option<u64>| {
+        let mut cfg = config(root, out, 1);
+        cfg.seed = seed;
+        cfg.task.test_seed = test_seed;
+        cfg.task.eval_limit = 8;
+        run(&cfg, &model, false, &mut |_| {}).unwrap();
+    };
+    go("s5", 5, None);
+    go("s6", 6, None);
+    go("s5-t5", 5, Some(5));
+    go("s6-t5", 6, Some(5));
+    assert_eq!(scored("s5").len(), 8);
+    assert_ne!(
+        scored("s5"),
+        scored("s6"),
+        "the run seed picks the examples"
+    );
+    assert_eq!(
+        scored("s5-t5"),
+        scored("s5"),
+        "test_seed = seed changes nothing"
+    );
+    assert_eq!(
+        scored("s6-t5"),
+        scored("s5"),
+        "test_seed fixes the examples"
+    );
+    assert_eq!(
+        final_bytes(root, "s5-t5"),
+        final_bytes(root, "s5"),
+        "the same training"
+    );
+    assert_ne!(
+        final_bytes(root, "s6-t5"),
+        final_bytes(root, "s5-t5"),
+        "the run seed still drives training"
+    );
+}
