@@ -333,6 +333,65 @@ fn btx_experts_specialise_and_the_router_sends_each_domain_to_its_expert() {
     }
 }
 
+#[test]
+fn btx_at_top1_trains_the_routers_routing_top2_and_lowers_the_top1_loss() {
+    // Mixtral's renormalised top-1 weight is exactly 1, so training at top-1 gives the
+    // routers no gradient (measured: mean loss 1.2086 -> 1.2089 over these 20 steps);
+    // routing top-2 while training compares the two best experts.
+    let dense = checkpoint::load_dir(&fixture("llama"), &Device::Cpu).unwrap();
+    let domains = three_domains();
+    let build = |router_steps| {
+        let spec = BtxSpec {
+            top_k: 1,
+            ..btx_spec(3, 5, router_steps)
+        };
+        btx_upcycle(&dense, &domains, &spec).unwrap().checkpoint
+    };
+    let (untrained, trained) = (build(0), build(20));
+    for moe in [&untrained, &trained] {
+        let recipe = &moe.config_json["fluxmoe_upcycle"];
+        assert_eq!(recipe["router_training_top_k"], 2, "{recipe}");
+        assert!(moe_layers_top_k(moe).iter().all(|&k| k == 1));
+    }
+    // The top-1 model's mean loss on the domains' windows, before and after.
+    let mean_loss = |ck: &Checkpoint| {
+        let model = MoeModel::new(&ck.config, &ck.params).unwrap();
+        domains
+            .iter()
+            .map(|d| loss(&model, &d.windows))
+            .sum::<f32>()
+            / 3.0
+    };
+    let (before, after) = (mean_loss(&untrained), mean_loss(&trained));
+    assert!(after < 0.9 * before, "top-1 loss {before} -> {after}");
+    // Top-2 and up train at their own k.
+    let top2 = btx_upcycle(&dense, &domains, &btx_spec(3, 1, 0)).unwrap();
+    assert_eq!(
+        top2.checkpoint.config_json["fluxmoe_upcycle"]["router_training_top_k"],
+        2
+    );
+    let top3 = BtxSpec {
+        top_k: 3,
+        ..btx_spec(3, 1, 0)
+    };
+    let top3 = btx_upcycle(&dense, &domains, &top3).unwrap();
+    assert_eq!(
+        top3.checkpoint.config_json["fluxmoe_upcycle"]["router_training_top_k"],
+        3
+    );
+}
+
+fn moe_layers_top_k(moe: &Checkpoint) -> Vec<usize> {
+    moe.config
+        .layers
+        .iter()
+        .filter_map(|f| match f {
+            fluxmoe_model::config::Ffn::Moe(m) => Some(m.top_k),
+            fluxmoe_model::config::Ffn::Dense { .. } => None,
+        })
+        .collect()
+}
+
 /// The initial router rows are centred over the experts and give logits of RMS 1 on
 /// the probe windows (4 of 12: windows 0, 3, 6, 9) of every domain.
 fn check_initial_router(dense_model: &MoeModel, moe: &Checkpoint, domains: &[DomainData]) {
