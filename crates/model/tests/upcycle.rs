@@ -351,7 +351,11 @@ fn btx_at_top1_trains_the_routers_routing_top2_and_lowers_the_top1_loss() {
     for moe in [&untrained, &trained] {
         let recipe = &moe.config_json["fluxmoe_upcycle"];
         assert_eq!(recipe["router_training_top_k"], 2, "{recipe}");
-        assert!(moe_layers_top_k(moe).iter().all(|&k| k == 1));
+        let cfg = &moe.config;
+        assert!(cfg
+            .moe_layers()
+            .iter()
+            .all(|&l| cfg.moe(l).unwrap().top_k == 1));
     }
     // The top-1 model's mean loss on the domains' windows, before and after.
     let mean_loss = |ck: &Checkpoint| {
@@ -379,17 +383,6 @@ fn btx_at_top1_trains_the_routers_routing_top2_and_lowers_the_top1_loss() {
         top3.checkpoint.config_json["fluxmoe_upcycle"]["router_training_top_k"],
         3
     );
-}
-
-fn moe_layers_top_k(moe: &Checkpoint) -> Vec<usize> {
-    moe.config
-        .layers
-        .iter()
-        .filter_map(|f| match f {
-            fluxmoe_model::config::Ffn::Moe(m) => Some(m.top_k),
-            fluxmoe_model::config::Ffn::Dense { .. } => None,
-        })
-        .collect()
 }
 
 /// The initial router rows are centred over the experts and give logits of RMS 1 on
