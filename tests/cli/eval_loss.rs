@@ -99,3 +99,69 @@ fn bad_arguments_are_refused_with_a_reason() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("pass --tokenizer"), "{}", stderr(&o));
 }
+
+#[test]
+fn routing_table_gives_each_corpus_a_first_choice_share_per_expert() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("tokenizer.json");
+    write_char_tokenizer(&tok);
+    let model = fixture("mixtral");
+    let corpora = sample_corpora();
+    let o = fluxmoe(&[
+        "eval-loss",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokenizer",
+        tok.to_str().unwrap(),
+        "--corpora-dir",
+        corpora.to_str().unwrap(),
+        "--held-out-every",
+        "2",
+        "--seq",
+        "16",
+        "--tokens",
+        "32",
+        "--corpora",
+        "kjv,wordnet:noun",
+        "--routing",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[2].starts_with("wordnet:noun "), "{out}");
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("share of (token, MoE layer) pairs"))
+        .unwrap_or_else(|| panic!("{out}"));
+    // The fixture records no domains, so the experts are numbered.
+    assert_eq!(lines[at + 1].trim(), "e0 = expert 0");
+    let header: Vec<&str> = lines[at + 5].split_whitespace().collect();
+    assert_eq!(header, ["corpus", "e0", "e1", "e2", "e3"]);
+    for (row, name) in lines[at + 6..].iter().zip(["kjv", "wordnet:noun"]) {
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells[0], name);
+        let shares: Vec<f64> = cells[1..].iter().map(|c| c.parse().unwrap()).collect();
+        assert_eq!(shares.len(), 4);
+        assert!((shares.iter().sum::<f64>() - 1.0).abs() < 0.003, "{row}");
+    }
+    assert_eq!(lines.len(), at + 8, "{out}");
+    // A dense model has nothing to route.
+    let o = eval_loss(&tok, &["--corpora", "kjv", "--tokens", "32", "--routing"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("no MoE layers"), "{}", stdout(&o));
+}
+
+#[test]
+fn a_slice_that_names_no_label_of_its_corpus_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let tok = dir.path().join("tokenizer.json");
+    write_char_tokenizer(&tok);
+    let o = eval_loss(&tok, &["--corpora", "wordnet:pronoun", "--tokens", "32"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o)
+            .contains("no document is labelled `pronoun`; its labels are adjective, noun, verb"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -97,7 +97,7 @@ fn btx_refuses_a_domain_list_that_does_not_match_the_experts() {
     assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
     assert!(
-        err.contains("--domains lists 2 corpora (sotu,kjv) but --experts is 4"),
+        err.contains("--domains lists 2 domains (sotu,kjv) but --experts is 4"),
         "{err}"
     );
     let o = upcycle(&[
@@ -120,8 +120,63 @@ fn btx_refuses_a_domain_list_that_does_not_match_the_experts() {
         "{}",
         stderr(&o)
     );
+    // Slices of one corpus are separate domains only when they share no label.
+    let o = upcycle(&[
+        "--method",
+        "btx",
+        "--experts",
+        "2",
+        "--domains",
+        "math:arithmetic+algebra,math:algebra",
+    ]);
+    assert!(
+        stderr(&o).contains("`math:arithmetic+algebra` and `math:algebra` share documents"),
+        "{}",
+        stderr(&o)
+    );
+    let o = upcycle(&[
+        "--method",
+        "btx",
+        "--experts",
+        "2",
+        "--domains",
+        "wordnet,wordnet:noun",
+    ]);
+    assert!(stderr(&o).contains("share documents"), "{}", stderr(&o));
+    let o = upcycle(&[
+        "--method",
+        "btx",
+        "--experts",
+        "2",
+        "--domains",
+        "sotu,math:",
+    ]);
+    assert!(stderr(&o).contains("empty label"), "{}", stderr(&o));
     let o = upcycle(&["--method", "btx", "--experts", "2"]);
     assert!(stderr(&o).contains("needs --domains"), "{}", stderr(&o));
+    let o = upcycle(&["--method", "sparse", "--router-init", "discriminant"]);
+    assert!(
+        stderr(&o).contains("--router-init only applies to --method btx"),
+        "{}",
+        stderr(&o)
+    );
+    let o = upcycle(&[
+        "--method",
+        "btx",
+        "--experts",
+        "2",
+        "--domains",
+        "sotu,kjv",
+        "--router-init",
+        "discriminant",
+        "--router-shrinkage",
+        "1.5",
+    ]);
+    assert!(
+        stderr(&o).contains("--router-shrinkage must be in [0, 1], got 1.5"),
+        "{}",
+        stderr(&o)
+    );
     let o = upcycle(&["--method", "sparse", "--domains", "kjv,sotu"]);
     assert!(
         stderr(&o).contains("only applies to --method btx"),

@@ -11,13 +11,19 @@
 //! its last `seq - 1` ids; the table's `tokens` column counts those predicted
 //! ids, `loss` is their mean negative log-likelihood in nats and `ppl = exp(loss)`.
 //! The `overall` row weights every corpus by its predicted tokens.
+//! With `--routing`, a second table gives, per corpus, the share of (token, MoE
+//! layer) pairs of the same windows whose first-ranked expert is each expert (every
+//! position of a window, so `seq` tokens per window), headed by the domain names
+//! that a Branch-Train-MiX checkpoint records.
+//! A slice such as `math:arithmetic` (`fluxmoe_data::corpora::Domain`) is scored
+//! the same way on the corpus's held-out documents that carry its labels.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
-use fluxmoe_data::corpora::{self, evenly_spaced, token_stream, windows_of_ids, CorpusKind};
+use fluxmoe_data::corpora::{self, evenly_spaced, token_stream, windows_of_ids, Domain};
 use fluxmoe_data::LoadOptions;
 use fluxmoe_model::{LoadedModel, MoeModel};
 
@@ -35,6 +41,8 @@ pub struct EvalLossArgs {
     pub tokenizer: Option<PathBuf>,
     /// The corpora root (default `<cache>/corpora`); missing corpora are fetched into it.
     pub corpora_dir: Option<PathBuf>,
+    /// Also report each corpus's first-choice share per expert.
+    pub routing: bool,
 }
 
 /// The held-out loss of one corpus.
@@ -83,24 +91,32 @@ pub fn run(lm: &LoadedModel, args: &EvalLossArgs) -> Result<()> {
         Some(dir) => dir.clone(),
         None => assets::corpora::default_root()?,
     };
-    let kinds = CorpusKind::parse_list(&args.corpora)?;
+    let domains = Domain::parse_list(&args.corpora)?;
     let model = MoeModel::new(&lm.checkpoint.config, &lm.checkpoint.params)?;
     let n_windows = args.tokens / args.seq;
+    let width = domains
+        .iter()
+        .map(|d| d.to_string().len())
+        .max()
+        .unwrap_or(0)
+        .max("overall".len())
+        .max(10);
     println!(
-        "{:<10} {:>8} {:>8} {:>8} {:>10}",
+        "{:<width$} {:>8} {:>8} {:>8} {:>10}",
         "corpus", "windows", "tokens", "loss", "ppl"
     );
     let mut rows = Vec::new();
-    for kind in kinds {
+    let mut routing_rows: Vec<(String, Vec<f64>)> = Vec::new();
+    for domain in domains {
         let started = Instant::now();
-        let dir = assets::corpora::ensure(kind, &root)?;
-        let loaded = corpora::load_dir(kind, &dir, LoadOptions::STRICT)?;
-        let split = loaded.corpus.split(args.held_out_every)?;
+        let dir = assets::corpora::ensure(domain.kind, &root)?;
+        let loaded = corpora::load_dir(domain.kind, &dir, LoadOptions::STRICT)?;
+        let split = domain.split(&loaded.corpus, args.held_out_every)?;
+        let name = domain.to_string();
         tracing::info!(
-            "{}: {} documents ({} characters), {} held out ({} characters)",
-            kind.name(),
-            loaded.corpus.documents.len(),
-            loaded.corpus.n_chars(),
+            "{name}: {} documents ({} characters), {} held out ({} characters)",
+            split.train.documents.len() + split.held_out.documents.len(),
+            split.train.n_chars() + split.held_out.n_chars(),
             split.held_out.documents.len(),
             split.held_out.n_chars()
         );
@@ -108,15 +124,19 @@ pub fn run(lm: &LoadedModel, args: &EvalLossArgs) -> Result<()> {
         let windows = evenly_spaced(&windows_of_ids(&ids, args.seq, args.seq)?, n_windows);
         if windows.is_empty() {
             bail!(
-                "corpus `{}`: its held-out split has {} tokens, fewer than one window of {}",
-                kind.name(),
+                "`{name}`: its held-out split has {} tokens, fewer than one window of {}",
                 ids.len(),
                 args.seq
             );
         }
-        let row = windows_loss(&model, kind.name(), &windows, args.batch)
-            .with_context(|| format!("scoring corpus `{}`", kind.name()))?;
-        print_row(&row);
+        let row = windows_loss(&model, &name, &windows, args.batch)
+            .with_context(|| format!("scoring `{name}`"))?;
+        print_row(&row, width);
+        if args.routing {
+            let shares = first_choice_shares(&model, &windows, args.batch)
+                .with_context(|| format!("routing `{name}`"))?;
+            routing_rows.push((name.clone(), shares));
+        }
         tracing::info!(
             "{}: {} tokens in {:.1}s",
             row.name,
@@ -131,14 +151,84 @@ pub fn run(lm: &LoadedModel, args: &EvalLossArgs) -> Result<()> {
         n_tokens: rows.iter().map(|r| r.n_tokens).sum(),
         nll_sum: rows.iter().map(|r| r.nll_sum).sum(),
     };
-    print_row(&overall);
+    print_row(&overall, width);
+    if args.routing {
+        print_routing(lm, &routing_rows, width);
+    }
     Ok(())
 }
 
-fn print_row(row: &CorpusLoss) {
+/// Per expert, the share of (token, MoE layer) pairs of `windows` whose first choice
+/// it is; empty for a model without MoE layers.
+pub fn first_choice_shares(
+    model: &MoeModel,
+    windows: &[Vec<u32>],
+    batch: usize,
+) -> Result<Vec<f64>> {
+    let seq = windows.first().map_or(0, Vec::len);
+    let mut counts: Vec<usize> = Vec::new();
+    for chunk in windows.chunks(batch) {
+        let flat: Vec<u32> = chunk.iter().flatten().copied().collect();
+        let ids = Tensor::from_vec(flat, (chunk.len(), seq), model.device())?;
+        for trace in model.forward(&ids, None, true)?.traces {
+            let n_experts = trace.routing.router_logits.dim(1)?;
+            if counts.len() < n_experts {
+                counts.resize(n_experts, 0);
+            }
+            let first: Vec<u32> = trace
+                .routing
+                .topk_idx
+                .narrow(1, 0, 1)?
+                .flatten_all()?
+                .to_vec1()?;
+            for e in first {
+                counts[e as usize] += 1;
+            }
+        }
+    }
+    let total = counts.iter().sum::<usize>().max(1) as f64;
+    Ok(counts.into_iter().map(|c| c as f64 / total).collect())
+}
+
+/// The routing table: one column per expert, named by the checkpoint's BTX domains
+/// when it records them.
+fn print_routing(lm: &LoadedModel, rows: &[(String, Vec<f64>)], width: usize) {
+    let n_experts = rows.iter().map(|(_, s)| s.len()).max().unwrap_or(0);
+    if n_experts == 0 {
+        println!("no MoE layers: no routing to report");
+        return;
+    }
+    let recorded: Vec<String> = lm.checkpoint.config_json["fluxmoe_upcycle"]["domains"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|d| d.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let names: Vec<String> = if recorded.len() == n_experts {
+        recorded
+    } else {
+        (0..n_experts).map(|e| format!("expert {e}")).collect()
+    };
+    println!("share of (token, MoE layer) pairs routed first to each expert:");
+    for (e, name) in names.iter().enumerate() {
+        println!("  e{e} = {name}");
+    }
+    let header: String = (0..n_experts)
+        .map(|e| format!(" {:>6}", format!("e{e}")))
+        .collect();
+    println!("{:<width$}{header}", "corpus");
+    for (name, shares) in rows {
+        let cells: String = shares.iter().map(|s| format!(" {s:>6.3}")).collect();
+        println!("{name:<width$}{cells}");
+    }
+}
+
+fn print_row(row: &CorpusLoss, width: usize) {
     let loss = row.mean();
     println!(
-        "{:<10} {:>8} {:>8} {:>8.4} {:>10.2}",
+        "{:<width$} {:>8} {:>8} {:>8.4} {:>10.2}",
         row.name,
         row.n_windows,
         row.n_tokens,

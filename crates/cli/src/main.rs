@@ -20,6 +20,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Parser, Subcommand};
 use fluxmoe_model::sampling::SamplingConfig;
+use fluxmoe_model::upcycle::RouterInit;
 use fluxmoe_model::LoadedModel;
 
 #[derive(Parser)]
@@ -222,9 +223,11 @@ enum Command {
         score_scale: Option<f64>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// btx: one training corpus per expert, comma-separated, in expert order
-        /// (sotu, moby, kjv, fortunes, wordnet, math). split with a centroid router: the
-        /// calibration corpora (default: all).
+        /// btx: one training domain per expert, comma-separated, in expert order: a
+        /// corpus (sotu, moby, kjv, fortunes, wordnet, math) or a slice of a labelled one
+        /// (wordnet:noun, math:arithmetic+comparison; wordnet by part of speech, math by
+        /// area), sharing no documents. split with a centroid router: the calibration
+        /// domains (default: all).
         #[arg(long)]
         domains: Option<String>,
         /// btx: AdamW steps of each expert on its domain.
@@ -254,6 +257,14 @@ enum Command {
         /// router, which keeps the chosen experts' weights near equal).
         #[arg(long)]
         router_logit_rms: Option<f64>,
+        /// btx: how the routers start, from the domains' mean FFN inputs (class-means)
+        /// or from Fisher's linear discriminant of them (discriminant).
+        #[arg(long, value_enum, default_value_t = RouterInitArg::ClassMeans)]
+        router_init: RouterInitArg,
+        /// btx, --router-init discriminant: shrinkage λ in [0, 1] of the within-domain
+        /// covariance towards the identity (1 gives the class means).
+        #[arg(long, default_value_t = 0.1)]
+        router_shrinkage: f64,
         /// btx, centroid router: the corpora folder (default: <cache>/corpora).
         #[arg(long)]
         corpora_dir: Option<PathBuf>,
@@ -294,7 +305,9 @@ enum Command {
         /// (built and cached on first use; `fluxmoe assets build`).
         #[arg(long)]
         model: PathBuf,
-        /// `all` or a comma-separated list of sotu, moby, kjv, fortunes, wordnet, math.
+        /// `all` or a comma-separated list of sotu, moby, kjv, fortunes, wordnet, math, or
+        /// slices such as wordnet:noun or math:arithmetic+comparison (the corpus's held-out
+        /// documents with those labels).
         #[arg(long, default_value = "all")]
         corpora: String,
         /// Held-out tokens per corpus (rounded down to whole windows).
@@ -313,6 +326,10 @@ enum Command {
         /// The corpora folder (default: <cache>/corpora).
         #[arg(long)]
         corpora_dir: Option<PathBuf>,
+        /// Also print, per corpus, the share of (token, MoE layer) pairs whose first
+        /// choice is each expert (one more forward pass over the same windows).
+        #[arg(long)]
+        routing: bool,
     },
     /// Data tools.
     Data {
@@ -338,7 +355,7 @@ enum NormArg {
     PerChar,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum UpcycleMethod {
     /// Every expert a copy of the dense FFN; equals the dense model at initialisation.
     Sparse,
@@ -355,6 +372,14 @@ enum UpcycleMethod {
 /// 0.1 and 10.50 at 1, 8 experts top-2 11.82 and 12.36. With near-equal weights each
 /// chosen expert's neurons count as in the dense FFN (times the E / K score scale).
 const SPLIT_ROUTER_LOGIT_RMS: f64 = 0.1;
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RouterInitArg {
+    /// Router row e is domain e's mean FFN input minus the mean over the domains.
+    ClassMeans,
+    /// Those centred means times the inverse within-domain covariance (shrunk).
+    Discriminant,
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum SplitRouterArg {
@@ -677,92 +702,108 @@ fn run(cli: Cli) -> Result<()> {
             router_lr,
             probe_windows,
             router_logit_rms,
+            router_init,
+            router_shrinkage,
             corpora_dir,
             out,
-        }) => match method {
-            UpcycleMethod::Sparse => {
-                if domains.is_some() {
-                    bail!("--domains only applies to --method btx");
-                }
-                if router != SplitRouterArg::Random {
-                    bail!("--router only applies to --method split");
-                }
-                if router_logit_rms.is_some() {
-                    bail!("--router-logit-rms only applies to --method btx, or split with --router centroid");
-                }
-                let spec = fluxmoe_model::upcycle::SparseUpcycle {
-                    n_experts: experts,
-                    top_k,
-                    router_std,
-                    seed,
-                };
-                upcycle::run_sparse(&load(&from)?, &spec, &out)
+        }) => {
+            if method != UpcycleMethod::Btx && router_init != RouterInitArg::ClassMeans {
+                bail!("--router-init only applies to --method btx");
             }
-            UpcycleMethod::Split => {
-                let calibration = match router {
-                    SplitRouterArg::Random => {
-                        if domains.is_some() {
-                            bail!("--domains only applies to --method btx, or split with --router centroid");
-                        }
-                        if router_logit_rms.is_some() {
-                            bail!("--router-logit-rms only applies to --method btx, or split with --router centroid");
-                        }
-                        None
+            if !(0.0..=1.0).contains(&router_shrinkage) {
+                bail!("--router-shrinkage must be in [0, 1], got {router_shrinkage}");
+            }
+            match method {
+                UpcycleMethod::Sparse => {
+                    if domains.is_some() {
+                        bail!("--domains only applies to --method btx");
                     }
-                    SplitRouterArg::Centroid => Some(upcycle::CalibrationArgs {
-                        corpora: match &domains {
-                            Some(d) => upcycle::parse_domains(d, None)?,
-                            None => fluxmoe_data::CorpusKind::ALL.to_vec(),
-                        },
-                        windows: probe_windows,
-                        seq,
-                        batch,
-                        logit_rms: router_logit_rms.unwrap_or(SPLIT_ROUTER_LOGIT_RMS),
-                        corpora_dir: corpora_dir.clone(),
-                    }),
-                };
-                let spec = fluxmoe_model::upcycle::SplitUpcycle {
-                    n_experts: experts,
-                    top_k,
-                    partition: match partition {
-                        PartitionArg::Random => fluxmoe_model::upcycle::NeuronPartition::Random,
-                        PartitionArg::Clustered => {
-                            fluxmoe_model::upcycle::NeuronPartition::Clustered
-                        }
-                    },
-                    score_scale,
-                    router: fluxmoe_model::upcycle::SplitRouter::Random { std: router_std },
-                    seed,
-                };
-                upcycle::run_split(&load(&from)?, &spec, calibration.as_ref(), &out)
-            }
-            UpcycleMethod::Btx => {
-                if router != SplitRouterArg::Random {
-                    bail!("--router only applies to --method split (btx always starts from domain centroids)");
+                    if router != SplitRouterArg::Random {
+                        bail!("--router only applies to --method split");
+                    }
+                    if router_logit_rms.is_some() {
+                        bail!("--router-logit-rms only applies to --method btx, or split with --router centroid");
+                    }
+                    let spec = fluxmoe_model::upcycle::SparseUpcycle {
+                        n_experts: experts,
+                        top_k,
+                        router_std,
+                        seed,
+                    };
+                    upcycle::run_sparse(&load(&from)?, &spec, &out)
                 }
-                let domains = domains.context(
+                UpcycleMethod::Split => {
+                    let calibration = match router {
+                        SplitRouterArg::Random => {
+                            if domains.is_some() {
+                                bail!("--domains only applies to --method btx, or split with --router centroid");
+                            }
+                            if router_logit_rms.is_some() {
+                                bail!("--router-logit-rms only applies to --method btx, or split with --router centroid");
+                            }
+                            None
+                        }
+                        SplitRouterArg::Centroid => Some(upcycle::CalibrationArgs {
+                            corpora: match &domains {
+                                Some(d) => upcycle::parse_domains(d, None)?,
+                                None => fluxmoe_data::Domain::parse_list("all")?,
+                            },
+                            windows: probe_windows,
+                            seq,
+                            batch,
+                            logit_rms: router_logit_rms.unwrap_or(SPLIT_ROUTER_LOGIT_RMS),
+                            corpora_dir: corpora_dir.clone(),
+                        }),
+                    };
+                    let spec = fluxmoe_model::upcycle::SplitUpcycle {
+                        n_experts: experts,
+                        top_k,
+                        partition: match partition {
+                            PartitionArg::Random => fluxmoe_model::upcycle::NeuronPartition::Random,
+                            PartitionArg::Clustered => {
+                                fluxmoe_model::upcycle::NeuronPartition::Clustered
+                            }
+                        },
+                        score_scale,
+                        router: fluxmoe_model::upcycle::SplitRouter::Random { std: router_std },
+                        seed,
+                    };
+                    upcycle::run_split(&load(&from)?, &spec, calibration.as_ref(), &out)
+                }
+                UpcycleMethod::Btx => {
+                    if router != SplitRouterArg::Random {
+                        bail!("--router only applies to --method split (btx always starts from domain centroids)");
+                    }
+                    let domains = domains.context(
                     "--method btx needs --domains, one corpus per expert (e.g. sotu,kjv,wordnet,math)",
                 )?;
-                // Checked before loading anything, so a typo costs nothing.
-                let domains = upcycle::parse_domains(&domains, Some(experts))?;
-                let args = upcycle::BtxArgs {
-                    domains,
-                    n_experts: experts,
-                    top_k,
-                    steps,
-                    router_steps,
-                    seq,
-                    batch,
-                    lr,
-                    router_lr: router_lr.unwrap_or(lr),
-                    probe_windows,
-                    router_logit_rms: router_logit_rms.unwrap_or(1.0),
-                    seed,
-                    corpora_dir,
-                };
-                upcycle::run_btx(&load(&from)?, &args, &out)
+                    // Checked before loading anything, so a typo costs nothing.
+                    let domains = upcycle::parse_domains(&domains, Some(experts))?;
+                    let args = upcycle::BtxArgs {
+                        domains,
+                        n_experts: experts,
+                        top_k,
+                        steps,
+                        router_steps,
+                        seq,
+                        batch,
+                        lr,
+                        router_lr: router_lr.unwrap_or(lr),
+                        probe_windows,
+                        router_logit_rms: router_logit_rms.unwrap_or(1.0),
+                        router_init: match router_init {
+                            RouterInitArg::ClassMeans => RouterInit::ClassMeans,
+                            RouterInitArg::Discriminant => RouterInit::Discriminant {
+                                shrinkage: router_shrinkage,
+                            },
+                        },
+                        seed,
+                        corpora_dir,
+                    };
+                    upcycle::run_btx(&load(&from)?, &args, &out)
+                }
             }
-        },
+        }
         Some(Command::Eval {
             model,
             task,
@@ -804,6 +845,7 @@ fn run(cli: Cli) -> Result<()> {
             held_out_every,
             tokenizer,
             corpora_dir,
+            routing,
         }) => {
             let args = eval_loss::EvalLossArgs {
                 corpora,
@@ -813,6 +855,7 @@ fn run(cli: Cli) -> Result<()> {
                 held_out_every,
                 tokenizer,
                 corpora_dir,
+                routing,
             };
             eval_loss::run(&load(&model)?, &args)
         }

@@ -366,6 +366,7 @@ fn build_smollm2_btx(dir: &Path) -> Result<()> {
         router_lr: 1e-4,
         probe_windows: 8,
         router_logit_rms: 1.0,
+        router_init: fluxmoe_model::upcycle::RouterInit::ClassMeans,
         seed: 0,
         corpora_dir: None,
     };

@@ -4,9 +4,11 @@
 //! `--method sparse` copies the dense FFN into every expert
 //! (`fluxmoe_model::upcycle::sparse`); `--method split` partitions its neurons
 //! (`fluxmoe_model::upcycle::split`). `--method btx` (Branch-Train-MiX,
-//! `fluxmoe_model::upcycle::btx`) trains one expert per domain corpus: this module
-//! loads each corpus of `--domains` (fetching it on first use), keeps its training
-//! split (the documents `eval-loss` does not hold out), shuffles those documents with
+//! `fluxmoe_model::upcycle::btx`) trains one expert per domain: this module loads the
+//! corpus of each of `--domains` (fetching it on first use), keeps the domain's
+//! training split (the documents `eval-loss` does not hold out; for a slice such as
+//! `math:arithmetic`, those of the slice, `fluxmoe_data::corpora::domain`), shuffles
+//! those documents with
 //! the seed, tokenises them in that order joined by blank lines until enough tokens
 //! are collected, and cuts them into non-overlapping windows of `--seq` ids; the model
 //! crate does the rest.
@@ -15,12 +17,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use fluxmoe_data::corpora::{self, token_stream, windows_of_ids, CorpusKind, HELD_OUT_EVERY};
+use fluxmoe_data::corpora::{self, token_stream, windows_of_ids, Domain, HELD_OUT_EVERY};
 use fluxmoe_data::LoadOptions;
 use fluxmoe_model::source::save_tokenizer_files;
 use fluxmoe_model::upcycle::{
-    btx_upcycle, sparse_upcycle, split_upcycle, BtxSpec, DomainData, SparseUpcycle, SplitRouter,
-    SplitUpcycle,
+    btx_upcycle, sparse_upcycle, split_upcycle, BtxSpec, DomainData, RouterInit, SparseUpcycle,
+    SplitRouter, SplitUpcycle,
 };
 use fluxmoe_model::{checkpoint, Checkpoint, LoadedModel};
 use rand::seq::SliceRandom;
@@ -42,7 +44,7 @@ pub fn run_sparse(dense: &LoadedModel, spec: &SparseUpcycle, out: &Path) -> Resu
 
 /// Calibration text for a centroid router (`--method split --router centroid`).
 pub struct CalibrationArgs {
-    pub corpora: Vec<CorpusKind>,
+    pub corpora: Vec<Domain>,
     /// Windows per corpus.
     pub windows: usize,
     pub seq: usize,
@@ -93,8 +95,8 @@ pub fn run_split(
 
 /// The `--method btx` options.
 pub struct BtxArgs {
-    /// One corpus per expert, in expert order.
-    pub domains: Vec<CorpusKind>,
+    /// One domain per expert, in expert order.
+    pub domains: Vec<Domain>,
     pub n_experts: usize,
     pub top_k: usize,
     pub steps: usize,
@@ -105,35 +107,33 @@ pub struct BtxArgs {
     pub router_lr: f64,
     pub probe_windows: usize,
     pub router_logit_rms: f64,
+    pub router_init: RouterInit,
     pub seed: u64,
     /// The corpora root (default `<cache>/corpora`); missing corpora are fetched into it.
     pub corpora_dir: Option<PathBuf>,
 }
 
-/// Parses `--domains`: comma-separated corpus names, each once; with `n_experts`, one
-/// per expert.
-pub fn parse_domains(spec: &str, n_experts: Option<usize>) -> Result<Vec<CorpusKind>> {
-    let mut kinds = Vec::new();
-    for name in spec.split(',').map(str::trim) {
-        let kind = CorpusKind::from_name(name).with_context(|| {
-            let known: Vec<&str> = CorpusKind::ALL.iter().map(|k| k.name()).collect();
-            format!(
-                "--domains: unknown corpus `{name}`, expected some of {}",
-                known.join(",")
-            )
-        })?;
-        if kinds.contains(&kind) {
-            bail!("--domains: `{name}` is listed twice; every expert needs its own domain");
+/// Parses `--domains`: comma-separated domains (`NAME` or `NAME:LABEL[+LABEL...]`,
+/// [`Domain::parse`]) that share no documents; with `n_experts`, one per expert.
+pub fn parse_domains(spec: &str, n_experts: Option<usize>) -> Result<Vec<Domain>> {
+    let mut domains: Vec<Domain> = Vec::new();
+    for part in spec.split(',') {
+        let domain = Domain::parse(part).map_err(|e| anyhow::anyhow!("--domains: {e}"))?;
+        if let Some(other) = domains.iter().find(|d| d.overlaps(&domain)) {
+            if *other == domain {
+                bail!("--domains: `{domain}` is listed twice; every expert needs its own domain");
+            }
+            bail!("--domains: `{other}` and `{domain}` share documents; every expert needs its own domain");
         }
-        kinds.push(kind);
+        domains.push(domain);
     }
-    if let Some(n_experts) = n_experts.filter(|&n| kinds.len() != n) {
+    if let Some(n_experts) = n_experts.filter(|&n| domains.len() != n) {
         bail!(
-            "--domains lists {} corpora ({spec}) but --experts is {n_experts}: btx trains one expert per domain",
-            kinds.len()
+            "--domains lists {} domains ({spec}) but --experts is {n_experts}: btx trains one expert per domain",
+            domains.len()
         );
     }
-    Ok(kinds)
+    Ok(domains)
 }
 
 pub fn run_btx(dense: &LoadedModel, args: &BtxArgs, out: &Path) -> Result<()> {
@@ -173,6 +173,7 @@ pub fn run_btx(dense: &LoadedModel, args: &BtxArgs, out: &Path) -> Result<()> {
         max_grad_norm: 1.0,
         probe_windows: args.probe_windows,
         router_logit_rms: args.router_logit_rms,
+        router_init: args.router_init,
         seed: args.seed,
     };
     let res = btx_upcycle(&dense.checkpoint, &domains, &spec)?;
@@ -181,13 +182,21 @@ pub fn run_btx(dense: &LoadedModel, args: &BtxArgs, out: &Path) -> Result<()> {
         "per domain, on its {} probe windows (training split): loss, and share of (token, layer) pairs routed first to its expert",
         args.probe_windows
     );
+    let width = res
+        .report
+        .domains
+        .iter()
+        .map(|r| r.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(10);
     println!(
-        "{:<10} {:>11} {:>11} {:>12} {:>12}",
+        "{:<width$} {:>11} {:>11} {:>12} {:>12}",
         "domain", "dense loss", "expert loss", "own (init)", "own (final)"
     );
     for r in &res.report.domains {
         println!(
-            "{:<10} {:>11.4} {:>11.4} {:>12.3} {:>12.3}",
+            "{:<width$} {:>11.4} {:>11.4} {:>12.3} {:>12.3}",
             r.name, r.dense_loss, r.expert_loss, r.own_expert_share_init, r.own_expert_share_final
         );
     }
@@ -204,12 +213,12 @@ pub fn run_btx(dense: &LoadedModel, args: &BtxArgs, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `n_windows` windows of `seq` ids from the training split of each corpus of `kinds`
-/// (fetched into `corpora_dir`, default `<cache>/corpora`, when missing): its documents
-/// shuffled with `seed` (another stream per corpus), joined and cut in order.
+/// `n_windows` windows of `seq` ids from the training split of each domain (its
+/// corpus fetched into `corpora_dir`, default `<cache>/corpora`, when missing): its
+/// documents shuffled with `seed` (another stream per domain), joined and cut in order.
 fn domain_windows(
     dense: &LoadedModel,
-    kinds: &[CorpusKind],
+    sources: &[Domain],
     corpora_dir: Option<&Path>,
     n_windows: usize,
     seq: usize,
@@ -226,31 +235,32 @@ fn domain_windows(
         Some(dir) => dir.to_path_buf(),
         None => assets::corpora::default_root()?,
     };
-    let mut domains = Vec::with_capacity(kinds.len());
-    for (idx, &kind) in kinds.iter().enumerate() {
-        let dir = assets::corpora::ensure(kind, &root)?;
-        let loaded = corpora::load_dir(kind, &dir, LoadOptions::STRICT)?;
-        let mut docs = loaded.corpus.split(HELD_OUT_EVERY)?.train.documents;
+    let mut domains = Vec::with_capacity(sources.len());
+    for (idx, domain) in sources.iter().enumerate() {
+        let dir = assets::corpora::ensure(domain.kind, &root)?;
+        let loaded = corpora::load_dir(domain.kind, &dir, LoadOptions::STRICT)?;
+        let mut docs = domain
+            .split(&loaded.corpus, HELD_OUT_EVERY)?
+            .train
+            .documents;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ ((idx as u64) << 32));
         docs.shuffle(&mut rng);
         let ids = token_stream(tokenizer, &docs, n_windows * seq)?;
         let windows = windows_of_ids(&ids, seq, seq)?;
         if windows.is_empty() {
             bail!(
-                "corpus `{}`: its training split has {} tokens, fewer than one window of {seq}",
-                kind.name(),
+                "domain `{domain}`: its training split has {} tokens, fewer than one window of {seq}",
                 ids.len(),
             );
         }
         if windows.len() < n_windows {
             tracing::warn!(
-                "corpus `{}`: {} training windows, fewer than the {n_windows} asked for; some repeat",
-                kind.name(),
+                "domain `{domain}`: {} training windows, fewer than the {n_windows} asked for; some repeat",
                 windows.len()
             );
         }
         domains.push(DomainData {
-            name: kind.name().to_string(),
+            name: domain.to_string(),
             windows,
         });
     }

@@ -40,7 +40,7 @@ pub mod task;
 pub mod tasks;
 
 pub use batch::{collate, encode, make_batch, Batch, BatchConfig, Encoded};
-pub use corpora::{Corpus, CorpusKind, CorpusSources, CorpusSplit, LoadedCorpus};
+pub use corpora::{Corpus, CorpusKind, CorpusSources, CorpusSplit, Domain, LoadedCorpus};
 pub use error::{Error, Result};
 pub use evaluate::{evaluate, evaluate_parallel, EvalConfig, EvalReport, ExampleOutput, Scorer};
 pub use histogram::GroupHistogram;

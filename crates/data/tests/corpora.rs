@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use fluxmoe_data::corpora::{self, kjv, CorpusKind, CorpusSources};
+use fluxmoe_data::corpora::{self, kjv, CorpusKind, CorpusSources, Domain};
 use fluxmoe_data::{Error, LoadOptions};
 
 fn root() -> PathBuf {
@@ -93,6 +93,42 @@ fn math_question_then_answer() {
     let d = docs(CorpusKind::Math);
     assert_eq!(d.len(), 4);
     assert_eq!(d[0], "Total of 502 and 15.\n517");
+}
+
+#[test]
+fn wordnet_is_labelled_by_part_of_speech_and_math_by_area() {
+    let load = |kind| {
+        corpora::load(kind, &CorpusSources::under(root()), LoadOptions::STRICT)
+            .unwrap()
+            .corpus
+    };
+    let wordnet = load(CorpusKind::Wordnet);
+    assert_eq!(
+        wordnet.labels.as_deref().unwrap(),
+        ["noun", "noun", "verb", "adjective"]
+    );
+    // Documents 1 and 3 are held out (every 2nd); the slice keeps its own of each side.
+    let slice = Domain::parse("wordnet:verb+adjective")
+        .unwrap()
+        .split(&wordnet, 2)
+        .unwrap();
+    assert_eq!(slice.train.name, "wordnet:verb+adjective");
+    assert_eq!(slice.train.documents.len(), 1);
+    assert!(slice.train.documents[0].starts_with("breathe"));
+    assert_eq!(slice.held_out.documents.len(), 1);
+    assert!(slice.held_out.documents[0].starts_with("abaxial"));
+    let math = load(CorpusKind::Math);
+    assert_eq!(math.label_names(), ["arithmetic"]);
+    let err = Domain::parse("math:algebra")
+        .unwrap()
+        .split(&math, 2)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no document is labelled `algebra`; its labels are arithmetic"),
+        "{err}"
+    );
+    assert_eq!(load(CorpusKind::Kjv).labels, None);
 }
 
 #[test]

@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use fluxmoe_model::config::RouterKind;
 use fluxmoe_model::keys::{dense_mlp_key, expert_key, router_keys, Proj};
 use fluxmoe_model::upcycle::{
-    btx_upcycle, sparse_upcycle, split_upcycle, BtxSpec, DomainData, NeuronPartition,
+    btx_upcycle, sparse_upcycle, split_upcycle, BtxSpec, DomainData, NeuronPartition, RouterInit,
     SparseUpcycle, SplitRouter, SplitUpcycle,
 };
 use fluxmoe_model::{checkpoint, Arch, Checkpoint, MoeModel, ParamStore};
@@ -133,6 +133,7 @@ fn btx_spec(n_experts: usize, expert_steps: usize, router_steps: usize) -> BtxSp
         max_grad_norm: 1.0,
         probe_windows: 4,
         router_logit_rms: 1.0,
+        router_init: RouterInit::ClassMeans,
         seed: 7,
     }
 }

@@ -3,6 +3,10 @@
 //!
 //! One document per line: `<question>\n<answer>`, in file order (the file is
 //! ordered by module, so the modulo held-out split spreads over all modules).
+//! Each document is labelled with its module's area, the part of the module name
+//! before `__` (`arithmetic`, `numbers`, `comparison`, `measurement`, `algebra`,
+//! `polynomials`, `probability`), so `math:arithmetic+comparison` is a
+//! [`super::Domain`].
 
 use std::path::Path;
 
@@ -21,10 +25,14 @@ pub fn load(path: &Path, opts: LoadOptions) -> Result<LoadedCorpus> {
         .task
         .examples
         .iter()
-        .map(|e| format!("{}\n{}", e.prompt, e.target))
+        .map(|e| {
+            let module = e.group.as_deref().unwrap_or_default();
+            let area = module.split("__").next().unwrap_or_default();
+            (format!("{}\n{}", e.prompt, e.target), area.to_string())
+        })
         .collect();
     Ok(LoadedCorpus {
-        corpus: Corpus::new(NAME, documents)?,
+        corpus: Corpus::labelled(NAME, documents)?,
         n_skipped: loaded.n_skipped,
     })
 }

@@ -22,10 +22,16 @@
 //! The split depends only on the document order, which every loader fixes
 //! (sorted file names, file order, line order), so it is the same on every run.
 //!
+//! Domains ([`Domain`]): a whole corpus, or the documents of a labelled one
+//! (`wordnet` by part of speech, `math` by area) with some labels, e.g.
+//! `math:arithmetic+comparison`; a slice's held-out split is the corpus's
+//! held-out split restricted to the slice.
+//!
 //! Token windows ([`windows`]): text is tokenised without special tokens and cut
 //! into windows of `len` ids starting every `stride` ids; only full windows are
 //! kept.
 
+pub mod domain;
 pub mod fortunes;
 pub mod kjv;
 pub mod math;
@@ -41,6 +47,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::jsonl::LoadOptions;
 
+pub use domain::Domain;
 pub use windows::{evenly_spaced, token_stream, windows, windows_of_ids, DOC_SEPARATOR};
 
 /// The default held-out period: every tenth document is held out.
@@ -51,6 +58,9 @@ pub const HELD_OUT_EVERY: usize = 10;
 pub struct Corpus {
     pub name: String,
     pub documents: Vec<String>,
+    /// One label per document, for corpora whose documents have a natural kind
+    /// (`wordnet`: the part of speech, `math`: the module's area); see [`Domain`].
+    pub labels: Option<Vec<String>>,
 }
 
 /// A corpus's training and held-out documents (both named like the corpus).
@@ -81,7 +91,72 @@ impl Corpus {
                 msg: "no non-blank documents".into(),
             });
         }
-        Ok(Corpus { name, documents })
+        Ok(Corpus {
+            name,
+            documents,
+            labels: None,
+        })
+    }
+
+    /// Like [`Corpus::new`], for `(document, label)` pairs.
+    pub fn labelled(name: impl Into<String>, documents: Vec<(String, String)>) -> Result<Self> {
+        let kept: Vec<(String, String)> = documents
+            .into_iter()
+            .filter(|(d, _)| !d.trim().is_empty())
+            .collect();
+        let (documents, labels) = kept.into_iter().unzip();
+        let mut corpus = Corpus::new(name, documents)?;
+        corpus.labels = Some(labels);
+        Ok(corpus)
+    }
+
+    /// The distinct labels, sorted; empty for an unlabelled corpus.
+    pub fn label_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.labels.iter().flatten().map(String::as_str).collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    /// The documents whose label is one of `labels`, in order, as a corpus named
+    /// `name`. An error names the corpus and its labels when it has none, when a
+    /// label does not occur, or when nothing is left.
+    pub fn select(&self, name: impl Into<String>, labels: &[String]) -> Result<Corpus> {
+        let name = name.into();
+        let Some(doc_labels) = &self.labels else {
+            return Err(Error::Corpus {
+                name: self.name.clone(),
+                msg: "its documents have no labels to select from".into(),
+            });
+        };
+        let known = self.label_names();
+        if let Some(missing) = labels.iter().find(|l| !known.contains(&l.as_str())) {
+            return Err(Error::Corpus {
+                name: self.name.clone(),
+                msg: format!(
+                    "no document is labelled `{missing}`; its labels are {}",
+                    known.join(", ")
+                ),
+            });
+        }
+        let (documents, kept): (Vec<String>, Vec<String>) = self
+            .documents
+            .iter()
+            .zip(doc_labels)
+            .filter(|(_, l)| labels.contains(l))
+            .map(|(d, l)| (d.clone(), l.clone()))
+            .unzip();
+        if documents.is_empty() {
+            return Err(Error::Corpus {
+                name,
+                msg: "no documents".into(),
+            });
+        }
+        Ok(Corpus {
+            name,
+            documents,
+            labels: Some(kept),
+        })
     }
 
     /// Total length of the documents in characters.
@@ -109,25 +184,30 @@ impl Corpus {
                 ),
             });
         }
-        let (mut train, mut held_out) = (Vec::new(), Vec::new());
-        for (idx, doc) in self.documents.iter().enumerate() {
-            if idx % every == every - 1 {
-                held_out.push(doc.clone());
-            } else {
-                train.push(doc.clone());
-            }
-        }
+        let held = |idx: usize| idx % every == every - 1;
+        let part = |keep_held: bool| Corpus {
+            name: self.name.clone(),
+            documents: pick(&self.documents, |i| held(i) == keep_held),
+            labels: self
+                .labels
+                .as_ref()
+                .map(|l| pick(l, |i| held(i) == keep_held)),
+        };
         Ok(CorpusSplit {
-            train: Corpus {
-                name: self.name.clone(),
-                documents: train,
-            },
-            held_out: Corpus {
-                name: self.name.clone(),
-                documents: held_out,
-            },
+            train: part(false),
+            held_out: part(true),
         })
     }
+}
+
+/// The items whose index passes `keep`, cloned, in order.
+fn pick(items: &[String], keep: impl Fn(usize) -> bool) -> Vec<String> {
+    items
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| keep(*i))
+        .map(|(_, x)| x.clone())
+        .collect()
 }
 
 /// The built-in corpora.

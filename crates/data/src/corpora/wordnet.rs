@@ -5,6 +5,8 @@
 //! adv): `<words joined by ", "> (<part of speech>): <gloss>`, e.g.
 //! `abaxial, dorsal (adjective): facing away from the axis of an organ or
 //! organism; "the abaxial surface of a leaf"`.
+//! Each document is labelled with its part of speech (`noun`, `verb`,
+//! `adjective`, `adverb`), so `wordnet:noun` is a [`super::Domain`].
 
 use std::path::Path;
 
@@ -31,10 +33,10 @@ pub fn load(dir: &Path, opts: LoadOptions) -> Result<LoadedCorpus> {
     let documents = synsets
         .iter()
         .filter(|s| !s.gloss.is_empty())
-        .map(gloss_document)
+        .map(|s| (gloss_document(s), s.part_of_speech().to_string()))
         .collect();
     Ok(LoadedCorpus {
-        corpus: Corpus::new(NAME, documents)?,
+        corpus: Corpus::labelled(NAME, documents)?,
         n_skipped,
     })
 }

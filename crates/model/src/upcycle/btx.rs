@@ -21,6 +21,11 @@
 //!    late. One target for every layer starts them alike; `τ = 1` puts the preferred
 //!    expert clearly ahead (four experts with logits `1.5, −0.5, −0.5, −0.5` give it
 //!    weight 0.71) while keeping the softmax smooth enough for router training to move.
+//!    With [`RouterInit::Discriminant`] the centred means are first multiplied by the
+//!    inverse within-domain covariance of the probe tokens (shrunk towards the
+//!    identity): Fisher's linear discriminant, which separates domains whose means
+//!    differ only along directions in which every domain varies much less
+//!    ([`super::centroid`]).
 //! 4. **Router training.** The routers alone train (everything else frozen) for
 //!    `router_steps` AdamW steps; batch `s` holds windows `s·B .. s·B + B` of a
 //!    round-robin over the domains (window `i` comes from domain `i mod E`).
@@ -51,7 +56,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde_json::json;
 
-use super::centroid::CentroidRouters;
+use super::centroid::{CentroidRouters, RouterInit};
 use super::{
     assemble, batch_of, check_shape, dense_ffn_width, evenly_spaced, window_length, MoeShape,
 };
@@ -91,6 +96,8 @@ pub struct BtxSpec {
     pub probe_windows: usize,
     /// Root-mean-square of the initial router logits over the probe tokens.
     pub router_logit_rms: f64,
+    /// Class means, or their discriminant (step 3 of the module docs).
+    pub router_init: RouterInit,
     pub seed: u64,
 }
 
@@ -185,6 +192,7 @@ pub fn btx_upcycle(
         "max_grad_norm": spec.max_grad_norm,
         "probe_windows": spec.probe_windows,
         "router_logit_rms": spec.router_logit_rms,
+        "router_init": router_init_json(&spec.router_init),
         "router_training_top_k": router_training_top_k(spec),
         "seed": spec.seed,
     });
@@ -270,6 +278,7 @@ fn validate(dense: &Checkpoint, domains: &[DomainData], spec: &BtxSpec) -> Resul
             )));
         }
     }
+    spec.router_init.validate()?;
     window_length(domains, dense.config.vocab_size, "training")
 }
 
@@ -359,7 +368,17 @@ fn init_routers(
             }
         }
     }
-    acc.routers(spec.router_logit_rms)
+    acc.routers(spec.router_init, spec.router_logit_rms)
+}
+
+/// The recipe's record of the router initialisation.
+fn router_init_json(init: &RouterInit) -> serde_json::Value {
+    match *init {
+        RouterInit::ClassMeans => json!({ "rule": init.name() }),
+        RouterInit::Discriminant { shrinkage } => {
+            json!({ "rule": init.name(), "shrinkage": shrinkage })
+        }
+    }
 }
 
 /// The top-k that router training routes with: top-1 trains routing top-2 (see step 4

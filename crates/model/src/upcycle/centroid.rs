@@ -15,10 +15,53 @@
 //! `α_l = τ / sqrt((1 / (N E)) Σ_n Σ_e ⟨c_{l,e}, x_{l,n}⟩²)`, computed from the
 //! second-moment matrix `S_l = Σ_n x_{l,n} x_{l,n}ᵀ` as `Σ_e c_{l,e}ᵀ S_l c_{l,e}`,
 //! so the inputs are never kept. When every class mean coincides the rows are zero.
+//!
+//! [`RouterInit::Discriminant`] replaces `c_{l,e}` by `A_l⁻¹ c_{l,e}` before scaling,
+//! Fisher's linear discriminant: `A_l` is the pooled within-class covariance
+//! `W_l = S_l / N − Σ_e (N_e / N) μ_{l,e} μ_{l,e}ᵀ`, shrunk towards its own diagonal,
+//! `A_l = (1 − λ) W_l + λ diag(W_l)` (the off-diagonal entries scaled by `1 − λ`).
+//! Class means may differ most along directions in which every class varies a lot (a
+//! few hidden dimensions of a transformer carry most of the variance), and there the
+//! centred means separate the classes poorly; the discriminant weighs each direction
+//! by how little the classes vary along it. `λ` keeps `A_l` well conditioned when the
+//! calibration tokens are few next to `d`; shrinking towards the diagonal rather than
+//! a multiple of the identity keeps each dimension's own scale, which spans orders of
+//! magnitude in a transformer's hidden state. Both rules leave out the bias of the
+//! textbook discriminant, as Mixtral's routers have none.
 
 use candle_core::{DType, Tensor};
 
 use crate::{Error, Result};
+
+/// How router rows are made from the class statistics (module docs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RouterInit {
+    /// The centred class means.
+    ClassMeans,
+    /// Fisher's discriminant: the centred class means times the inverse of the
+    /// within-class covariance shrunk by `shrinkage` (λ in `[0, 1]`) towards its diagonal.
+    Discriminant { shrinkage: f64 },
+}
+
+impl RouterInit {
+    pub fn name(&self) -> &'static str {
+        match self {
+            RouterInit::ClassMeans => "class-means",
+            RouterInit::Discriminant { .. } => "discriminant",
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if let RouterInit::Discriminant { shrinkage } = *self {
+            if !(0.0..=1.0).contains(&shrinkage) {
+                return Err(Error::Input(format!(
+                    "discriminant router shrinkage must be in [0, 1], got {shrinkage}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Running sums of FFN inputs per layer and class (in f32); [`CentroidRouters::routers`]
 /// turns them into f32 router weights.
@@ -83,7 +126,8 @@ impl CentroidRouters {
 
     /// Every layer's router `[classes, hidden]`, scaled to logits of root-mean-square
     /// `logit_rms` over the tokens added.
-    pub(crate) fn routers(self, logit_rms: f64) -> Result<Vec<Tensor>> {
+    pub(crate) fn routers(self, init: RouterInit, logit_rms: f64) -> Result<Vec<Tensor>> {
+        init.validate()?;
         let mut routers = Vec::with_capacity(self.sums.len());
         for (l, ((sums, counts), second)) in self
             .sums
@@ -102,6 +146,17 @@ impl CentroidRouters {
                 .collect::<candle_core::Result<Vec<_>>>()?;
             let means = Tensor::stack(&means, 0)?;
             let centred = means.broadcast_sub(&means.mean_keepdim(0)?)?;
+            let centred = match init {
+                RouterInit::ClassMeans => centred,
+                RouterInit::Discriminant { shrinkage } => {
+                    let weights: Vec<f64> = counts
+                        .iter()
+                        .filter(|&&n| n > 0)
+                        .map(|&n| n as f64 / n_tokens as f64)
+                        .collect();
+                    discriminant(&centred, &means, &weights, &s, n_tokens, shrinkage)?
+                }
+            };
             let centred = if means.dim(0)? == n_classes {
                 centred
             } else {
@@ -131,11 +186,90 @@ impl CentroidRouters {
                 centred
             };
             tracing::info!(
-                "layer {l}: router from class means, tokens per class {counts:?} (logit rms {rms:.3} before scaling)"
+                "layer {l}: router from {}, tokens per class {counts:?} (logit rms {rms:.3} before scaling)",
+                init.name()
             );
             routers.push(router);
         }
         Ok(routers)
+    }
+}
+
+/// `A⁻¹ cᵀ` for each row `c` of `centred` (`[C, d]`), with `A` the within-class
+/// covariance of the module docs shrunk by `shrinkage`; `means` `[C, d]` are the class
+/// means, `weights` their token shares, `second` `Σ x xᵀ` over `n_tokens` tokens.
+/// In f64 on the host: `d` is a model's hidden size, so `A` is small.
+fn discriminant(
+    centred: &Tensor,
+    means: &Tensor,
+    weights: &[f64],
+    second: &Tensor,
+    n_tokens: usize,
+    shrinkage: f64,
+) -> Result<Tensor> {
+    let d = second.dim(0)?;
+    let host = |t: &Tensor| -> Result<Vec<f64>> {
+        Ok(t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
+    };
+    let mut a = host(second)?;
+    a.iter_mut().for_each(|x| *x /= n_tokens as f64);
+    let mu = host(means)?;
+    for (e, &w) in weights.iter().enumerate() {
+        let m = &mu[e * d..(e + 1) * d];
+        for i in 0..d {
+            for j in 0..d {
+                a[i * d + j] -= w * m[i] * m[j];
+            }
+        }
+    }
+    for i in 0..d {
+        for j in (0..d).filter(|&j| j != i) {
+            a[i * d + j] *= 1.0 - shrinkage;
+        }
+    }
+    let factor = cholesky(a, d).ok_or_else(|| {
+        Error::Input(format!(
+            "the within-class covariance (shrinkage {shrinkage}) is not positive definite: raise the shrinkage or add calibration tokens"
+        ))
+    })?;
+    let mut rows = host(centred)?;
+    for row in rows.chunks_mut(d) {
+        cholesky_solve(&factor, d, row);
+    }
+    let rows: Vec<f32> = rows.into_iter().map(|x| x as f32).collect();
+    Ok(Tensor::from_vec(rows, centred.shape(), centred.device())?)
+}
+
+/// The lower Cholesky factor `L` (row-major, `L Lᵀ = a`) of the symmetric `d × d`
+/// matrix `a`, or `None` when `a` is not positive definite.
+fn cholesky(mut a: Vec<f64>, d: usize) -> Option<Vec<f64>> {
+    for j in 0..d {
+        let diag = a[j * d + j] - (0..j).map(|k| a[j * d + k].powi(2)).sum::<f64>();
+        if !(diag > 0.0 && diag.is_finite()) {
+            return None;
+        }
+        let diag = diag.sqrt();
+        a[j * d + j] = diag;
+        for i in j + 1..d {
+            let dot: f64 = (0..j).map(|k| a[i * d + k] * a[j * d + k]).sum();
+            a[i * d + j] = (a[i * d + j] - dot) / diag;
+        }
+        for k in j + 1..d {
+            a[j * d + k] = 0.0;
+        }
+    }
+    Some(a)
+}
+
+/// Solves `L Lᵀ x = b` in place, `L` from [`cholesky`].
+fn cholesky_solve(l: &[f64], d: usize, b: &mut [f64]) {
+    for i in 0..d {
+        let dot: f64 = (0..i).map(|k| l[i * d + k] * b[k]).sum();
+        b[i] = (b[i] - dot) / l[i * d + i];
+    }
+    for i in (0..d).rev() {
+        let dot: f64 = (i + 1..d).map(|k| l[k * d + i] * b[k]).sum();
+        b[i] = (b[i] - dot) / l[i * d + i];
     }
 }
 
@@ -163,7 +297,7 @@ mod tests {
         let x = Tensor::new(&[[2f32, 0.], [0., 2.], [4., 0.]], &Device::Cpu).unwrap();
         let mut acc = CentroidRouters::new(1, 3);
         acc.add_labelled(0, &x, &[0, 1, 0]).unwrap();
-        let router = acc.routers(1.0).unwrap().remove(0);
+        let router = acc.routers(RouterInit::ClassMeans, 1.0).unwrap().remove(0);
         // Means (3, 0) and (0, 2), their mean (1.5, 1): centred (1.5, −1), (−1.5, 1);
         // class 2 has no tokens, so a zero row. Logits before scaling: 3, −2, 6 for
         // class 0 and their negatives for class 1, so Σ² = 2 · 49 = 98 over 3 tokens ×
@@ -191,9 +325,113 @@ mod tests {
         let x = Tensor::cat(&[&a, &b], 0).unwrap();
         labelled.add_labelled(0, &x, &[0, 0, 1]).unwrap();
         assert_eq!(
-            rows(&whole.routers(2.0).unwrap()[0]),
-            rows(&labelled.routers(2.0).unwrap()[0])
+            rows(&whole.routers(RouterInit::ClassMeans, 2.0).unwrap()[0]),
+            rows(&labelled.routers(RouterInit::ClassMeans, 2.0).unwrap()[0])
         );
+    }
+
+    /// Two classes whose means differ by 2 along x, where each class spreads ±10, and
+    /// by 0.4 along y, where each spreads ±0.1: only y separates them.
+    fn spread_classes() -> (Tensor, Vec<u32>) {
+        let mut pts = Vec::new();
+        let mut labels = Vec::new();
+        for (class, (mx, my)) in [(1f32, 0.2f32), (-1., -0.2)].into_iter().enumerate() {
+            for (dx, dy) in [(-10f32, 0.1f32), (10., -0.1), (-10., -0.1), (10., 0.1)] {
+                pts.push([mx + dx, my + dy]);
+                labels.push(class as u32);
+            }
+        }
+        (Tensor::new(&pts[..], &Device::Cpu).unwrap(), labels)
+    }
+
+    fn accuracy(x: &Tensor, router: &Tensor, labels: &[u32]) -> f64 {
+        let first: Vec<u32> = x
+            .matmul(&router.t().unwrap())
+            .unwrap()
+            .argmax(1)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let right = first.iter().zip(labels).filter(|(a, b)| a == b).count();
+        right as f64 / labels.len() as f64
+    }
+
+    #[test]
+    fn the_discriminant_separates_classes_that_the_means_do_not() {
+        let (x, labels) = spread_classes();
+        let router = |init| {
+            let mut acc = CentroidRouters::new(1, 2);
+            acc.add_labelled(0, &x, &labels).unwrap();
+            acc.routers(init, 1.0).unwrap().remove(0)
+        };
+        let means = router(RouterInit::ClassMeans);
+        assert_eq!(accuracy(&x, &means, &labels), 0.5);
+        // W = diag(100, 0.01), so row 0 ∝ (1 / 100, 0.2 / 0.01) = (0.01, 20): y decides.
+        let disc = router(RouterInit::Discriminant { shrinkage: 0.1 });
+        assert_eq!(accuracy(&x, &disc, &labels), 1.0);
+        let r: Vec<Vec<f32>> = disc.to_vec2().unwrap();
+        assert!((r[0][1] / r[0][0] - 2000.0).abs() < 0.1, "{r:?}");
+        assert!((r[0][0] + r[1][0]).abs() < 1e-6 && (r[0][1] + r[1][1]).abs() < 1e-6);
+        // Still scaled to the logit RMS.
+        let rms = x
+            .matmul(&disc.t().unwrap())
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap();
+        assert!((rms.to_scalar::<f32>().unwrap() - 1.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn the_discriminant_solves_with_the_full_covariance() {
+        // Correlated within-class spread: deviations ±(1, 1) and ±(1, −0.5).
+        let mut pts = Vec::new();
+        let mut labels = Vec::new();
+        for (class, m) in [[2f32, 0.], [0., 1.]].into_iter().enumerate() {
+            for d in [[1f32, 1.], [-1., -1.], [1., -0.5], [-1., 0.5]] {
+                pts.push([m[0] + d[0], m[1] + d[1]]);
+                labels.push(class as u32);
+            }
+        }
+        let x = Tensor::new(&pts[..], &Device::Cpu).unwrap();
+        let mut acc = CentroidRouters::new(1, 2);
+        acc.add_labelled(0, &x, &labels).unwrap();
+        let r: Vec<Vec<f32>> = acc
+            .routers(RouterInit::Discriminant { shrinkage: 0.0 }, 1.0)
+            .unwrap()
+            .remove(0)
+            .to_vec2()
+            .unwrap();
+        // W = mean of d dᵀ = [[1, 0.25], [0.25, 0.625]]; c₀ = (1, −0.5);
+        // W⁻¹ c₀ = (0.625 + 0.125, −0.25 − 0.5) / 0.5625 ∝ (1, −1).
+        assert!((r[0][0] + r[0][1]).abs() < 1e-5, "{r:?}");
+    }
+
+    #[test]
+    fn bad_shrinkage_and_singular_covariances_are_errors() {
+        let (x, labels) = spread_classes();
+        let mut acc = CentroidRouters::new(1, 2);
+        acc.add_labelled(0, &x, &labels).unwrap();
+        let err = acc
+            .routers(RouterInit::Discriminant { shrinkage: 1.5 }, 1.0)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("shrinkage must be in [0, 1]"),
+            "{err}"
+        );
+        // Every point of a class on one line: no spread across it.
+        let x = Tensor::new(
+            &[[1f32, 1.], [2., 2.], [-1., -1.], [-2., -2.]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let mut acc = CentroidRouters::new(1, 2);
+        acc.add_labelled(0, &x, &[0, 0, 1, 1]).unwrap();
+        let err = acc
+            .routers(RouterInit::Discriminant { shrinkage: 0.0 }, 1.0)
+            .unwrap_err();
+        assert!(err.to_string().contains("not positive definite"), "{err}");
     }
 
     #[test]
@@ -204,7 +442,9 @@ mod tests {
         assert!(err.contains("class label 2 for 2 classes"), "{err}");
         let err = acc.add_labelled(0, &x, &[0, 1]).unwrap_err().to_string();
         assert!(err.contains("2 class labels for 1 rows"), "{err}");
-        let err = CentroidRouters::new(1, 2).routers(1.0).unwrap_err();
+        let err = CentroidRouters::new(1, 2)
+            .routers(RouterInit::ClassMeans, 1.0)
+            .unwrap_err();
         assert!(err.to_string().contains("no calibration tokens"), "{err}");
     }
 }

@@ -19,6 +19,7 @@ pub mod sparse;
 pub mod split;
 
 pub use btx::{btx_upcycle, BtxOutput, BtxReport, BtxSpec, DomainData, DomainReport};
+pub use centroid::RouterInit;
 pub use sparse::{sparse_upcycle, SparseUpcycle};
 pub use split::{split_upcycle, NeuronPartition, SplitRouter, SplitUpcycle};
 

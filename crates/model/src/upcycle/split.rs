@@ -34,7 +34,7 @@ use serde_json::{json, Value};
 
 use candle_core::Tensor;
 
-use super::centroid::CentroidRouters;
+use super::centroid::{CentroidRouters, RouterInit};
 use super::{
     batch_of, bias_free_head_dim, check_shape, dense_ffn_width, dense_mlp, window_length,
     DomainData, MoeShape,
@@ -288,7 +288,7 @@ fn centroid_routers(
             acc.add_labelled(l, x, &labels)?;
         }
     }
-    acc.routers(logit_rms)
+    acc.routers(RouterInit::ClassMeans, logit_rms)
 }
 
 /// A seeded permutation of `0..width` cut into `n` parts whose sizes differ by at most
