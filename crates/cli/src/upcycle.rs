@@ -8,10 +8,9 @@
 //! corpus of each of `--domains` (fetching it on first use), keeps the domain's
 //! training split (the documents `eval-loss` does not hold out; for a slice such as
 //! `math:arithmetic`, those of the slice, `fluxmoe_data::corpora::domain`), shuffles
-//! those documents with
-//! the seed, tokenises them in that order joined by blank lines until enough tokens
-//! are collected, and cuts them into non-overlapping windows of `--seq` ids; the model
-//! crate does the rest.
+//! those documents with the seed, tokenises them in that order joined by blank lines
+//! until enough tokens are collected, and cuts them into non-overlapping windows of
+//! `--seq` ids; the model crate does the rest.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

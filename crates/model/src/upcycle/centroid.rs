@@ -341,7 +341,10 @@ mod tests {
                 labels.push(class as u32);
             }
         }
-        (Tensor::new(&pts[..], &Device::Cpu).unwrap(), labels)
+        (
+            Tensor::from_vec(pts.concat(), (pts.len(), 2), &Device::Cpu).unwrap(),
+            labels,
+        )
     }
 
     fn accuracy(x: &Tensor, router: &Tensor, labels: &[u32]) -> f64 {
@@ -394,7 +397,7 @@ mod tests {
                 labels.push(class as u32);
             }
         }
-        let x = Tensor::new(&pts[..], &Device::Cpu).unwrap();
+        let x = Tensor::from_vec(pts.concat(), (pts.len(), 2), &Device::Cpu).unwrap();
         let mut acc = CentroidRouters::new(1, 2);
         acc.add_labelled(0, &x, &labels).unwrap();
         let r: Vec<Vec<f32>> = acc
