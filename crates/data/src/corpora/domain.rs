@@ -110,10 +110,12 @@ impl Domain {
         if self.is_whole() {
             return Ok(split);
         }
+        // Checked on the whole corpus: one side may lack a label the other has.
+        corpus.check_labels(&self.labels)?;
         let name = self.to_string();
         Ok(CorpusSplit {
-            train: split.train.select(&name, &self.labels)?,
-            held_out: split.held_out.select(&name, &self.labels)?,
+            train: split.train.filter_labels(&name, &self.labels)?,
+            held_out: split.held_out.filter_labels(&name, &self.labels)?,
         })
     }
 }
@@ -221,6 +223,24 @@ mod tests {
         assert_ne!(naive.held_out.documents, slice.held_out.documents);
         // Labels travel with their documents.
         assert!(slice.train.labels.unwrap().iter().all(|l| l != "b"));
+    }
+
+    #[test]
+    fn a_missing_label_is_named_with_every_label_of_the_corpus() {
+        // Label `z` only on document 1, which every = 2 holds out: the training side
+        // lacks it, and the error still lists the whole corpus's labels.
+        let docs = ["a", "z", "a", "b"]
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (format!("doc {i}"), l.to_string()))
+            .collect();
+        let corpus = Corpus::labelled("math", docs).unwrap();
+        let err = Domain::parse("math:q")
+            .unwrap()
+            .split(&corpus, 2)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("its labels are a, b, z"), "{err}");
     }
 
     #[test]

@@ -122,13 +122,19 @@ impl Corpus {
     /// `name`. An error names the corpus and its labels when it has none, when a
     /// label does not occur, or when nothing is left.
     pub fn select(&self, name: impl Into<String>, labels: &[String]) -> Result<Corpus> {
-        let name = name.into();
-        let Some(doc_labels) = &self.labels else {
+        self.check_labels(labels)?;
+        self.filter_labels(name, labels)
+    }
+
+    /// An error naming the corpus and its labels when it has none or when one of
+    /// `labels` does not occur.
+    pub(crate) fn check_labels(&self, labels: &[String]) -> Result<()> {
+        if self.labels.is_none() {
             return Err(Error::Corpus {
                 name: self.name.clone(),
                 msg: "its documents have no labels to select from".into(),
             });
-        };
+        }
         let known = self.label_names();
         if let Some(missing) = labels.iter().find(|l| !known.contains(&l.as_str())) {
             return Err(Error::Corpus {
@@ -139,6 +145,23 @@ impl Corpus {
                 ),
             });
         }
+        Ok(())
+    }
+
+    /// The documents whose label is one of `labels`, without checking that each
+    /// label occurs; an error only when nothing is left.
+    pub(crate) fn filter_labels(
+        &self,
+        name: impl Into<String>,
+        labels: &[String],
+    ) -> Result<Corpus> {
+        let name = name.into();
+        let Some(doc_labels) = &self.labels else {
+            return Err(Error::Corpus {
+                name: self.name.clone(),
+                msg: "its documents have no labels to select from".into(),
+            });
+        };
         let (documents, kept): (Vec<String>, Vec<String>) = self
             .documents
             .iter()
