@@ -37,6 +37,10 @@ fn measured_activation_bytes(ck: &Checkpoint, batch: usize, seq: usize) -> u64 {
         .map(|i| ((i * 7919 + 13) % cfg.vocab_size) as u32)
         .collect();
     let ids = Tensor::from_vec(ids, (batch, seq), &Device::Cpu).unwrap();
+    // One step first: the matmul backend keeps per-thread scratch buffers whose size
+    // depends on the CPU (they made an Intel Xeon measure 11% more than an AMD EPYC).
+    // They are allocated once, not per step, so they are not the step's activations.
+    drop(model.loss(&ids, None, None).unwrap().backward().unwrap());
     let start = heap_live_bytes().expect("the counting allocator is installed");
     reset_heap_peak();
     let loss = model.loss(&ids, None, None).unwrap();
