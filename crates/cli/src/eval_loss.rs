@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use fluxmoe_data::corpora::{self, evenly_spaced, token_stream, windows_of_ids, Domain};
 use fluxmoe_data::LoadOptions;
 use fluxmoe_model::{LoadedModel, MoeModel};
@@ -54,6 +54,9 @@ pub struct CorpusLoss {
     pub n_tokens: usize,
     /// Summed negative log-likelihood over the predicted tokens, in nats.
     pub nll_sum: f64,
+    /// Per routed expert, the (token, MoE layer) pairs that ranked it first, over
+    /// every position of the windows; empty unless asked for, or for a dense model.
+    pub first_choices: Vec<usize>,
 }
 
 impl CorpusLoss {
@@ -105,10 +108,10 @@ pub fn run(lm: &LoadedModel, args: &EvalLossArgs) -> Result<()> {
         "{:<width$} {:>8} {:>8} {:>8} {:>10}",
         "corpus", "windows", "tokens", "loss", "ppl"
     );
-    let mut rows = Vec::new();
-    let mut routing_rows: Vec<(String, Vec<f64>)> = Vec::new();
+    // Every corpus is loaded, split and cut into windows before any is scored, so a
+    // bad slice label or a too-short corpus is reported before minutes of scoring.
+    let mut prepared = Vec::with_capacity(domains.len());
     for domain in domains {
-        let started = Instant::now();
         let dir = assets::corpora::ensure(domain.kind, &root)?;
         let loaded = corpora::load_dir(domain.kind, &dir, LoadOptions::STRICT)?;
         let split = domain.split(&loaded.corpus, args.held_out_every)?;
@@ -129,14 +132,14 @@ pub fn run(lm: &LoadedModel, args: &EvalLossArgs) -> Result<()> {
                 args.seq
             );
         }
-        let row = windows_loss(&model, &name, &windows, args.batch)
+        prepared.push((name, windows));
+    }
+    let mut rows = Vec::with_capacity(prepared.len());
+    for (name, windows) in &prepared {
+        let started = Instant::now();
+        let row = windows_loss(&model, name, windows, args.batch, args.routing)
             .with_context(|| format!("scoring `{name}`"))?;
         print_row(&row, width);
-        if args.routing {
-            let shares = first_choice_shares(&model, &windows, args.batch)
-                .with_context(|| format!("routing `{name}`"))?;
-            routing_rows.push((name.clone(), shares));
-        }
         tracing::info!(
             "{}: {} tokens in {:.1}s",
             row.name,
@@ -150,50 +153,23 @@ pub fn run(lm: &LoadedModel, args: &EvalLossArgs) -> Result<()> {
         n_windows: rows.iter().map(|r| r.n_windows).sum(),
         n_tokens: rows.iter().map(|r| r.n_tokens).sum(),
         nll_sum: rows.iter().map(|r| r.nll_sum).sum(),
+        first_choices: Vec::new(),
     };
     print_row(&overall, width);
     if args.routing {
-        print_routing(lm, &routing_rows, width);
+        print_routing(lm, &rows, width);
     }
     Ok(())
 }
 
-/// Per expert, the share of (token, MoE layer) pairs of `windows` whose first choice
-/// it is; empty for a model without MoE layers.
-pub fn first_choice_shares(
-    model: &MoeModel,
-    windows: &[Vec<u32>],
-    batch: usize,
-) -> Result<Vec<f64>> {
-    let seq = windows.first().map_or(0, Vec::len);
-    let mut counts: Vec<usize> = Vec::new();
-    for chunk in windows.chunks(batch) {
-        let flat: Vec<u32> = chunk.iter().flatten().copied().collect();
-        let ids = Tensor::from_vec(flat, (chunk.len(), seq), model.device())?;
-        for trace in model.forward(&ids, None, true)?.traces {
-            let n_experts = trace.routing.router_logits.dim(1)?;
-            if counts.len() < n_experts {
-                counts.resize(n_experts, 0);
-            }
-            let first: Vec<u32> = trace
-                .routing
-                .topk_idx
-                .narrow(1, 0, 1)?
-                .flatten_all()?
-                .to_vec1()?;
-            for e in first {
-                counts[e as usize] += 1;
-            }
-        }
-    }
-    let total = counts.iter().sum::<usize>().max(1) as f64;
-    Ok(counts.into_iter().map(|c| c as f64 / total).collect())
-}
-
 /// The routing table: one column per expert, named by the checkpoint's BTX domains
 /// when it records them.
-fn print_routing(lm: &LoadedModel, rows: &[(String, Vec<f64>)], width: usize) {
-    let n_experts = rows.iter().map(|(_, s)| s.len()).max().unwrap_or(0);
+fn print_routing(lm: &LoadedModel, rows: &[CorpusLoss], width: usize) {
+    let n_experts = rows
+        .iter()
+        .map(|r| r.first_choices.len())
+        .max()
+        .unwrap_or(0);
     if n_experts == 0 {
         println!("no MoE layers: no routing to report");
         return;
@@ -219,9 +195,14 @@ fn print_routing(lm: &LoadedModel, rows: &[(String, Vec<f64>)], width: usize) {
         .map(|e| format!(" {:>6}", format!("e{e}")))
         .collect();
     println!("{:<width$}{header}", "corpus");
-    for (name, shares) in rows {
-        let cells: String = shares.iter().map(|s| format!(" {s:>6.3}")).collect();
-        println!("{name:<width$}{cells}");
+    for row in rows {
+        let total = row.first_choices.iter().sum::<usize>().max(1) as f64;
+        let cells: String = row
+            .first_choices
+            .iter()
+            .map(|&c| format!(" {:>6.3}", c as f64 / total))
+            .collect();
+        println!("{:<width$}{cells}", row.name);
     }
 }
 
@@ -237,12 +218,15 @@ fn print_row(row: &CorpusLoss, width: usize) {
     );
 }
 
-/// Scores equal-length windows in batches with [`MoeModel::loss`].
+/// Scores equal-length windows in batches (the mean next-token loss of
+/// [`MoeModel::loss`]); with `routing`, from the same forward, also counts each
+/// expert's first choices ([`MoeModel::first_choice_counts`]).
 pub fn windows_loss(
     model: &MoeModel,
     name: &str,
     windows: &[Vec<u32>],
     batch: usize,
+    routing: bool,
 ) -> Result<CorpusLoss> {
     let seq = windows.first().map_or(0, Vec::len);
     let mut res = CorpusLoss {
@@ -250,15 +234,27 @@ pub fn windows_loss(
         n_windows: 0,
         n_tokens: 0,
         nll_sum: 0.0,
+        first_choices: Vec::new(),
     };
     for chunk in windows.chunks(batch) {
         let flat: Vec<u32> = chunk.iter().flatten().copied().collect();
         let ids = Tensor::from_vec(flat, (chunk.len(), seq), model.device())?;
-        let loss = model.loss(&ids, None, None)?.to_scalar::<f32>()? as f64;
+        let hidden = if routing {
+            let (hidden, routes) = model.forward_hidden_routed(&ids, None)?;
+            let counts = model.first_choice_counts(&routes)?;
+            res.first_choices.resize(counts.len(), 0);
+            for (sum, c) in res.first_choices.iter_mut().zip(counts) {
+                *sum += c;
+            }
+            hidden
+        } else {
+            model.forward_hidden(&ids, None, false)?.0
+        };
+        let (logp, _) = model.target_logprobs(&hidden, &ids, None)?;
         let n = chunk.len() * (seq - 1);
         res.n_windows += chunk.len();
         res.n_tokens += n;
-        res.nll_sum += loss * n as f64;
+        res.nll_sum -= logp.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
     }
     Ok(res)
 }

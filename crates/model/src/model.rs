@@ -330,6 +330,51 @@ impl MoeModel {
         )
     }
 
+    /// [`MoeModel::forward_hidden`] without traces, plus the experts each layer
+    /// selected for each token: `[B * T, k]` (u32, by descending weight, rows in
+    /// `(batch, position)` order; `None` for a dense layer). Cheaper than a recorded
+    /// forward, which also keeps every MoE block's inputs, outputs and attention scores.
+    pub fn forward_hidden_routed(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+    ) -> Result<(Tensor, Vec<Option<Tensor>>)> {
+        let mut routes = Vec::with_capacity(self.layers.len());
+        let (hidden, _) = self.run_hidden(
+            input_ids,
+            attention_mask,
+            Hooks {
+                routes: Some(&mut routes),
+                ..Hooks::default()
+            },
+        )?;
+        Ok((hidden, routes))
+    }
+
+    /// Per routed expert, how many (token, MoE layer) pairs of `routes` (from
+    /// [`MoeModel::forward_hidden_routed`]) rank it first. As long as the widest MoE
+    /// layer has experts; empty for a dense model.
+    pub fn first_choice_counts(&self, routes: &[Option<Tensor>]) -> Result<Vec<usize>> {
+        let n_experts = (0..self.cfg.num_layers())
+            .filter_map(|l| self.cfg.moe(l).map(|m| m.n_experts))
+            .max()
+            .unwrap_or(0);
+        let mut counts = vec![0usize; n_experts];
+        for (l, route) in routes.iter().enumerate() {
+            let Some(route) = route else { continue };
+            let first: Vec<u32> = route.narrow(1, 0, 1)?.flatten_all()?.to_vec1()?;
+            for e in first {
+                let slot = counts.get_mut(e as usize).ok_or_else(|| {
+                    Error::Input(format!(
+                        "layer {l} routes to expert {e}, the model has {n_experts}"
+                    ))
+                })?;
+                *slot += 1;
+            }
+        }
+        Ok(counts)
+    }
+
     /// [`MoeModel::forward_hidden`] without traces, plus what later forwards need to
     /// resume from it ([`Resume`]; [`MoeModel::forward_hidden_from`]).
     pub fn forward_hidden_resumable(

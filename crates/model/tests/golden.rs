@@ -6,7 +6,8 @@ mod common;
 use common::{fixture, golden, max_abs_diff, ARCHS};
 
 use candle_core::{DType, Device, Tensor};
-use fluxmoe_model::{causal_lm_loss, checkpoint, MoeModel};
+use fluxmoe_model::config::MoeConfig;
+use fluxmoe_model::{causal_lm_loss, checkpoint, ModelConfig, MoeModel};
 
 fn max_abs(a: &Tensor) -> f32 {
     a.abs()
@@ -17,6 +18,10 @@ fn max_abs(a: &Tensor) -> f32 {
         .unwrap()
         .to_scalar()
         .unwrap()
+}
+
+fn moe_layers_of(cfg: &ModelConfig) -> impl Iterator<Item = &MoeConfig> {
+    cfg.moe_layers().into_iter().map(|l| cfg.moe(l).unwrap())
 }
 
 /// Forward pass: logits, router logits, selected experts and their weights, loss.
@@ -42,6 +47,39 @@ fn check_forward(arch: &str) {
     assert!(
         (loss - want).abs() <= 1e-5,
         "{arch}: selective-logits loss {loss} vs {want}"
+    );
+    // The untraced forward selects the same experts, and counts each token's first.
+    let (hidden, routes) = model.forward_hidden_routed(ids, None).unwrap();
+    assert!(max_abs_diff(&hidden, &model.forward_hidden(ids, None, false).unwrap().0) <= 1e-6);
+    assert_eq!(routes.len(), ck.config.num_layers());
+    let widest = moe_layers_of(&ck.config)
+        .map(|m| m.n_experts)
+        .max()
+        .unwrap_or(0);
+    let mut want_counts = vec![0usize; widest];
+    for (l, route) in routes.iter().enumerate() {
+        let Some(want) = g.get(&format!("topk_idx.{l}")) else {
+            assert!(
+                route.is_none(),
+                "{arch} layer {l}: a dense layer has no route"
+            );
+            continue;
+        };
+        let want = want.to_dtype(DType::U32).unwrap().to_vec2::<u32>().unwrap();
+        assert_eq!(
+            route.as_ref().unwrap().to_vec2::<u32>().unwrap(),
+            want,
+            "{arch} layer {l}: routes"
+        );
+        for row in want {
+            want_counts[row[0] as usize] += 1;
+        }
+    }
+    let counts = model.first_choice_counts(&routes).unwrap();
+    assert_eq!(counts, want_counts, "{arch}: first-choice counts");
+    assert_eq!(
+        counts.iter().sum::<usize>(),
+        24 * ck.config.moe_layers().len()
     );
     let moe_layers = ck.config.moe_layers();
     assert_eq!(

@@ -460,16 +460,10 @@ fn own_expert_shares(
         for chunk in windows.chunks(batch_size) {
             let rows: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
             let ids = batch_of(&rows, device)?.input_ids;
-            for trace in model.forward(&ids, None, true)?.traces {
-                let first: Vec<u32> = trace
-                    .routing
-                    .topk_idx
-                    .narrow(1, 0, 1)?
-                    .flatten_all()?
-                    .to_vec1()?;
-                own += first.iter().filter(|&&x| x as usize == e).count();
-                total += first.len();
-            }
+            let (_, routes) = model.forward_hidden_routed(&ids, None)?;
+            let counts = model.first_choice_counts(&routes)?;
+            own += counts.get(e).copied().unwrap_or(0);
+            total += counts.iter().sum::<usize>();
         }
         shares.push(own as f64 / total.max(1) as f64);
     }
