@@ -10,7 +10,12 @@ fn sample_corpora() -> PathBuf {
 }
 
 fn eval_loss(tokenizer: &Path, extra: &[&str]) -> std::process::Output {
-    let model = fixture("llama");
+    eval_loss_of("llama", tokenizer, extra)
+}
+
+/// `fluxmoe eval-loss` of fixture `arch` on the sample corpora, windows of 16 ids.
+fn eval_loss_of(arch: &str, tokenizer: &Path, extra: &[&str]) -> std::process::Output {
+    let model = fixture(arch);
     let corpora = sample_corpora();
     let mut args = vec![
         "eval-loss",
@@ -105,26 +110,17 @@ fn routing_table_gives_each_corpus_a_first_choice_share_per_expert() {
     let dir = tempfile::tempdir().unwrap();
     let tok = dir.path().join("tokenizer.json");
     write_char_tokenizer(&tok);
-    let model = fixture("mixtral");
-    let corpora = sample_corpora();
-    let o = fluxmoe(&[
-        "eval-loss",
-        "--model",
-        model.to_str().unwrap(),
-        "--tokenizer",
-        tok.to_str().unwrap(),
-        "--corpora-dir",
-        corpora.to_str().unwrap(),
-        "--held-out-every",
-        "2",
-        "--seq",
-        "16",
-        "--tokens",
-        "32",
-        "--corpora",
-        "kjv,wordnet:noun",
-        "--routing",
-    ]);
+    let o = eval_loss_of(
+        "mixtral",
+        &tok,
+        &[
+            "--tokens",
+            "32",
+            "--corpora",
+            "kjv,wordnet:noun",
+            "--routing",
+        ],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     let lines: Vec<&str> = out.lines().collect();
@@ -156,8 +152,13 @@ fn a_slice_that_names_no_label_of_its_corpus_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let tok = dir.path().join("tokenizer.json");
     write_char_tokenizer(&tok);
-    let o = eval_loss(&tok, &["--corpora", "wordnet:pronoun", "--tokens", "32"]);
+    // The bad slice follows a good corpus, and is refused before anything is scored.
+    let o = eval_loss(
+        &tok,
+        &["--corpora", "kjv,wordnet:pronoun", "--tokens", "32"],
+    );
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "", "{}", stderr(&o));
     assert!(
         stderr(&o)
             .contains("no document is labelled `pronoun`; its labels are adjective, noun, verb"),

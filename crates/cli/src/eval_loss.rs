@@ -104,10 +104,6 @@ pub fn run(lm: &LoadedModel, args: &EvalLossArgs) -> Result<()> {
         .unwrap_or(0)
         .max("overall".len())
         .max(10);
-    println!(
-        "{:<width$} {:>8} {:>8} {:>8} {:>10}",
-        "corpus", "windows", "tokens", "loss", "ppl"
-    );
     // Every corpus is loaded, split and cut into windows before any is scored, so a
     // bad slice label or a too-short corpus is reported before minutes of scoring.
     let mut prepared = Vec::with_capacity(domains.len());
@@ -134,6 +130,10 @@ pub fn run(lm: &LoadedModel, args: &EvalLossArgs) -> Result<()> {
         }
         prepared.push((name, windows));
     }
+    println!(
+        "{:<width$} {:>8} {:>8} {:>8} {:>10}",
+        "corpus", "windows", "tokens", "loss", "ppl"
+    );
     let mut rows = Vec::with_capacity(prepared.len());
     for (name, windows) in &prepared {
         let started = Instant::now();
