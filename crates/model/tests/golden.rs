@@ -6,8 +6,7 @@ mod common;
 use common::{fixture, golden, max_abs_diff, ARCHS};
 
 use candle_core::{DType, Device, Tensor};
-use fluxmoe_model::config::MoeConfig;
-use fluxmoe_model::{causal_lm_loss, checkpoint, ModelConfig, MoeModel};
+use fluxmoe_model::{causal_lm_loss, checkpoint, MoeModel};
 
 fn max_abs(a: &Tensor) -> f32 {
     a.abs()
@@ -18,10 +17,6 @@ fn max_abs(a: &Tensor) -> f32 {
         .unwrap()
         .to_scalar()
         .unwrap()
-}
-
-fn moe_layers_of(cfg: &ModelConfig) -> impl Iterator<Item = &MoeConfig> {
-    cfg.moe_layers().into_iter().map(|l| cfg.moe(l).unwrap())
 }
 
 /// Forward pass: logits, router logits, selected experts and their weights, loss.
@@ -48,12 +43,14 @@ fn check_forward(arch: &str) {
         (loss - want).abs() <= 1e-5,
         "{arch}: selective-logits loss {loss} vs {want}"
     );
+    let moe_layers = ck.config.moe_layers();
     // The untraced forward selects the same experts, and counts each token's first.
     let (hidden, routes) = model.forward_hidden_routed(ids, None).unwrap();
     assert!(max_abs_diff(&hidden, &model.forward_hidden(ids, None, false).unwrap().0) <= 1e-6);
     assert_eq!(routes.len(), ck.config.num_layers());
-    let widest = moe_layers_of(&ck.config)
-        .map(|m| m.n_experts)
+    let widest = moe_layers
+        .iter()
+        .map(|&l| ck.config.moe(l).unwrap().n_experts)
         .max()
         .unwrap_or(0);
     let mut want_counts = vec![0usize; widest];
@@ -77,11 +74,7 @@ fn check_forward(arch: &str) {
     }
     let counts = model.first_choice_counts(&routes).unwrap();
     assert_eq!(counts, want_counts, "{arch}: first-choice counts");
-    assert_eq!(
-        counts.iter().sum::<usize>(),
-        24 * ck.config.moe_layers().len()
-    );
-    let moe_layers = ck.config.moe_layers();
+    assert_eq!(counts.iter().sum::<usize>(), 24 * moe_layers.len());
     assert_eq!(
         out.traces.len(),
         moe_layers.len(),

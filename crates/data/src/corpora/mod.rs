@@ -129,12 +129,7 @@ impl Corpus {
     /// An error naming the corpus and its labels when it has none or when one of
     /// `labels` does not occur.
     pub(crate) fn check_labels(&self, labels: &[String]) -> Result<()> {
-        if self.labels.is_none() {
-            return Err(Error::Corpus {
-                name: self.name.clone(),
-                msg: "its documents have no labels to select from".into(),
-            });
-        }
+        self.document_labels()?;
         let known = self.label_names();
         if let Some(missing) = labels.iter().find(|l| !known.contains(&l.as_str())) {
             return Err(Error::Corpus {
@@ -148,6 +143,14 @@ impl Corpus {
         Ok(())
     }
 
+    /// Each document's label; an error naming the corpus when it has none.
+    fn document_labels(&self) -> Result<&[String]> {
+        self.labels.as_deref().ok_or_else(|| Error::Corpus {
+            name: self.name.clone(),
+            msg: "its documents have no labels to select from".into(),
+        })
+    }
+
     /// The documents whose label is one of `labels`, without checking that each
     /// label occurs; an error only when nothing is left.
     pub(crate) fn filter_labels(
@@ -156,12 +159,7 @@ impl Corpus {
         labels: &[String],
     ) -> Result<Corpus> {
         let name = name.into();
-        let Some(doc_labels) = &self.labels else {
-            return Err(Error::Corpus {
-                name: self.name.clone(),
-                msg: "its documents have no labels to select from".into(),
-            });
-        };
+        let doc_labels = self.document_labels()?;
         let (documents, kept): (Vec<String>, Vec<String>) = self
             .documents
             .iter()
