@@ -253,15 +253,22 @@ pub(crate) fn pin_thread_count() {
 }
 
 /// Keep freed tensor buffers in the process (glibc only; a user's `MALLOC_*`
-/// settings are kept). glibc serves a large allocation with its own `mmap` and unmaps
-/// it on free, raising that cutoff only gradually, and hands free memory at the top of
-/// its heap back to the system past 128 KiB. Training allocates and frees buffers of a
-/// few MiB per tensor per step, so many came back as fresh pages that the kernel
-/// faults in and zeroes. Fixing the cutoff at glibc's 32 MiB maximum and trimming only
-/// past 2 GiB keeps them for reuse. Measured on a 2-participant fedavg-full round of
-/// the standard suite's model (2 workers): page faults 3.46 M to 2.67 M, kernel time
-/// 27-29 s to 23 s, peak RSS unchanged at 8.8 GB; the wall-clock change was within
-/// this machine's run-to-run noise (README, "Performance").
+/// settings are kept). Training allocates and frees buffers of a few MiB per tensor per
+/// step, about 1.5 GB a step on the standard suite's model. Three glibc defaults hand
+/// that memory back to the kernel, which then faults fresh zeroed pages in on the next
+/// step:
+/// - every thread beyond the first gets its own arena, made of 64 MiB heaps that glibc
+///   unmaps as soon as they are empty, whatever the trim threshold. The participants'
+///   worker threads train in such arenas, so each step's activations were unmapped
+///   after it and faulted in again. One arena for all threads keeps them;
+/// - a large allocation gets its own `mmap`, unmapped on free; the cutoff is fixed at
+///   glibc's 32 MiB maximum;
+/// - free memory at the top of the heap goes back past 128 KiB; now only past 2 GiB.
+///
+/// Measured on the standard suite's fedavg-full run on wordnet-define (2 workers,
+/// `/usr/bin/time -v`, one 2-core machine, 2026-12-02): with the last two settings
+/// only, 321 s of measured time, 22.2 M page faults, peak RSS 21.2 GB; with one arena
+/// as well, 152 s, 5.9 M page faults, 19.7 GB; the same results (docs/results/standard.md).
 pub(crate) fn retain_freed_buffers() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -270,6 +277,7 @@ pub(crate) fn retain_freed_buffers() {
             // SAFETY: mallopt only sets allocator parameters; called before any thread
             // is spawned.
             unsafe {
+                libc::mallopt(libc::M_ARENA_MAX, 1);
                 libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
                 libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
             }
