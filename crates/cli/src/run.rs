@@ -268,7 +268,7 @@ pub(crate) fn pin_thread_count() {
 /// Measured on the standard suite's fedavg-full run on wordnet-define (2 workers,
 /// `/usr/bin/time -v`, one 2-core machine, 2026-12-02): with the last two settings
 /// only, 321 s of measured time, 22.2 M page faults, peak RSS 21.2 GB; with one arena
-/// as well, 152 s, 5.9 M page faults, 19.7 GB; the same results (docs/results/standard.md).
+/// as well, 152 s, 5.9 M page faults, 19.7 GB; the same results (README, "Performance").
 pub(crate) fn retain_freed_buffers() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
