@@ -5,9 +5,9 @@
 //! (its reply's [`crate::WorkCost`] on its [`DeviceProfile`]).
 //!
 //! [`LocalTransport`] runs in-process [`Participant`]s on its `workers` threads
-//! (participant i of a phase on worker i mod `workers`, each worker in ascending id
-//! order; results do not depend on it), and simulates the network's failures
-//! deterministically:
+//! (each worker takes the next participant when free, the longest first as predicted
+//! from the participant's last measured time in that phase; results do not depend on
+//! it), and simulates the network's failures deterministically:
 //! - dropout: participant p drops out of round r iff `u < dropout`, with `u` the first
 //!   uniform draw of the generator seeded by `(seed, r, p)`, so who drops out depends
 //!   neither on order nor on who else was sampled; a dropout does no work;
@@ -118,6 +118,10 @@ struct Member {
 pub struct LocalTransport {
     cfg: LocalTransportConfig,
     members: BTreeMap<ParticipantId, Member>,
+    /// Each participant's last measured seconds of training, and of profiling: the
+    /// prediction that orders the next phase longest first.
+    train_measured: BTreeMap<ParticipantId, f64>,
+    profile_measured: BTreeMap<ParticipantId, f64>,
 }
 
 impl LocalTransport {
@@ -131,6 +135,8 @@ impl LocalTransport {
         Ok(LocalTransport {
             cfg,
             members: BTreeMap::new(),
+            train_measured: BTreeMap::new(),
+            profile_measured: BTreeMap::new(),
         })
     }
 
@@ -285,9 +291,9 @@ impl Transport for LocalTransport {
         self.members.keys().copied().collect()
     }
 
-    /// Participants profile on the transport's workers, as they train (each worker
-    /// takes its share in ascending id order). Dropouts are simulated in the training
-    /// phase only.
+    /// Participants profile on the transport's workers, as they train (longest
+    /// first, each worker taking the next when free). Dropouts are simulated in the
+    /// training phase only.
     fn profile(
         &mut self,
         mut msgs: Vec<(ParticipantId, ProfileIns)>,
@@ -296,7 +302,7 @@ impl Transport for LocalTransport {
     ) -> Result<ProfileExchange> {
         check_recipients(&mut msgs, |id| self.members.contains_key(&id))?;
         let jobs: BTreeMap<ParticipantId, ProfileIns> = msgs.into_iter().collect();
-        let members = with_jobs(&mut self.members, &jobs);
+        let members = longest_first(with_jobs(&mut self.members, &jobs), &self.profile_measured);
         let work = |id: ParticipantId, member: &mut Member| {
             let ins = &jobs[&id];
             let model = if ins.stale { previous } else { current };
@@ -308,7 +314,7 @@ impl Transport for LocalTransport {
             (
                 Err(Error::Participant {
                     participant: id,
-                    msg: "its worker thread panicked".into(),
+                    msg: "it panicked".into(),
                 }),
                 0.0,
             )
@@ -316,6 +322,9 @@ impl Transport for LocalTransport {
         let results = on_workers(members, self.cfg.workers, &work, &failed);
         let mut out = ProfileExchange::default();
         for (id, (result, measured_s)) in results {
+            if measured_s > 0.0 {
+                self.profile_measured.insert(id, measured_s);
+            }
             settle_profile(&mut out, id, result, &self.members[&id].profile, measured_s);
         }
         Ok(out)
@@ -343,7 +352,7 @@ impl Transport for LocalTransport {
                 jobs.insert(id, ins);
             }
         }
-        let members = with_jobs(&mut self.members, &jobs);
+        let members = longest_first(with_jobs(&mut self.members, &jobs), &self.train_measured);
         // Peak memory is per process: measured only when participants run one at a time.
         let measure_peak = self.cfg.workers <= 1;
         let train = |id: ParticipantId, member: &mut Member| {
@@ -375,16 +384,19 @@ impl Transport for LocalTransport {
             );
             (trained, measured_s, rss)
         };
-        // A panicking participant fails its worker's share, not the round.
+        // A panicking participant fails, not the round.
         let failed = |id: ParticipantId| {
             let e = Error::Participant {
                 participant: id,
-                msg: "its worker thread panicked".into(),
+                msg: "it panicked".into(),
             };
             (Err(e), 0.0, MeasuredRss::default())
         };
         let results = on_workers(members, self.cfg.workers, &train, &failed);
         for (id, (trained, measured_s, rss)) in results {
+            if measured_s > 0.0 {
+                self.train_measured.insert(id, measured_s);
+            }
             let profile = &self.members[&id].profile;
             settle_train(&mut out, id, trained, profile, measured_s, rss, deadline_s);
         }
@@ -405,54 +417,77 @@ fn with_jobs<'a, J>(
         .collect()
 }
 
-/// Run `work` for every member on `workers` threads: member i (in the given order)
-/// goes to worker i mod `workers`, and each worker takes its share in order, so who
-/// runs with whom does not depend on timing. A worker that panics yields `failed(id)`
-/// for every member of its share. Results come back ascending by id.
+/// Run `work` for every member on `workers` threads. Members start in the given
+/// order, each on the next free worker, so a phase lasts about as long as its work
+/// divided among the workers (a static split by position made it last as long as the
+/// slower share). Which worker runs a member, and with whom, depends on timing; the
+/// results do not. A member whose `work` panics yields `failed(id)`, and only that
+/// member. Results come back ascending by id.
 fn on_workers<M: Send, R: Send>(
-    mut members: Vec<(ParticipantId, &mut M)>,
+    members: Vec<(ParticipantId, &mut M)>,
     workers: usize,
     work: &(dyn Fn(ParticipantId, &mut M) -> R + Sync),
     failed: &(dyn Fn(ParticipantId) -> R + Sync),
 ) -> Vec<(ParticipantId, R)> {
-    let workers = workers.max(1);
+    let run = |id: ParticipantId, member: &mut M| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(id, member)))
+            .unwrap_or_else(|_| failed(id))
+    };
+    let ids: Vec<ParticipantId> = members.iter().map(|(id, _)| *id).collect();
+    let workers = workers.clamp(1, ids.len().max(1));
     let mut results: Vec<(ParticipantId, R)> = if workers == 1 {
         members
-            .iter_mut()
-            .map(|(id, m)| (*id, work(*id, m)))
+            .into_iter()
+            .map(|(id, m)| (id, run(id, m)))
             .collect()
     } else {
-        let mut shares: Vec<Vec<(ParticipantId, &mut M)>> =
-            (0..workers).map(|_| Vec::new()).collect();
-        for (i, pair) in members.drain(..).enumerate() {
-            shares[i % workers].push(pair);
-        }
+        let queue = std::sync::Mutex::new(members.into_iter());
+        let next = || {
+            queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .next()
+        };
         std::thread::scope(|scope| {
-            let handles: Vec<_> = shares
-                .into_iter()
-                .map(|share| {
-                    let ids: Vec<ParticipantId> = share.iter().map(|(id, _)| *id).collect();
-                    let handle = scope.spawn(move || {
-                        share
-                            .into_iter()
-                            .map(|(id, m)| (id, work(id, m)))
-                            .collect::<Vec<_>>()
-                    });
-                    (ids, handle)
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut done = Vec::new();
+                        while let Some((id, m)) = next() {
+                            done.push((id, run(id, m)));
+                        }
+                        done
+                    })
                 })
                 .collect();
-            let mut done = Vec::new();
-            for (ids, handle) in handles {
-                match handle.join() {
-                    Ok(results) => done.extend(results),
-                    Err(_) => done.extend(ids.into_iter().map(|id| (id, failed(id)))),
-                }
-            }
-            done
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
         })
     };
+    // A member lost with a worker that died outside `work` still gets its answer.
+    let answered: std::collections::BTreeSet<ParticipantId> = results.iter().map(|r| r.0).collect();
+    for id in ids {
+        if !answered.contains(&id) {
+            results.push((id, failed(id)));
+        }
+    }
     results.sort_by_key(|r| r.0);
     results
+}
+
+/// `members` reordered to start the longest first: by `predicted` seconds,
+/// descending, members without a prediction first, ties by id. With workers taking
+/// the next member when free, the longest-first order keeps a long member from
+/// starting last while the other workers idle.
+fn longest_first<'a, M>(
+    mut members: Vec<(ParticipantId, &'a mut M)>,
+    predicted: &BTreeMap<ParticipantId, f64>,
+) -> Vec<(ParticipantId, &'a mut M)> {
+    let key = |id: &ParticipantId| predicted.get(id).copied().unwrap_or(f64::INFINITY);
+    members.sort_by(|(a, _), (b, _)| key(b).total_cmp(&key(a)).then(a.cmp(b)));
+    members
 }
 
 #[cfg(test)]
@@ -589,6 +624,71 @@ mod tests {
         let expect: Vec<u32> = dropped.iter().copied().filter(|i| i % 2 == 0).collect();
         assert_eq!(dropped_evens, expect);
         assert_ne!(dropped, run(2, &all));
+    }
+
+    /// Panics when trained.
+    struct Panics;
+
+    impl Participant for Panics {
+        fn train(&mut self, _ins: &TrainIns, _global: &Global) -> Result<TrainReply> {
+            panic!("a participant's bug");
+        }
+    }
+
+    #[test]
+    fn a_panicking_participant_fails_alone_with_any_number_of_workers() {
+        for workers in [1, 2, 3] {
+            let mut t = LocalTransport::new(LocalTransportConfig {
+                dropout: 0.0,
+                seed: 3,
+                workers,
+            })
+            .unwrap();
+            for id in [1, 2, 4, 5] {
+                let p = Fixed {
+                    id: ParticipantId(id),
+                    flops: f64::from(id),
+                    fail: false,
+                    calls: 0,
+                };
+                t.add(ParticipantId(id), Box::new(p), profile()).unwrap();
+            }
+            t.add(ParticipantId(3), Box::new(Panics), profile())
+                .unwrap();
+            for round in 1..=2 {
+                let msgs = (1..=5).map(|i| (ParticipantId(i), ins(round))).collect();
+                let ex = t.send_and_receive(msgs, &Global::new(), None).unwrap();
+                let replied: Vec<u32> = ex.replies.iter().map(|r| r.participant.0).collect();
+                assert_eq!(replied, vec![1, 2, 4, 5], "{workers} workers");
+                assert_eq!(ex.failures.len(), 1);
+                assert_eq!(ex.failures[0].participant, ParticipantId(3));
+                assert_eq!(ex.failures[0].kind, FailureKind::Error);
+                assert!(ex.failures[0].reason.contains("panicked"));
+                let timed: Vec<u32> = ex.times.iter().map(|t| t.participant.0).collect();
+                assert_eq!(timed, vec![1, 2, 4, 5]);
+            }
+        }
+    }
+
+    #[test]
+    fn the_longest_predicted_member_starts_first() {
+        let mut slots = [0u8; 4];
+        let members: Vec<(ParticipantId, &mut u8)> = slots
+            .iter_mut()
+            .enumerate()
+            .map(|(i, m)| (ParticipantId(i as u32), m))
+            .collect();
+        let predicted = BTreeMap::from([
+            (ParticipantId(0), 2.0),
+            (ParticipantId(1), 7.5),
+            (ParticipantId(3), 2.0),
+        ]);
+        let order: Vec<u32> = longest_first(members, &predicted)
+            .into_iter()
+            .map(|(id, _)| id.0)
+            .collect();
+        // Participant 2 has never run: it might be the longest.
+        assert_eq!(order, vec![2, 1, 0, 3]);
     }
 
     #[test]
