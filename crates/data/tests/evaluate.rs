@@ -195,20 +195,26 @@ fn parallel_evaluation_matches_the_sequential_one_in_order() {
         );
         assert_eq!(parallel.score, sequential.score);
         // Every example scored once, spread over the scorers in whole generation
-        // groups dealt out in turn (29 examples: 4 groups, the last of 5).
+        // groups dealt out in turn (the last group short).
+        let n_groups = 29usize.div_ceil(GENERATION_BATCH);
+        let missing = n_groups * GENERATION_BATCH - 29;
+        assert!(
+            n_groups >= 2 && missing > 0,
+            "the test needs a short last group"
+        );
         let used: Vec<usize> = scorers.iter().map(|s| s.prompts.len()).collect();
         assert_eq!(used.iter().sum::<usize>(), 29, "{n} scorers: {used:?}");
         assert_eq!(
             used.iter().filter(|&&u| u > 0).count(),
-            n.min(4),
+            n.min(n_groups),
             "{n} scorers: {used:?}"
         );
         for (w, &u) in used.iter().enumerate() {
-            let groups = (w..4).step_by(n).count();
-            let short = usize::from(w == 3 % n);
+            let groups = (w..n_groups).step_by(n).count();
+            let short = usize::from(w == (n_groups - 1) % n);
             assert_eq!(
                 u,
-                groups * GENERATION_BATCH - 3 * short,
+                groups * GENERATION_BATCH - missing * short,
                 "{n} scorers: {used:?}"
             );
         }
@@ -228,7 +234,9 @@ fn generation_batches_hold_prompts_of_similar_length() {
         "two two two two two two",
         "two two two",
     ];
-    let examples: Vec<Example> = (0..20)
+    // Three generation groups, the last one short.
+    let n = 2 * GENERATION_BATCH + GENERATION_BATCH / 2;
+    let examples: Vec<Example> = (0..n)
         .map(|i| Example::generation(format!("{i}"), words[i % 5], "four", None))
         .collect();
     let task = exact_match_task(examples);
@@ -237,7 +245,7 @@ fn generation_batches_hold_prompts_of_similar_length() {
     let report = evaluate(&task, &tokenizer, &mut one, &cfg(None)).unwrap();
     let lengths: Vec<usize> = one.prompts.iter().map(Vec::len).collect();
     assert!(lengths.windows(2).all(|w| w[0] <= w[1]), "{lengths:?}");
-    assert!(lengths[0] < lengths[19], "{lengths:?}");
+    assert!(lengths[0] < lengths[n - 1], "{lengths:?}");
     // Report order = scoring order: the ids of the shortest prompts come first.
     let ids: Vec<&str> = report.outputs.iter().map(|o| o.id.as_str()).collect();
     assert_eq!(&ids[..4], &["0", "5", "10", "15"]);
@@ -245,10 +253,12 @@ fn generation_batches_hold_prompts_of_similar_length() {
     let parallel =
         fluxmoe_data::evaluate_parallel(&task, &tokenizer, &mut two, &cfg(None)).unwrap();
     assert_eq!(parallel.outputs, report.outputs);
-    // Groups 0 and 2 (the shortest and middle prompts) to the first scorer, 1 to the second.
+    // Groups 0 and 2 (the shortest and longest prompts) to the first scorer, 1 to the
+    // second.
+    let b = GENERATION_BATCH;
     assert_eq!(
         two[0].prompts,
-        [&one.prompts[..8], &one.prompts[16..]].concat()
+        [&one.prompts[..b], &one.prompts[2 * b..]].concat()
     );
-    assert_eq!(two[1].prompts, one.prompts[8..16].to_vec());
+    assert_eq!(two[1].prompts, one.prompts[b..2 * b].to_vec());
 }
