@@ -334,8 +334,10 @@ impl Coordinator {
             .map(|r| (r.participant, r.metrics.clone()))
             .collect();
         let mut dropped = exchange.failures.clone();
+        let aggregate_start = std::time::Instant::now();
         let outcome =
             strategy.aggregate_train(round, &self.global, exchange.replies, exchange.failures)?;
+        let aggregate_wall_seconds = aggregate_start.elapsed().as_secs_f64();
         dropped.extend(outcome.rejected.iter().cloned());
         dropped.extend(
             profile_failures
@@ -365,12 +367,14 @@ impl Coordinator {
             self.previous = Some(std::mem::replace(&mut self.global, next));
         }
 
+        let eval_start = std::time::Instant::now();
         let eval = match evaluator {
             Some(ev) if self.cfg.eval_every > 0 && round.0.is_multiple_of(self.cfg.eval_every) => {
                 Some(ev.evaluate(round, &self.global)?)
             }
             _ => None,
         };
+        let eval_wall_seconds = eval.map(|_| eval_start.elapsed().as_secs_f64());
         if let (Some(metric), Some(target), None) = (eval, &self.cfg.target, self.target_hit) {
             if target.reached(metric) {
                 self.target_hit = Some(TargetHit {
@@ -398,6 +402,8 @@ impl Coordinator {
             eval,
             virtual_time_end: clock.now(),
             wall_seconds: None,
+            aggregate_wall_seconds: Some(aggregate_wall_seconds),
+            eval_wall_seconds,
             strategy: strategy.round_report(),
         };
         tracing::info!(

@@ -96,6 +96,12 @@ pub struct RoundRecord {
     pub virtual_time_end: f64,
     /// Measured seconds, filled in by the caller.
     pub wall_seconds: Option<f64>,
+    /// Measured seconds of the coordinator's aggregation, and of the evaluation on
+    /// evaluation rounds (absent in records written before 2026-12-02).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate_wall_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_wall_seconds: Option<f64>,
     /// The strategy's [`crate::Strategy::round_report`] (absent when `Null`).
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub strategy: serde_json::Value,
@@ -107,6 +113,8 @@ impl RoundRecord {
     pub fn without_measurements(&self) -> RoundRecord {
         let mut r = self.clone();
         r.wall_seconds = None;
+        r.aggregate_wall_seconds = None;
+        r.eval_wall_seconds = None;
         for t in &mut r.times {
             t.measured_s = 0.0;
             t.profile_measured_s = 0.0;

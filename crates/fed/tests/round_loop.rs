@@ -307,6 +307,25 @@ fn time_to_accuracy_is_the_first_round_reaching_the_target_and_can_stop_the_run(
     assert_eq!(h.records.len(), 3);
     assert_eq!(h.records[2].eval, Some(5.5));
     assert_eq!(h.records[0].wall_seconds, Some(0.5));
+    // The coordinator times its own aggregation, and the evaluation where there was one.
+    for r in &h.records {
+        assert!(r.aggregate_wall_seconds.is_some_and(|s| s >= 0.0));
+        assert_eq!(
+            r.eval_wall_seconds.is_some(),
+            r.eval.is_some(),
+            "{:?}",
+            r.round
+        );
+        let line = r.to_json_line().unwrap();
+        assert_eq!(&serde_json::from_str::<RoundRecord>(&line).unwrap(), r);
+        // Records written before these fields existed still load.
+        let mut old: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let fields = old.as_object_mut().unwrap();
+        fields.remove("aggregate_wall_seconds");
+        fields.remove("eval_wall_seconds");
+        let old: RoundRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(old.without_measurements(), r.without_measurements());
+    }
     let hit = h.target_hit.unwrap();
     assert_eq!(hit.round, Round(3));
     assert_eq!(hit.metric, 5.5);
