@@ -122,8 +122,9 @@ pub fn evaluate(
 /// 1.5 GB of f32 weights per step for 8 prompts), so a step costs about the same for
 /// 8 prompts as for 16 and the time goes with the number of steps. 16 since
 /// 2026-12-02: `fluxmoe eval --model builtin:smollm2-btx --task wordnet-define
-/// --limit 32 --max-new-tokens 24 --workers 2` took 13.9 s against 23.5 s with 8,
-/// with the same ROUGE-L (an Intel Xeon, 2 cores).
+/// --limit 32 --max-new-tokens 24 --workers 2` took 13.9 s against 21.6-23.5 s with
+/// 8, with the same ROUGE-L (an Intel Xeon, 2 cores). Fine-tuned models stop sooner,
+/// so in the standard suite the gain is about 2 s an evaluation (README, "Performance").
 pub const GENERATION_BATCH: usize = 16;
 
 /// The order the selected examples are scored and reported in, and the token prefix
